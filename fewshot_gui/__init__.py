@@ -1,0 +1,3 @@
+"""fewshot_gui: label a folder of images from a few examples per class."""
+
+__version__ = "0.1.0"
