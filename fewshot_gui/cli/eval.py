@@ -1,0 +1,47 @@
+"""``fewshot eval``: episodic evaluation over an ImageFolder-layout data set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import UsageError
+from .common import add_model_options, make_cache, resolve_model
+from .progress import ProgressBar
+
+
+def add_parser(sub):
+    p = sub.add_parser("eval", help="episodic N-way K-shot evaluation on a labeled data set",
+                       description="Sample N-way K-shot episodes with Q queries per class from DATA_DIR "
+                                   "(one sub-folder per class) and report mean accuracy with its 95% CI.")
+    p.add_argument("data", metavar="DATA_DIR", type=Path)
+    p.add_argument("--way", type=int, default=5, metavar="N")
+    p.add_argument("--shot", type=int, default=1, metavar="K")
+    p.add_argument("--query", type=int, default=15, metavar="Q")
+    p.add_argument("--episodes", type=int, default=600, metavar="E")
+    p.add_argument("--seed", type=int, default=0, metavar="S")
+    p.add_argument("--json", action="store_true", help='print {"accuracy": ..., "ci95": ...} in %%')
+    add_model_options(p)
+    return p
+
+
+def run(args) -> int:
+    from ..core.evaluate import evaluate_dataset
+
+    if not args.data.exists():
+        raise UsageError(f"{args.data}: no such data set; give a folder with one sub-folder per class")
+    for name in ("way", "shot", "query", "episodes"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be at least 1")
+    backbone, method = resolve_model(args)
+    bar = ProgressBar()
+    res = evaluate_dataset(args.data, backbone=backbone, method=method, way=args.way, shot=args.shot,
+                           query=args.query, episodes=args.episodes, seed=args.seed,
+                           cache=make_cache(args, backbone), progress=bar)
+    bar.close()
+    if args.json:
+        print(json.dumps({"accuracy": round(res.accuracy, 4), "ci95": round(res.ci95, 4),
+                          "episodes": res.episodes, "way": args.way, "shot": args.shot, "query": args.query}))
+    else:
+        print(f"accuracy: {res.accuracy:.2f} ± {res.ci95:.2f} (95% CI, {res.episodes} episodes)")
+    return 0

@@ -1,0 +1,107 @@
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fewshot_gui.core import atomic
+from fewshot_gui.core.errors import ExportError
+from fewshot_gui.core.export import (LabelColumns, export_class_folders, neutralise, read_csv,
+                                     relative_posix, safe_folder_name, write_csv)
+
+
+def _cols():
+    probs = np.array([[0.7, 0.2, 0.1], [np.nan, np.nan, np.nan], [0.1, 0.3, 0.6]])
+    return LabelColumns(["cat", "dog", "=cmd|' /C calc'!A0"], probs)
+
+
+def test_csv_columns_rows_and_values(tmp_path):
+    out = write_csv(tmp_path / "out.csv", ["a.jpg", "sub/b.jpg", "c.png"], {1: "empty file (0 bytes)"}, _cols())
+    with open(out, newline="", encoding="utf-8") as fh:
+        header = next(csv.reader(fh))
+    assert header[:5] == ["path", "label", "confidence", "margin", "error"]
+    assert header[5:7] == ["p_cat", "p_dog"]
+    rows = read_csv(out)
+    assert [r["path"] for r in rows] == ["a.jpg", "sub/b.jpg", "c.png"]
+    assert rows[0]["label"] == "cat" and float(rows[0]["confidence"]) == pytest.approx(0.7)
+    assert float(rows[0]["margin"]) == pytest.approx(0.5)
+    assert rows[0]["error"] == ""
+    # a failed file keeps its row, with an error and no label
+    assert rows[1]["label"] == "" and rows[1]["error"] == "empty file (0 bytes)" and rows[1]["p_cat"] == ""
+    # the formula-like class name is neutralised in the label and in its column name
+    assert rows[2]["label"].startswith("'=")
+    assert "'p_=cmd" not in header and any(h.startswith("p_=cmd") for h in header)
+
+
+@pytest.mark.parametrize("text,expected", [("=1+1", "'=1+1"), ("+x", "'+x"), ("-2", "'-2"), ("@SUM(A1)", "'@SUM(A1)"),
+                                           ("\tx", "'\tx"), ("plain", "plain"), ("", "")])
+def test_neutralise(text, expected):
+    assert neutralise(text) == expected
+
+
+def test_formula_path_is_neutralised(tmp_path):
+    out = write_csv(tmp_path / "o.csv", ["=HYPERLINK(1).jpg"], {}, LabelColumns(["a", "b"], np.array([[0.4, 0.6]])))
+    assert read_csv(out)[0]["path"] == "'=HYPERLINK(1).jpg"
+
+
+def test_extra_columns_and_label_sets(tmp_path):
+    a = LabelColumns(["x", "y"], np.array([[0.9, 0.1], [0.2, 0.8]]), extra={"unknown": [False, True]})
+    b = LabelColumns(["good", "bad"], np.array([[0.3, 0.7], [0.6, 0.4]]))
+    out = write_csv(tmp_path / "m.csv", ["1.png", "2.png"], {}, {"species": a, "quality": b})
+    rows = read_csv(out)
+    assert rows[0]["species:label"] == "x" and rows[1]["species:unknown"] == "1"
+    assert rows[0]["quality:label"] == "bad" and rows[1]["quality:label"] == "good"
+    assert "error" in rows[0]
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "keep.csv"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_open(target, "w") as fh:
+            fh.write("new partial")
+            raise RuntimeError("boom")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.csv"]  # no temp file left behind
+
+
+def test_csv_write_replaces_atomically(tmp_path, monkeypatch):
+    target = tmp_path / "out.csv"
+    target.write_text("previous")
+    calls = []
+    real = os.replace
+    monkeypatch.setattr(atomic.os, "replace", lambda a, b: (calls.append((a, b)), real(a, b)))
+    write_csv(target, ["a.png"], {}, LabelColumns(["a", "b"], np.array([[0.5, 0.5]])))
+    assert len(calls) == 1 and Path(calls[0][1]) == target and Path(calls[0][0]).parent == tmp_path
+    assert read_csv(target)[0]["path"] == "a.png"
+
+
+@pytest.mark.parametrize("name", ["../evil", "..", "/abs", "a/../../b", "con", "x\\..\\y", ".", ""])
+def test_safe_folder_name_cannot_escape(tmp_path, name):
+    folder = (tmp_path / safe_folder_name(name)).resolve()
+    assert folder.parent == tmp_path.resolve()
+
+
+def test_export_class_folders_copy_and_link(tmp_path):
+    q = tmp_path / "q"
+    (q / "s").mkdir(parents=True)
+    for rel in ("a.png", "s/a.png", "b.png", "bad.png"):
+        (q / rel).write_bytes(rel.encode())
+    rels = ["a.png", "s/a.png", "b.png", "bad.png"]
+    labels = ["cat", "cat", "../../dog", ""]
+    counts = export_class_folders(tmp_path / "out", q, rels, labels, mode="copy")
+    assert counts == {"cat": 2, "../../dog": 1}
+    cat = sorted(p.name for p in (tmp_path / "out" / "cat").iterdir())
+    assert cat == ["a.png", "a_1.png"]  # no overwrite on a name clash
+    escaped = [p for p in (tmp_path / "out").iterdir() if p.is_dir()]
+    assert all(p.parent == tmp_path / "out" for p in escaped) and not (tmp_path / "dog").exists()
+    counts = export_class_folders(tmp_path / "lnk", q, rels, labels, mode="link")
+    linked = tmp_path / "lnk" / "cat" / "a.png"
+    assert linked.read_bytes() == b"a.png"
+    with pytest.raises(ExportError):
+        export_class_folders(tmp_path / "x", q, rels, labels, mode="move")
+
+
+def test_relative_posix(tmp_path):
+    assert relative_posix([tmp_path / "a" / "b.png"], tmp_path) == ["a/b.png"]
