@@ -306,3 +306,60 @@ def support_from_folder(root: str | Path) -> dict[str, list[Path]]:
 
     return {k: list(v) for k, v in scan_class_folders(root).items()}
 
+
+
+def label_project(project_path: str | Path, out: str | Path | None = None, progress: Callable | None = None,
+                  cache_dir: str | Path | None = None, cancel: CancelToken | None = None,
+                  refine: bool | None = None, unknown_threshold: float | None = None) -> dict[str, LabelResult]:
+    """Label a saved project's query folder for every label set; write one CSV with a column group
+    per set (a single set keeps the plain column names). Confirmed labels override predictions."""
+    from .backbones import get_backbone
+    from .cache import EmbeddingCache
+    from .export import LabelColumns
+    from .images import scan_folder
+    from .methods import get_method
+    from .project import Project
+
+    project = Project.load(project_path)
+    if project.query_folder is None:
+        raise DataError(f"{project_path}: the project has no query folder; open it in the app and choose one")
+    if not Path(project.query_folder).is_dir():
+        raise DataError(f"{project_path}: query folder {project.query_folder} does not exist; "
+                        "move it back or choose another folder in the app")
+    method_factory = lambda: get_method(project.method or "protonet")  # noqa: E731
+    if project.model_file:
+        from .modelfile import load_model
+
+        bundle = load_model(project.model_file)
+        backbone = bundle.make_backbone()
+        if project.method == bundle.meta.get("method") or not project.method:
+            method_factory = bundle.make_method  # noqa: E731
+    else:
+        backbone = get_backbone(project.backbone)
+    cache = EmbeddingCache(Path(cache_dir) if cache_dir else None, backbone.key)
+    query_paths = scan_folder(project.query_folder)
+    results: dict[str, LabelResult] = {}
+    for ls in project.label_sets:
+        if not ls.classes:
+            continue
+        result = run_job(label_folder(ls.support(), project.query_folder, query_paths, backbone=backbone,
+                                      method=method_factory() or get_method("protonet"), cache=cache,
+                                      cancel=cancel, refine=refine, unknown_threshold=unknown_threshold),
+                         progress)
+        results[ls.name] = result
+    if not results:
+        raise DataError(f"{project_path}: no label set has classes; add classes with examples in the app")
+    if out is not None:
+        first = next(iter(results.values()))
+        sets = {}
+        for ls in project.label_sets:
+            if ls.name not in results:
+                continue
+            r = results[ls.name]
+            rel = r.rel_paths
+            override = {i: ls.confirmed[p] for i, p in enumerate(rel) if p in ls.confirmed}
+            extra = dict(r.extra)
+            extra["confirmed"] = [i in override for i in range(len(rel))]
+            sets[ls.name] = LabelColumns(r.classes, r.probs, extra, override)
+        write_csv(out, first.rel_paths, first.errors, sets if len(sets) > 1 else next(iter(sets.values())))
+    return results
