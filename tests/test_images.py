@@ -413,3 +413,17 @@ def test_scan_class_folders_errors(tmp_path):
         scan_class_folders(partial)
     assert str(partial / "dogs") in str(info.value)
     assert "no images" in str(info.value)
+
+
+def test_permission_error_reported(tmp_path, monkeypatch):
+    """Simulated, so it also runs as root (where chmod 0 does not stop reading)."""
+    import fewshot_gui.core.images as images_mod
+
+    p = tmp_path / "locked.png"
+    Image.new("RGB", (2, 2)).save(p)
+
+    def deny(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(p))
+
+    monkeypatch.setattr(images_mod, "open", deny, raising=False)
+    _expect_error(p, "permission denied")
