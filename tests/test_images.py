@@ -427,3 +427,29 @@ def test_permission_error_reported(tmp_path, monkeypatch):
 
     monkeypatch.setattr(images_mod, "open", deny, raising=False)
     _expect_error(p, "permission denied")
+
+
+def test_builtin_demo_is_consistent():
+    """resources/demo: 5 classes x 5 support images, 75 query images, truth for each of them."""
+    import csv
+    from pathlib import Path
+
+    demo = Path(__file__).resolve().parents[1] / "resources" / "demo"
+    classes = scan_class_folders(demo / "support")
+    assert len(classes) == 5 and all(len(v) == 5 for v in classes.values())
+    queries = scan_folder(demo / "query")
+    assert len(queries) == 75
+    with open(demo / "query_truth.csv", newline="", encoding="utf-8") as fh:
+        truth = {r["path"]: r["label"] for r in csv.DictReader(fh)}
+    assert sorted(truth) == sorted(p.name for p in queries)
+    assert set(truth.values()) == set(classes)
+    assert all(list(truth.values()).count(c) == 15 for c in classes)
+    # class names do not leak into query file names; support and query never share a drawing
+    assert all(p.stem.startswith("q") and p.stem[1:].isdigit() for p in queries)
+    support_bytes = {p.read_bytes() for files in classes.values() for p in files}
+    assert not support_bytes & {p.read_bytes() for p in queries}
+    img = load_image(queries[0])
+    assert img.mode == "RGB" and img.size == (105, 105)
+    assert (demo / "LICENSE-omniglot.txt").read_text().startswith("The MIT License")
+    total = sum(p.stat().st_size for p in demo.rglob("*") if p.is_file())
+    assert total < 1_000_000
