@@ -91,8 +91,8 @@ def print_summary(result, out, stream=None) -> None:
     n = len(result.paths)
     ok = result.n_ok
     counts = Counter(l for l in result.labels if l)
-    conf = np.nanmax(result.probs, axis=1) if len(result.probs) else np.zeros(0)
-    conf = conf[~np.isnan(conf)]
+    ok_rows = ~np.isnan(result.probs).any(axis=1) if len(result.probs) else np.zeros(0, bool)
+    conf = result.probs[ok_rows].max(axis=1) if ok_rows.any() else np.zeros(0)
     print(f"labeled {ok} of {n} images into {len(result.classes)} classes in {result.seconds:.1f}s "
           f"({result.backbone}, {result.method}); {len(result.errors)} failed", file=stream)
     for c in result.classes:

@@ -1,0 +1,135 @@
+"""The labeling job and the `fewshot` CLI end to end, on tiny synthetic sets with a tiny backbone."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fewshot_gui.cli import main
+from fewshot_gui.core.backbones import Backbone, register_backbone
+from fewshot_gui.core.cache import EmbeddingCache
+from fewshot_gui.core.errors import Cancelled, DataError
+from fewshot_gui.core.jobs import CancelToken, Progress
+from fewshot_gui.core.labeling import LabelBatch, label_folder, run_job, support_from_folder
+from fewshot_gui.core.images import scan_folder
+
+TINY = "tiny-test-pool"
+
+
+class _Pool(torch.nn.Module):
+    def forward(self, x):  # (B, 3, 16, 16) -> (B, 48): 4x4 average colour grid
+        return torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1)
+
+
+def _tiny(weights=None, device=None):
+    return Backbone(TINY, _Pool(), input_size=16, dim=12, key="tiny-test-pool-v1",
+                    mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), resize="squash", device="cpu", frozen=False)
+
+
+register_backbone(TINY, _tiny, "test backbone: 2x2 mean colours")
+
+
+@pytest.fixture
+def sets(tiny_image_folder):
+    support = tiny_image_folder(n_classes=3, per_class=2, name="support", seed=1)
+    query_src = tiny_image_folder(n_classes=3, per_class=5, name="query_truth", seed=2)
+    # a flat-ish query folder (sub-folders kept: labels must not come from folder names) + bad files
+    query = query_src.parent / "query"
+    truth = {}
+    for cdir in sorted(query_src.iterdir()):
+        for f in sorted(cdir.iterdir()):
+            dst = query / ("sub" if f.stem == "0" else "") / f"{cdir.name}_{f.name}"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(f.read_bytes())
+            truth[dst.relative_to(query).as_posix()] = cdir.name
+    (query / "zero.jpg").write_bytes(b"")
+    (query / "text.jpg").write_text("this is not an image")
+    good = (query / "sub" / "class0_0.png").read_bytes()
+    (query / "trunc.png").write_bytes(good[: len(good) // 2])
+    return support, query, truth
+
+
+def test_label_folder_streams_batches_and_labels_everything(sets, tmp_path):
+    support, query, truth = sets
+    events = []
+    cache = EmbeddingCache(tmp_path / "cache", _tiny().key)
+    result = run_job(label_folder(support_from_folder(support), query, backbone=_tiny(), cache=cache,
+                                  batch_size=4), events.append)
+    batches = [e for e in events if isinstance(e, LabelBatch) and not e.final]
+    assert len(batches) >= 3  # streamed, not one lump
+    assert any(isinstance(e, Progress) and e.stage == "labeling" for e in events)
+    seen = np.concatenate([b.indices for b in batches])
+    assert sorted(seen.tolist()) == list(range(len(result.paths)))
+    labels = dict(zip(result.rel_paths, result.labels))
+    assert {labels[p] for p in truth} <= set(result.classes)
+    assert all(labels[p] == t for p, t in truth.items())
+    assert {result.rel_paths[i] for i in result.errors} == {"zero.jpg", "text.jpg", "trunc.png"}
+    assert np.allclose(np.nansum(result.probs, axis=1)[[i for i in range(len(result.paths)) if i not in result.errors]], 1, atol=1e-4)
+
+
+def test_cancel_stops_the_job(sets):
+    support, query, _ = sets
+    token = CancelToken()
+    gen = label_folder(support_from_folder(support), query, backbone=_tiny(), cancel=token, batch_size=2)
+    n = 0
+    with pytest.raises(Cancelled):
+        for item in gen:
+            n += 1
+            if isinstance(item, LabelBatch):
+                token.cancel()
+    assert n > 0
+
+
+def test_empty_class_is_a_clear_error(sets):
+    support, query, _ = sets
+    sup = support_from_folder(support)
+    sup["nothing"] = []
+    with pytest.raises(DataError, match="nothing"):
+        run_job(label_folder(sup, query, backbone=_tiny()))
+
+
+def test_cli_label_end_to_end(sets, tmp_path, capsys):
+    support, query, truth = sets
+    out = tmp_path / "labels.csv"
+    rc = main(["label", "--support", str(support), "--query", str(query), "--out", str(out),
+               "--backbone", TINY, "--cache-dir", str(tmp_path / "c"), "--export-folders", str(tmp_path / "by_class")])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "3 failed" in text and "zero.jpg" in text
+    with open(out, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(scan_folder(query)) == len(truth) + 3
+    by_path = {r["path"]: r for r in rows}
+    for p, t in truth.items():
+        assert by_path[p]["label"] == t and by_path[p]["error"] == ""
+        assert 0 <= float(by_path[p]["confidence"]) <= 1
+        assert abs(sum(float(by_path[p][f"p_class{k}"]) for k in range(3)) - 1) < 1e-3
+    assert by_path["zero.jpg"]["label"] == "" and by_path["zero.jpg"]["error"]
+    assert sorted(p.name for p in (tmp_path / "by_class").iterdir()) == ["class0", "class1", "class2"]
+    assert len(list((tmp_path / "by_class" / "class1").iterdir())) == 5
+
+
+def test_cli_usage_errors_exit_2(tmp_path, capsys):
+    assert main(["label", "--support", str(tmp_path / "nope"), "--query", str(tmp_path), "--out", "x.csv"]) == 2
+    assert "nope" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["label", "--bogus"])
+    assert exc.value.code == 2
+
+
+def test_cli_failure_exit_1_on_bad_support(tmp_path, capsys):
+    (tmp_path / "s" / "a").mkdir(parents=True)
+    (tmp_path / "q").mkdir()
+    rc = main(["label", "--support", str(tmp_path / "s"), "--query", str(tmp_path / "q"), "--out",
+               str(tmp_path / "o.csv"), "--backbone", TINY])
+    assert rc == 1 and "error" in capsys.readouterr().err
+
+
+def test_cli_backbones_lists_weights(capsys):
+    assert main(["backbones"]) == 0
+    out = capsys.readouterr().out
+    assert "efficientnet-lite0" in out and TINY in out
