@@ -1,0 +1,1 @@
+"""The desktop app (PySide6). Threads are created only in :mod:`.workers`."""

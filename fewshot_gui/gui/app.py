@@ -1,0 +1,131 @@
+"""``fewshot-gui``: the desktop app.
+
+    fewshot-gui [PROJECT]                  open a project (or start empty)
+    fewshot-gui --demo                     open the built-in demo project
+    fewshot-gui --screenshot PATH [--demo | PROJECT]
+                                           label, render the window to PATH (PNG) and exit
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def demo_project():
+    """The built-in demo (resources/demo: support/<class>/ and query/) as an unsaved project."""
+    from ..core.errors import DataError
+    from ..core.project import Project
+
+    root = Path(__file__).resolve().parents[2] / "resources" / "demo"
+    if not (root / "support").is_dir() or not (root / "query").is_dir():
+        raise DataError(f"the demo folder {root} is missing; run fewshot-gui from a source checkout")
+    return Project.from_folders(root / "support", root / "query", label_set="characters")
+
+
+def has_display() -> bool:
+    if os.environ.get("QT_QPA_PLATFORM", "").startswith(("offscreen", "minimal", "vnc", "eglfs", "linuxfb")):
+        return True
+    if sys.platform.startswith(("win", "darwin")):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fewshot-gui", description="Label a folder of images from a few examples per class.")
+    p.add_argument("project", nargs="?", type=Path, help="a project file to open")
+    p.add_argument("--demo", action="store_true", help="open the built-in demo project")
+    p.add_argument("--screenshot", metavar="PATH", type=Path,
+                   help="label, save a PNG of the window to PATH and exit (works without a display)")
+    p.add_argument("--cache-dir", metavar="DIR", type=Path, default=None, help="embedding cache folder")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.screenshot is not None and not has_display():
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    if not has_display():
+        print("fewshot-gui: no display found (DISPLAY / WAYLAND_DISPLAY unset), so the window cannot open.\n"
+              "Running the headless demo instead; use `fewshot label` for your own folders, or "
+              "`fewshot-gui --screenshot out.png --demo` to render the window offscreen.", file=sys.stderr)
+        try:
+            from ..cli.demo import run_headless_demo
+        except ImportError:
+            return 1
+        return int(run_headless_demo() or 0)
+
+    from PySide6.QtWidgets import QApplication
+
+    from ..core.errors import FewShotError
+    from .main_window import MainWindow
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName("fewshot-gui")
+    app.setOrganizationName("fewshot_gui")
+    win = MainWindow(cache_dir=args.cache_dir)
+    try:
+        if args.demo:
+            win.set_project(demo_project())
+        elif args.project is not None:
+            if not win.open_project(args.project) and args.screenshot is not None:
+                return 1
+    except FewShotError as exc:
+        win.show_error(str(exc))
+        if args.screenshot is not None:
+            return 1
+    if args.screenshot is not None:
+        return _screenshot(app, win, args.screenshot)
+    win.show()
+    return app.exec()
+
+
+def _screenshot(app, win, path: Path) -> int:
+    """Label (once the folder scan is done), select the least confident image, save a PNG, quit."""
+    from PySide6.QtCore import QTimer
+
+    win.ask_on_close = False
+    win.quiet_errors = True
+    state = {"rc": 1, "started": False}
+    win.resize(1440, 880)
+    win.show()
+
+    def shoot() -> None:
+        grid = win.grid
+        grid.set_sort("review")
+        if grid.model.rowCount():
+            grid.select_items([grid.model.item_at(0)])
+            grid.view.setFocus()
+        QTimer.singleShot(1500, save)  # thumbnails arrive from the worker pool
+
+    def save() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ok = win.grab().save(str(path), "PNG")
+        state["rc"] = 0 if ok else 1
+        print(f"wrote {path}" if ok else f"could not write {path}", file=sys.stderr)
+        win.shutdown()
+        app.quit()
+
+    def on_idle(busy: bool) -> None:
+        if busy:
+            return
+        if not state["started"]:
+            state["started"] = True
+            if not win.label():
+                print(f"fewshot-gui: cannot label: {getattr(win, 'last_error', '')}", file=sys.stderr)
+                QTimer.singleShot(300, save)
+            return
+        QTimer.singleShot(300, shoot)
+
+    win.controller.busyChanged.connect(on_idle)
+    if not win.controller.busy():
+        QTimer.singleShot(0, lambda: on_idle(False))
+    QTimer.singleShot(15 * 60 * 1000, save)  # never hang
+    app.exec()
+    return state["rc"]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Right panel: the selected image large, a probability bar per class, file info, error."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from PySide6.QtCore import QRect, QSize, Qt
+from PySide6.QtGui import QColor, QPainter, QPixmap
+from PySide6.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
+
+from .document import Document
+from .grid import text_color_for
+from .thumbs import BROKEN, ThumbnailCache
+
+BIG = 512
+
+
+class ProbBars(QWidget):
+    """One bar per class, highest first, in the class colour."""
+
+    ROW = 20
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.rows: list[tuple[str, float, QColor, bool]] = []
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+
+    def set_rows(self, rows: list[tuple[str, float, QColor, bool]]) -> None:
+        self.rows = sorted(rows, key=lambda r: -r[1])
+        self.setFixedHeight(max(1, len(self.rows)) * self.ROW + 4)
+        self.update()
+
+    def sizeHint(self) -> QSize:
+        return QSize(240, max(1, len(self.rows)) * self.ROW + 4)
+
+    def paintEvent(self, _e) -> None:
+        p = QPainter(self)
+        w = self.width()
+        fm = p.fontMetrics()
+        name_w = min(w // 2, max([fm.horizontalAdvance(r[0]) for r in self.rows] + [40]) + 8)
+        pct_w = fm.horizontalAdvance("100.0%") + 6
+        for k, (name, prob, color, confirmed) in enumerate(self.rows):
+            y = 2 + k * self.ROW
+            p.setPen(self.palette().color(self.palette().ColorRole.Text))
+            label = ("\u2713 " if confirmed else "") + name
+            p.drawText(QRect(0, y, name_w, self.ROW), Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft,
+                       fm.elidedText(label, Qt.TextElideMode.ElideRight, name_w - 4))
+            bar = QRect(name_w, y + 3, max(10, w - name_w - pct_w), self.ROW - 6)
+            p.fillRect(bar, QColor(128, 128, 128, 50))
+            p.fillRect(QRect(bar.left(), bar.top(), int(bar.width() * max(0.0, min(1.0, prob))), bar.height()), color)
+            p.drawText(QRect(bar.right() + 4, y, pct_w, self.ROW), Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight,
+                       f"{prob * 100:.1f}%")
+        p.end()
+
+
+class DetailsPanel(QWidget):
+    def __init__(self, doc: Document, thumbs: ThumbnailCache, parent=None):
+        super().__init__(parent)
+        self.doc, self.thumbs = doc, thumbs
+        self.item = -1
+        self.image = QLabel()
+        self.image.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.image.setMinimumSize(200, 200)
+        self.image.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)
+        self.title = QLabel()
+        f = self.title.font()
+        f.setBold(True)
+        f.setPointSizeF(f.pointSizeF() * 1.15)
+        self.title.setFont(f)
+        self.title.setWordWrap(True)
+        self.verdict = QLabel()
+        self.verdict.setWordWrap(True)
+        self.bars = ProbBars()
+        self.info = QLabel()
+        self.info.setWordWrap(True)
+        self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.error = QLabel()
+        self.error.setWordWrap(True)
+        self.error.setStyleSheet("color: #c62828;")
+        self.error.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(4, 0, 4, 0)
+        lay.addWidget(self.image, 1)
+        lay.addWidget(self.title)
+        lay.addWidget(self.verdict)
+        lay.addWidget(self.bars)
+        lay.addWidget(self.error)
+        lay.addWidget(self.info)
+        thumbs.ready.connect(self._on_ready)
+        doc.classesChanged.connect(self.refresh)
+        doc.projectReset.connect(lambda: self.show_item(-1))
+        doc.queryChanged.connect(lambda: self.show_item(-1))
+        self.show_item(-1)
+
+    def show_item(self, i: int) -> None:
+        self.item = i
+        self.refresh()
+
+    def refresh(self) -> None:
+        i = self.item
+        doc = self.doc
+        if i < 0 or i >= len(doc.paths):
+            self.image.setPixmap(QPixmap())
+            self.image.setText("Select an image to see it here")
+            self.title.setText("")
+            self.verdict.setText("")
+            self.bars.set_rows([])
+            self.info.setText("Keys: 1\u20139 label the selection, Enter accepts the prediction, 0 clears, "
+                              "Ctrl+Z undoes.")
+            self.error.setText("")
+            return
+        path = doc.paths[i]
+        self.title.setText(doc.rel[i])
+        self._set_image()
+        a = doc.arrays()
+        colors = {c.name: QColor(c.color) for c in doc.classes}
+        confirmed = doc.class_names[a.confirmed[i]] if a.confirmed[i] >= 0 else None
+        probs = doc.probs_of(i)
+        self.bars.set_rows([(name, p, colors.get(name, QColor("gray")), name == confirmed) for name, p in probs])
+        if a.failed[i]:
+            self.verdict.setText("Could not be labeled.")
+        elif confirmed:
+            pred = doc.class_names[a.pred[i]] if a.pred[i] >= 0 else None
+            extra = "" if pred in (None, confirmed) else f" (the model says {pred}, {a.conf[i]:.0%})"
+            self.verdict.setText(f"Confirmed: <b>{confirmed}</b>{extra}")
+        elif a.pred[i] >= 0:
+            self.verdict.setText(f"Predicted: <b>{doc.class_names[a.pred[i]]}</b> \u2014 {a.conf[i]:.1%} confident")
+        else:
+            self.verdict.setText("Not labeled yet.")
+        self.error.setText(f"Error: {doc.errors[i]}" if i in doc.errors else "")
+        try:
+            st = os.stat(path)
+            size = f"{st.st_size / 1024:.1f} KiB" if st.st_size < 1 << 20 else f"{st.st_size / (1 << 20):.2f} MiB"
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(st.st_mtime))
+            img = self.thumbs.peek(str(path), BIG)
+            self.info.setText(f"{path}\n{size} \u00b7 modified {when}")
+        except OSError as exc:
+            self.info.setText(f"{path}\n{exc.strerror}")
+
+    def _set_image(self) -> None:
+        if self.item < 0:
+            return
+        path = str(self.doc.paths[self.item])
+        img = self.thumbs.get(path, BIG)
+        if img is None:
+            small = self.thumbs.peek(path, 128)
+            img = small if small is not None and small is not BROKEN else None
+        if img is None:
+            self.image.setPixmap(QPixmap())
+            self.image.setText("loading\u2026")
+        elif img is BROKEN:
+            self.image.setPixmap(QPixmap())
+            self.image.setText("This file cannot be shown")
+        else:
+            pm = QPixmap.fromImage(img)
+            box = self.image.size()
+            self.image.setPixmap(pm.scaled(box, Qt.AspectRatioMode.KeepAspectRatio,
+                                           Qt.TransformationMode.SmoothTransformation))
+
+    def _on_ready(self, path: str, size: int) -> None:
+        if size == BIG and self.item >= 0 and str(self.doc.paths[self.item]) == path:
+            self._set_image()
+
+    def resizeEvent(self, e) -> None:
+        super().resizeEvent(e)
+        self._set_image()

@@ -1,0 +1,56 @@
+"""In-memory LRU of thumbnails on the GUI thread, filled by :class:`~.workers.ThumbnailLoader`."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+from PySide6.QtCore import QObject, Signal, Slot
+from PySide6.QtGui import QImage
+
+from .workers import ThumbnailLoader
+
+BROKEN = object()  # marker: the image could not be read
+
+
+class ThumbnailCache(QObject):
+    """``get(path, size)`` returns a ``QImage``, ``BROKEN`` or None (then it is being made).
+
+    ``ready(path, size)`` is emitted when a requested thumbnail arrives.
+    """
+
+    ready = Signal(str, int)
+
+    def __init__(self, parent: QObject | None = None, capacity: int = 3000, disk_root: Path | None = None,
+                 threads: int = 2):
+        super().__init__(parent)
+        self.capacity = capacity
+        self._lru: OrderedDict[tuple[str, int], object] = OrderedDict()
+        self.loader = ThumbnailLoader(self, threads=threads, disk_root=disk_root)
+        self.loader.loaded.connect(self._on_loaded)
+
+    def get(self, path: str, size: int) -> QImage | object | None:
+        key = (path, size)
+        img = self._lru.get(key)
+        if img is not None:
+            self._lru.move_to_end(key)
+            return img
+        self.loader.request(path, size)
+        return None
+
+    def peek(self, path: str, size: int):
+        return self._lru.get((path, size))
+
+    def clear(self) -> None:
+        self._lru.clear()
+        self.loader.reset()
+
+    def shutdown(self) -> bool:
+        return self.loader.shutdown()
+
+    @Slot(str, int, object)
+    def _on_loaded(self, path: str, size: int, img) -> None:
+        self._lru[(path, size)] = BROKEN if img is None else img
+        while len(self._lru) > self.capacity:
+            self._lru.popitem(last=False)
+        self.ready.emit(path, size)

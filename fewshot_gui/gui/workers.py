@@ -1,0 +1,292 @@
+"""Every thread of the app lives here.
+
+* :class:`JobRunner` runs one core job generator (``make(cancel_token) -> generator``) at a time
+  in a ``QThread``: a :class:`_JobWorker` ``QObject`` moved to the thread forwards each yielded
+  item as a signal (``progress`` for :class:`~fewshot_gui.core.jobs.Progress`, ``batch`` for
+  anything else), then ``finished(result)``, ``failed(message)`` or ``cancelled()``. Signals cross
+  to the GUI thread as queued connections; the GUI never blocks on the worker.
+* :class:`ThumbnailLoader` makes thumbnails on a ``QThreadPool`` (``QRunnable`` tasks), newest
+  requests first, with an optional disk cache, and delivers ``QImage``s by signal.
+
+:func:`running_threads` lists the job threads still running (tests assert it is empty).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Generator
+
+from PySide6.QtCore import QObject, QRunnable, QThread, QThreadPool, Qt, Signal, Slot
+from PySide6.QtGui import QImage
+
+from ..core.errors import Cancelled, FewShotError
+from ..core.jobs import CancelToken, Progress
+
+log = logging.getLogger(__name__)
+
+_THREADS: set[QThread] = set()
+
+
+def running_threads() -> list[QThread]:
+    """Job threads that are still running (should be empty when the app is idle)."""
+    alive = []
+    for t in list(_THREADS):
+        try:
+            if t.isRunning():
+                alive.append(t)
+        except RuntimeError:  # C++ object already deleted
+            _THREADS.discard(t)
+    return alive
+
+
+class _JobWorker(QObject):
+    progress = Signal(object)
+    batch = Signal(object)
+    finished = Signal(object)
+    failed = Signal(str)
+    cancelled = Signal()
+    done = Signal()
+
+    def __init__(self, make: Callable[[CancelToken], Generator], token: CancelToken):
+        super().__init__()
+        self._make = make
+        self._token = token
+
+    @Slot()
+    def run(self) -> None:
+        try:
+            gen = self._make(self._token)
+            result = None
+            while True:
+                try:
+                    item = next(gen)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                if isinstance(item, Progress):
+                    self.progress.emit(item)
+                else:
+                    self.batch.emit(item)
+                if self._token.cancelled:
+                    gen.close()
+                    raise Cancelled()
+            if self._token.cancelled:
+                self.cancelled.emit()
+            else:
+                self.finished.emit(result)
+        except Cancelled:
+            self.cancelled.emit()
+        except FewShotError as exc:
+            self.failed.emit(str(exc))
+        except MemoryError:
+            self.failed.emit("Out of memory while running the job; close other programs or use a smaller folder.")
+        except Exception as exc:  # a bug or an unexpected library error: show it, never crash
+            log.error("job failed:\n%s", traceback.format_exc())
+            self.failed.emit(f"Unexpected error: {type(exc).__name__}: {exc}")
+        finally:
+            self.done.emit()
+
+
+class JobRunner(QObject):
+    """Runs one job at a time in a worker thread; re-emits the worker's signals on the GUI thread.
+
+    ``cancel()`` sets the token and returns at once; the job stops at its next check (between
+    batches) and ``cancelled`` is emitted. Items already delivered stay delivered.
+    """
+
+    started = Signal()
+    progress = Signal(object)
+    batch = Signal(object)
+    finished = Signal(object)
+    failed = Signal(str)
+    cancelled = Signal()
+    idle = Signal()  # emitted after finished/failed/cancelled, when the thread has ended
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self._thread: QThread | None = None
+        self._worker: _JobWorker | None = None
+        self._token: CancelToken | None = None
+        self.name = ""
+
+    def is_running(self) -> bool:
+        return self._thread is not None
+
+    @property
+    def token(self) -> CancelToken | None:
+        return self._token
+
+    def start(self, make: Callable[[CancelToken], Generator], name: str = "job") -> bool:
+        """Start ``make(token)`` in a new thread. Returns False when a job is already running."""
+        if self._thread is not None:
+            return False
+        self.name = name
+        self._token = CancelToken()
+        thread = QThread()
+        thread.setObjectName(f"fewshot-{name}")
+        worker = _JobWorker(make, self._token)
+        worker.moveToThread(thread)
+        thread.started.connect(worker.run)
+        worker.progress.connect(self.progress)
+        worker.batch.connect(self.batch)
+        worker.finished.connect(self.finished)
+        worker.failed.connect(self.failed)
+        worker.cancelled.connect(self.cancelled)
+        worker.done.connect(thread.quit)
+        thread.finished.connect(self._on_thread_finished)
+        self._thread, self._worker = thread, worker
+        _THREADS.add(thread)
+        thread.start(QThread.Priority.LowPriority)
+        self.started.emit()
+        return True
+
+    def cancel(self) -> None:
+        if self._token is not None:
+            self._token.cancel()
+
+    def wait(self, ms: int = 10000) -> bool:
+        """Block until the thread ended (used on shutdown only). True when it ended."""
+        t = self._thread
+        if t is None:
+            return True
+        ok = t.wait(ms)
+        if ok:
+            self._on_thread_finished()
+        return ok
+
+    @Slot()
+    def _on_thread_finished(self) -> None:
+        t, w = self._thread, self._worker
+        if t is None:
+            return
+        self._thread = self._worker = None
+        _THREADS.discard(t)
+        if w is not None:
+            w.deleteLater()
+        t.deleteLater()
+        self.idle.emit()
+
+
+# ------------------------------------------------------------------------------------------
+# Thumbnails
+# ------------------------------------------------------------------------------------------
+
+def _thumb_disk_path(root: Path, path: str, size: int) -> Path | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    h = hashlib.sha1(f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}|{size}".encode()).hexdigest()
+    return root / h[:2] / f"{h}.jpg"
+
+
+def make_thumbnail(path: str, size: int, disk_root: Path | None = None) -> QImage:
+    """A ``QImage`` (RGB888) fitting in ``size`` x ``size``; raises ``ImageLoadError`` on failure."""
+    from PIL import Image
+
+    from ..core.images import load_image
+
+    cached = _thumb_disk_path(disk_root, path, size) if disk_root is not None else None
+    if cached is not None and cached.exists():
+        img = QImage(str(cached))
+        if not img.isNull():
+            return img
+    pil = load_image(path, min_side=size)
+    pil.thumbnail((size, size), Image.BILINEAR, reducing_gap=2.0)
+    pil = pil.convert("RGB")
+    data = pil.tobytes()
+    qimg = QImage(data, pil.width, pil.height, 3 * pil.width, QImage.Format.Format_RGB888).copy()
+    if cached is not None:
+        try:
+            from ..core.atomic import atomic_write_bytes
+
+            buf = io.BytesIO()
+            pil.save(buf, "JPEG", quality=85)
+            atomic_write_bytes(cached, buf.getvalue())
+        except OSError:
+            pass  # the disk cache is an optimisation only
+    return qimg
+
+
+class _ThumbSignals(QObject):
+    loaded = Signal(str, int, object)  # path, size, QImage or None (failed)
+
+
+class _ThumbTask(QRunnable):
+    def __init__(self, loader: "ThumbnailLoader", path: str, size: int, generation: int):
+        super().__init__()
+        self.setAutoDelete(True)
+        self._sig = loader._signals
+        self._loader_gen = loader._generation_ref
+        self.path, self.size, self.generation = path, size, generation
+
+    def run(self) -> None:
+        if self._loader_gen[0] != self.generation:  # stale (folder changed): skip the work
+            self._sig.loaded.emit(self.path, self.size, False)
+            return
+        try:
+            img = make_thumbnail(self.path, self.size, _DISK_ROOT[0])
+        except Exception:  # ImageLoadError or anything Pillow throws: a "broken" tile
+            img = None
+        self._sig.loaded.emit(self.path, self.size, img)
+
+
+_DISK_ROOT: list[Path | None] = [None]
+
+
+class ThumbnailLoader(QObject):
+    """Makes thumbnails off the GUI thread. ``loaded(path, size, image)``; image None = failed."""
+
+    loaded = Signal(str, int, object)
+
+    def __init__(self, parent: QObject | None = None, threads: int = 2, disk_root: Path | None = None):
+        super().__init__(parent)
+        self.pool = QThreadPool(self)
+        self.pool.setMaxThreadCount(max(1, threads))
+        self._signals = _ThumbSignals()
+        self._signals.loaded.connect(self._on_loaded, Qt.ConnectionType.QueuedConnection)
+        self._pending: set[tuple[str, int]] = set()
+        self._priority = 0
+        self._generation_ref = [0]
+        _DISK_ROOT[0] = disk_root
+
+    def set_disk_root(self, root: Path | None) -> None:
+        _DISK_ROOT[0] = root
+
+    def request(self, path: str, size: int) -> None:
+        key = (path, size)
+        if key in self._pending:
+            return
+        if len(self._pending) > 400:  # the user scrolled far: drop queued, unstarted requests
+            self.clear_pending()
+        self._pending.add(key)
+        self._priority = (self._priority + 1) % 2_000_000_000
+        self.pool.start(_ThumbTask(self, path, size, self._generation_ref[0]), self._priority)
+
+    def clear_pending(self) -> None:
+        self.pool.clear()
+        self._pending.clear()
+
+    def reset(self) -> None:
+        """Forget queued work (e.g. a new folder)."""
+        self._generation_ref[0] += 1
+        self.clear_pending()
+
+    def idle(self) -> bool:
+        return self.pool.activeThreadCount() == 0
+
+    def shutdown(self, ms: int = 5000) -> bool:
+        self.reset()
+        return self.pool.waitForDone(ms)
+
+    @Slot(str, int, object)
+    def _on_loaded(self, path: str, size: int, img: Any) -> None:
+        self._pending.discard((path, size))
+        if img is False:  # stale task
+            return
+        self.loaded.emit(path, size, img)
