@@ -69,7 +69,7 @@ def _export(result, target, mode):
 
 
 def _run_project(args) -> int:
-    from ..core.labeling import label_project
+    from ..core.project import label_project
 
     out = args.out or args.project.with_suffix(".csv")
     bar = ProgressBar()
