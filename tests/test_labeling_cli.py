@@ -133,3 +133,40 @@ def test_cli_backbones_lists_weights(capsys):
     assert main(["backbones"]) == 0
     out = capsys.readouterr().out
     assert "efficientnet-lite0" in out and TINY in out
+
+
+def test_cli_label_project_matches_folder_labeling_and_keeps_confirmed(sets, tmp_path):
+    from fewshot_gui.core.project import LabelSet, Project
+
+    support, query, truth = sets
+    proj = Project.from_folders(support, query, backbone=TINY)
+    wrong = next(iter(truth))
+    proj.label_set.confirmed[wrong] = "class2" if truth[wrong] != "class2" else "class0"
+    quality = proj.add_label_set("quality")
+    quality.add_class("bright", support=[p.resolve() for p in sorted((support / "class0").iterdir())])
+    quality.add_class("dark", support=[p.resolve() for p in sorted((support / "class2").iterdir())])
+    pfile = proj.save(tmp_path / "p.fewshot.json")
+    out = tmp_path / "proj.csv"
+    assert main(["label", "--project", str(pfile), "--out", str(out), "--cache-dir", str(tmp_path / "c")]) == 0
+    with open(out, newline="", encoding="utf-8") as fh:
+        rows = {r["path"]: r for r in csv.DictReader(fh)}
+    assert rows[wrong]["labels:label"] == proj.label_set.confirmed[wrong]  # confirmed beats prediction
+    for p, t in truth.items():
+        if p != wrong:
+            assert rows[p]["labels:label"] == t
+        assert rows[p]["quality:label"] in ("bright", "dark")
+    assert rows["zero.jpg"]["error"] and rows["zero.jpg"]["labels:label"] == ""
+
+
+def test_cli_eval_prints_accuracy_with_ci(tiny_image_folder, tmp_path, capsys):
+    data = tiny_image_folder(n_classes=4, per_class=6, name="evalset", seed=3)
+    assert main(["eval", str(data), "--way", "3", "--shot", "1", "--query", "3", "--episodes", "20",
+                 "--backbone", TINY, "--cache-dir", str(tmp_path / "c")]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("accuracy: ") and "(95% CI, 20 episodes)" in line
+    assert main(["eval", str(data), "--way", "3", "--shot", "1", "--query", "3", "--episodes", "20",
+                 "--backbone", TINY, "--cache-dir", str(tmp_path / "c"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["accuracy"] > 90 and res["ci95"] >= 0  # colours are trivially separable
+    assert main(["eval", str(data), "--way", "9", "--shot", "1", "--query", "3", "--episodes", "5",
+                 "--backbone", TINY]) == 1  # not enough classes: a clear failure, not a crash
