@@ -351,6 +351,17 @@ class Document(QObject):
         if self.label_set.confirmed:
             self.repredict()
 
+    def _support_signature(self) -> list[tuple[str, tuple[str, ...]]]:
+        return [(c.name, tuple(_key(p) for p in c.support)) for c in self.classes]
+
+    @staticmethod
+    def _result_signature(res) -> list[tuple[str, tuple[str, ...]]]:
+        labels = np.asarray(res.support_labels, int)
+        paths = [_key(p) for p in res.support_paths]
+        if getattr(res, "support_errors", None):
+            return []  # some examples were skipped: cannot tell, re-fit instead
+        return [(c, tuple(p for p, l in zip(paths, labels) if l == k)) for k, c in enumerate(res.classes)]
+
     def feature_of(self, path: str | Path) -> np.ndarray | None:
         f = self.support_feats.get(_key(path))
         if f is not None:
@@ -381,6 +392,14 @@ class Document(QObject):
                 self.state.stale = True
             return False
         names = self.class_names
+        res = self.results.get(self.project.active_label_set)
+        if res is not None and not self.label_set.confirmed and self._support_signature() == self._result_signature(res):
+            # back to exactly what the job saw (e.g. after undo): its own scores, refinement included
+            self.states[self.project.active_label_set] = LabelState(list(res.classes), np.asarray(res.probs, np.float32).copy(),
+                                                                   dict(res.extra))
+            self._arrays = None
+            self.predictionsChanged.emit(None)
+            return True
         xs, ys = [], []
         for k, c in enumerate(self.classes):
             for p in c.support:

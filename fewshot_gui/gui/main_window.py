@@ -72,10 +72,10 @@ class MainWindow(QMainWindow):
         self.controller.error.connect(self.show_error)
         self.controller.labeled.connect(self._on_labeled)
         self.doc.message.connect(self.status)
-        self.doc.dirtyChanged.connect(lambda _d: self._update_title())
+        self.doc.dirtyChanged.connect(self._on_clean_changed)
         self.doc.projectReset.connect(self._on_project_reset)
         self.doc.classesChanged.connect(self._schedule_update)
-        self.undo.cleanChanged.connect(lambda _c: self._update_title())
+        self.undo.cleanChanged.connect(self._on_clean_changed)
 
         self._update_timer = QTimer(self)
         self._update_timer.setSingleShot(True)
@@ -274,6 +274,9 @@ class MainWindow(QMainWindow):
             self.last_error = text
             return
         QMessageBox.warning(self, "fewshot-gui", text)
+
+    def _on_clean_changed(self, _v: bool) -> None:
+        self._update_title()
 
     def _update_title(self) -> None:
         p = self.doc.project
