@@ -1,0 +1,161 @@
+"""``fewshot train``: episodic meta-training (ProtoNet, MAML, Relation Networks) into a model file.
+
+Examples::
+
+    # Conv-4 ProtoNet on Omniglot small1 (+ rotated classes), validated on alphabets of small2
+    fewshot train --method protonet --backbone conv4 \\
+        --data ../shared/data/omniglot/images_background_small1.zip --rotations --within-group \\
+        --val-data "../shared/data/omniglot/images_background_small2.zip::Japanese_(katakana),Sanskrit,Tagalog" \\
+        --way 20 --shot 1 --query 5 --episodes 3000 --out omniglot-conv4-protonet.fsm
+
+    # Proto-MAML head on EfficientNet-Lite0 features of Caltech-101, 40% of classes held out
+    fewshot train --method maml --backbone efficientnet-lite0 --data ../shared/data/caltech101 \\
+        --holdout 0.4 --way 5 --shot 5 --query 10 --out caltech-lite0-maml.fsm
+
+``--data`` takes an ImageFolder directory (one sub-folder per class, or group/class) or an
+Omniglot-style zip; append ``::NAME1,NAME2`` to keep only those groups (alphabets). Repeat
+``--data`` for multi-task training, with ``--weights w1,w2`` as sampling weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from ..core.errors import DataError
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("train", help="meta-train a model (protonet, maml, relation) into a model file",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", choices=("protonet", "maml", "relation"), default="protonet")
+    p.add_argument("--backbone", default="conv4",
+                   help="conv4 (trained from scratch on images) or a registered frozen backbone such as "
+                        "efficientnet-lite0 (a head is trained on its features)")
+    p.add_argument("--data", action="append", required=True, metavar="PATH",
+                   help="training data (repeatable): ImageFolder dir or zip, optionally PATH::GROUP1,GROUP2")
+    p.add_argument("--weights", metavar="W1,W2", help="sampling weights, one per --data")
+    p.add_argument("--val-data", action="append", metavar="PATH", help="validation data (repeatable)")
+    p.add_argument("--holdout", type=float, default=0.0, metavar="FRACTION",
+                   help="hold out this fraction of each --data set's classes (seeded split); "
+                        "validate on them when no --val-data")
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--way", type=int, default=20)
+    p.add_argument("--shot", type=int, default=1)
+    p.add_argument("--query", type=int, default=5, help="queries per class")
+    p.add_argument("--episodes", type=int, default=2000, help="training episodes (tasks) in all")
+    p.add_argument("--meta-batch", type=int, default=None, help="episodes per update (default 1; MAML 4)")
+    p.add_argument("--within-group", action="store_true", help="every class of an episode from one group (alphabet)")
+    p.add_argument("--rotations", action="store_true", help="rotate whole classes by 90/180/270 degrees as new classes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=1e-3, help="outer (Adam) learning rate, cosine-annealed")
+    p.add_argument("--val-every", type=int, default=500, metavar="EPISODES")
+    p.add_argument("--val-episodes", type=int, default=100)
+    p.add_argument("--val-way", type=int)
+    p.add_argument("--val-shot", type=int)
+    p.add_argument("--val-query", type=int)
+    p.add_argument("--val-random", action="store_true", help="validate on random (not within-group) episodes")
+    p.add_argument("--size", type=int, default=28, help="Conv-4 input size (pixels)")
+    p.add_argument("--rgb", action="store_true", help="Conv-4 on colour images (default: greyscale)")
+    p.add_argument("--no-invert", action="store_true", help="do not invert grey images (default: invert for zips)")
+    p.add_argument("--hidden", type=int, default=64, help="Conv-4 channels")
+    g = p.add_argument_group("MAML")
+    g.add_argument("--steps", type=int, default=5, help="inner-loop gradient steps")
+    g.add_argument("--test-steps", type=int, help="inner steps at test time (default: --steps)")
+    g.add_argument("--inner-lr", type=float, default=0.1)
+    g.add_argument("--first-order", action="store_true")
+    g.add_argument("--learn-lr", action="store_true", help="learned per-parameter inner rates (Meta-SGD)")
+    g.add_argument("--head-init", choices=("zero", "proto"),
+                   help="head initialisation per task (default: zero for conv4, proto = Proto-MAML for heads)")
+    g = p.add_argument_group("Relation Network")
+    g.add_argument("--loss", choices=("mse", "ce"), default="mse")
+    p.add_argument("--checkpoint", metavar="FILE", help="checkpoint file (default: OUT.ckpt)")
+    p.add_argument("--checkpoint-every", type=int, metavar="EPISODES")
+    p.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its checkpoint")
+    p.add_argument("--cache-dir", metavar="DIR", help="embedding cache for frozen backbones")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--out", required=True, metavar="MODEL", help="model file to write (.fsm)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def config_from_args(args):
+    from ..core.metatrain import TrainConfig
+
+    weights = None
+    if args.weights:
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise DataError(f"--weights {args.weights!r}: give numbers separated by commas") from None
+        if len(weights) != len(args.data):
+            raise DataError(f"--weights has {len(weights)} numbers for {len(args.data)} --data sets")
+    meta_batch = args.meta_batch or (4 if args.method == "maml" and args.backbone == "conv4" else 1)
+    return TrainConfig(
+        method=args.method, backbone=args.backbone, data=list(args.data), weights=weights,
+        val_data=args.val_data, holdout=args.holdout, split_seed=args.split_seed, way=args.way,
+        shot=args.shot, query=args.query, episodes=args.episodes, within_group=args.within_group,
+        rotations=args.rotations, seed=args.seed, val_every=args.val_every, val_episodes=args.val_episodes,
+        val_way=args.val_way, val_shot=args.val_shot, val_query=args.val_query,
+        val_within_group=(False if args.val_random else None), meta_batch=meta_batch, lr=args.lr,
+        size=args.size, channels=3 if args.rgb else 1, invert=(False if args.no_invert else None),
+        hidden=args.hidden, steps=args.steps, test_steps=args.test_steps, inner_lr=args.inner_lr,
+        first_order=args.first_order, learn_lr=args.learn_lr, head_init=args.head_init, loss=args.loss,
+        out=str(args.out), checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
+        resume=args.resume, command="fewshot train " + " ".join(shlex.quote(a) for a in _argv_tail()),
+        cache_dir=args.cache_dir, threads=args.threads)
+
+
+def _argv_tail() -> list[str]:
+    argv = sys.argv[1:]
+    return argv[argv.index("train") + 1:] if "train" in argv else argv
+
+
+def run(args) -> int:
+    from ..core.jobs import Progress
+    from ..core.metatrain import ValidationResult, meta_train
+
+    if args.backbone == "conv4" and args.method in ("protonet", "maml", "relation"):
+        pass
+    cfg = config_from_args(args)
+    gen = meta_train(cfg)
+    t0 = time.monotonic()
+    last = 0.0
+    result = None
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            result = stop.value
+            break
+        if isinstance(item, ValidationResult):
+            print(f"\r\x1b[Kvalidation after {item.episode} episodes: {item}", file=sys.stderr, flush=True)
+        elif isinstance(item, Progress) and not args.quiet:
+            now = time.monotonic()
+            if now - last > 0.5 or item.done == item.total:
+                last = now
+                w = 30
+                n = int(w * item.fraction)
+                el = now - t0
+                print(f"\r\x1b[K{item.stage}: [{'#' * n}{'.' * (w - n)}] {item.done}/{item.total} "
+                      f"{item.message} {el:.0f}s", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    v = result.meta.get("validation")
+    print(f"wrote {result.out} ({result.wall_time_s:.0f} s of training)")
+    if v:
+        print(f"validation accuracy: {v['accuracy']:.2f} ± {v['ci95']:.2f} (95% CI, {v['episodes']} episodes, "
+              f"{v['protocol']})")
+    return 0
+
+
+def main(argv=None) -> int:  # python -m fewshot_gui.cli.train ...
+    from . import main as cli_main
+
+    return cli_main(["train"] + list(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

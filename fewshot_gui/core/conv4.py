@@ -1,0 +1,100 @@
+"""Conv-4: the small backbone of the few-shot literature, written to work with
+:func:`torch.func.functional_call` (MAML adapts its parameters functionally).
+
+Each block is conv3x3(64) -> batch norm -> ReLU -> (2x2 max-pool). On 28x28 Omniglot
+images four pooled blocks give a 64-d embedding (28 -> 14 -> 7 -> 3 -> 1).
+
+Batch norm has two modes:
+
+* ``bn="batch"`` (MAML paper): no running statistics; every forward pass normalises with the
+  statistics of the batch it is given, in training *and* at test time (transductive per task).
+  The affine weights are ordinary parameters, so MAML adapts them too.
+* ``bn="running"`` (ProtoNet, Relation Network): usual running statistics, used in ``eval()``
+  mode, so an image's embedding does not depend on the other images of its batch (required by
+  the embedding cache).
+
+The module holds no state besides parameters and (in "running" mode) BN buffers, so
+``functional_call(model, params, (x,))`` with a dict of (possibly non-leaf) tensors works.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, pool: bool, bn: str, padding: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=padding)
+        self.bn = nn.BatchNorm2d(cout, track_running_stats=(bn == "running"), momentum=0.1)
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.conv(x)))
+        if self.pool:
+            x = nn.functional.max_pool2d(x, 2)
+        return x
+
+
+class Conv4(nn.Module):
+    """``in_channels`` -> ``hidden`` x ``len(pools)`` conv blocks.
+
+    ``pools`` says which blocks max-pool (Relation Networks pool only in the first two).
+    ``flatten=True`` returns (B, D) vectors, else (B, C, H, W) feature maps.
+    """
+
+    def __init__(self, in_channels: int = 1, hidden: int = 64, pools: Sequence[bool] = (True,) * 4,
+                 bn: str = "running", flatten: bool = True) -> None:
+        super().__init__()
+        if bn not in ("batch", "running"):
+            raise ValueError(f"bn must be 'batch' or 'running', not {bn!r}")
+        self.config = {"in_channels": in_channels, "hidden": hidden, "pools": list(map(bool, pools)),
+                       "bn": bn, "flatten": flatten}
+        chans = [in_channels] + [hidden] * len(pools)
+        self.blocks = nn.Sequential(*[ConvBlock(chans[i], chans[i + 1], bool(p), bn)
+                                      for i, p in enumerate(pools)])
+        self.flatten = flatten
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(x)
+        return x.flatten(1) if self.flatten else x
+
+    def out_dim(self, input_size: int) -> int:
+        s = input_size
+        for p in self.config["pools"]:
+            s = s // 2 if p else s
+        return self.config["hidden"] * s * s
+
+
+class RelationModule(nn.Module):
+    """Relation module of Sung et al. (2018): two conv blocks on the concatenated pair of
+    feature maps, then FC(8) -> FC(1). Returns raw scores (apply a sigmoid for the paper's
+    relation score in [0, 1])."""
+
+    def __init__(self, channels: int = 64, hidden: int = 8, spatial: int = 7) -> None:
+        super().__init__()
+        self.config = {"channels": channels, "hidden": hidden, "spatial": spatial}
+        self.block1 = ConvBlock(2 * channels, channels, True, "running")
+        self.block2 = ConvBlock(channels, channels, spatial // 2 >= 2, "running")
+        s = spatial // 2
+        s = s // 2 if s >= 2 else s
+        self.fc1 = nn.Linear(channels * s * s, hidden)
+        self.fc2 = nn.Linear(hidden, 1)
+
+    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
+        x = self.block2(self.block1(pairs)).flatten(1)
+        return self.fc2(torch.relu(self.fc1(x))).squeeze(1)
+
+
+def build_conv4(config: dict) -> Conv4:
+    """Rebuild a :class:`Conv4` from its ``config`` dict (as stored in model files)."""
+    return Conv4(in_channels=int(config.get("in_channels", 1)), hidden=int(config.get("hidden", 64)),
+                 pools=tuple(config.get("pools", (True,) * 4)), bn=str(config.get("bn", "running")),
+                 flatten=bool(config.get("flatten", True)))
