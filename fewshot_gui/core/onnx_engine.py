@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 OPSET = 17
 EXPORT_VERSION = 1
+# Largest batch handed to ONNX Runtime at once: activation memory grows with the batch
+# (Lite0: ~+450 MB at 32, ~+120 MB at 8) while throughput is flat beyond ~8 on the CPU.
+MAX_ORT_BATCH = 16
 
 
 def onnx_file(backbone: Backbone, cache_dir: str | Path | None = None) -> Path:
@@ -63,7 +66,7 @@ def export_onnx(backbone: Backbone, path: Path) -> None:
 class OrtRunner:
     """Callable (B, 3, S, S) float32 -> (B, dim) over an ONNX Runtime session."""
 
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, path: Path, threads: int | None = None, max_batch: int | None = None):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -76,12 +79,17 @@ class OrtRunner:
         self.session = ort.InferenceSession(str(path), sess_options=so,
                                             providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        self.max_batch = max(1, int(max_batch or MAX_ORT_BATCH))
         self._lock = threading.Lock()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
+        m = self.max_batch
         with self._lock:
-            return self.session.run(None, {self.input_name: batch})[0]
+            if len(batch) <= m:
+                return self.session.run(None, {self.input_name: batch})[0]
+            return np.concatenate([self.session.run(None, {self.input_name: batch[s:s + m]})[0]
+                                   for s in range(0, len(batch), m)])
 
 
 def attach_onnx(backbone: Backbone, cache_dir: str | Path | None = None,
