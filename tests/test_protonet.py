@@ -43,7 +43,7 @@ def test_hand_example_center_l2():
     # support (3,1) -> class 0, (1,3) -> class 1; support mean (2,2)
     # centred: (1,-1), (-1,1) -> normalised (1,-1)/sqrt2, (-1,1)/sqrt2
     s = np.array([[3.0, 1.0], [1.0, 3.0]])
-    m = ProtoNet(normalize="center_l2", center="support", temperature=2.0).fit(s, [0, 1], 2)
+    m = ProtoNet(normalize="center_l2", center="support", pre_l2=False, temperature=2.0).fit(s, [0, 1], 2)
     r = 1 / math.sqrt(2)
     np.testing.assert_allclose(m.centre, [2.0, 2.0])
     np.testing.assert_allclose(m.prototypes, [[r, -r], [-r, r]], atol=1e-12)
@@ -53,6 +53,25 @@ def test_hand_example_center_l2():
     np.testing.assert_allclose(m.scores(q), [[-d0, -d1]], atol=1e-12)
     np.testing.assert_allclose(m.logits(q), [[-2 * d0, -2 * d1]], atol=1e-12)
     np.testing.assert_allclose(m.predict_proba(q), [_softmax2(-2 * d0, -2 * d1)], atol=1e-12)
+
+
+def test_hand_example_center_l2_with_pre_l2():
+    # support (3,0) -> class 0, (0,4) -> class 1; L2 first: (1,0), (0,1); centre (.5,.5)
+    # centred (.5,-.5), (-.5,.5) -> prototypes (r,-r), (-r,r) with r = 1/sqrt2
+    s = np.array([[3.0, 0.0], [0.0, 4.0]])
+    m = ProtoNet(center="support", pre_l2=True, temperature=1.0).fit(s, [0, 1], 2)
+    r = 1 / math.sqrt(2)
+    np.testing.assert_allclose(m.centre, [0.5, 0.5])
+    np.testing.assert_allclose(m.prototypes, [[r, -r], [-r, r]], atol=1e-12)
+    # query (0,-2): L2 (0,-1), minus centre (-.5,-1.5), normalised z = (-1,-3)/sqrt10
+    # d0 = 2 - 2 z.(r,-r) = 2 - 2/sqrt5 ; d1 = 2 + 2/sqrt5
+    q = np.array([[0.0, -2.0]])
+    d0, d1 = 2 - 2 / math.sqrt(5), 2 + 2 / math.sqrt(5)
+    np.testing.assert_allclose(m.scores(q), [[-d0, -d1]], atol=1e-12)
+    np.testing.assert_allclose(m.predict_proba(q), [_softmax2(-d0, -d1)], atol=1e-12)
+    # without pre-L2 the centre is the raw mean (1.5, 2) and the answer differs
+    raw = ProtoNet(center="support", pre_l2=False, temperature=1.0).fit(s, [0, 1], 2)
+    np.testing.assert_allclose(raw.centre, [1.5, 2.0])
 
 
 def test_hand_example_l2_prototype_renormalisation():
@@ -126,10 +145,13 @@ def test_transductive_centre_is_mean_of_support_and_query():
     rng = np.random.default_rng(4)
     s, q = rng.normal(size=(5, 4)), rng.normal(size=(30, 4)) + 2
     m = ProtoNet(center="query").fit(s, np.arange(5), 5)
-    np.testing.assert_allclose(m.centre, s.mean(0))  # no query statistics yet -> support mean
+    u = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731  (pre-L2 space)
+    np.testing.assert_allclose(m.centre, u(s).mean(0))  # no query statistics yet -> support mean
     p_before = m.predict_proba(q)
     m.set_query_statistics(q)
-    np.testing.assert_allclose(m.centre, np.concatenate([s, q]).mean(0))
+    np.testing.assert_allclose(m.centre, u(np.concatenate([s, q])).mean(0))
+    raw = ProtoNet(center="query", pre_l2=False).fit(s, np.arange(5), 5).set_query_statistics(q)
+    np.testing.assert_allclose(raw.centre, np.concatenate([s, q]).mean(0))
     assert not np.allclose(m.predict_proba(q), p_before)
 
 

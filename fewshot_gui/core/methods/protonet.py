@@ -7,11 +7,14 @@ labels :math:`y_i \in \{0..C-1\}` and :math:`c \in \mathbb{R}^D` a centre (see `
 
 1. Feature normalisation ``normalize``:
 
-   * ``"center_l2"`` (default): :math:`z = (x - c) / \lVert x - c \rVert_2`
+   * ``"center_l2"`` (default): :math:`z = (u - c) / \lVert u - c \rVert_2` with
+     :math:`u = x / \lVert x \rVert_2` when ``pre_l2=True`` (default) or :math:`u = x` otherwise,
+     and :math:`c` a mean of :math:`u` over reference embeddings (see ``center``)
    * ``"l2"``: :math:`z = x / \lVert x \rVert_2`
    * ``"none"``: :math:`z = x`
 
-   (a tiny epsilon guards the division.)
+   (a tiny epsilon guards the division.) Normalising before centring keeps a few images with large
+   norms from dominating the centre; it measured better than centring raw embeddings.
 
 2. Prototypes: :math:`p_k = \frac{1}{|S_k|} \sum_{i: y_i = k} z_i`, then, when
    ``renorm=True`` and ``normalize != "none"``, :math:`p_k \leftarrow p_k / \lVert p_k \rVert_2`.
@@ -29,16 +32,34 @@ With L2-normalised features and prototypes, :math:`\lVert z - p \rVert^2 = 2 - 2
 
 Centring ``center`` (only used by ``"center_l2"``):
 
-* ``"support"`` (default): :math:`c` = mean of the support embeddings, fixed at :meth:`fit`.
-* ``"query"`` (transductive): :math:`c` = mean of the support *and all query* embeddings. The
+* ``"support"`` (default): :math:`c` = mean of :math:`u` over the support, fixed at :meth:`fit`.
+* ``"query"`` (transductive): :math:`c` = mean of :math:`u` over the support *and all queries*. The
   query statistics must be given once with :meth:`ProtoNet.set_query_statistics` (e.g. the whole
   query folder); without them the support mean is used. The centre never depends on the batch
   passed to :meth:`predict_proba`, so streaming query batches gives exactly the same result as
   predicting the whole folder at once.
-* ``"base"``: :math:`c` = ``base_mean`` (a fixed vector, e.g. the mean embedding of a base set).
+* ``"base"``: :math:`c` = ``base_mean``, a fixed vector in the space of :math:`u` (e.g. the mean
+  of the L2-normalised embeddings of a base set).
 
-The default temperature was chosen by measurement on Caltech-101 (see
-``bench/protonet_normalisation.py``): with it the reported confidences are close to calibrated.
+Defaults (``center_l2``, ``center="support"``, ``pre_l2=True``, ``renorm=True``, ``euclidean``,
+``temperature=12``) were chosen by measurement with ``bench/protonet_normalisation.py`` on
+Caltech-101 (all 100 classes, EfficientNet-Lite0 ImageNet features, 15 queries per class, 600
+episodes, seed 0, mean ± 95% CI):
+
+=====================================  ============  =============  ============
+variant                                5-way 1-shot  20-way 1-shot  5-way 5-shot
+=====================================  ============  =============  ============
+raw features (``none``)                81.46 ± 0.98  69.87 ± 0.55   97.92 ± 0.19
+``l2`` + renorm                        93.35 ± 0.51  84.48 ± 0.37   98.14 ± 0.17
+``center_l2`` support, raw centre      90.33 ± 0.71  83.81 ± 0.39   98.21 ± 0.18
+``center_l2`` support, pre-L2 (dflt)   93.52 ± 0.50  84.91 ± 0.37   98.25 ± 0.17
+``center_l2`` query (transductive)     94.99 ± 0.42  85.52 ± 0.36   98.40 ± 0.16
+=====================================  ============  =============  ============
+
+Transductive centring (``center="query"``) is best when the whole query set is known up front;
+the default needs only the support, so streamed and whole-folder labeling agree with ``fewshot
+eval``. With ``temperature=12`` the confidences are close to calibrated (expected calibration
+error 0.8 % / 1.7 % / 0.4 % in the three settings above; T in 10..12 minimises the NLL).
 :meth:`scores` returns the unscaled scores :math:`s` and :meth:`logits` returns :math:`T s`, for a
 later temperature fit (calibration).
 """
@@ -59,7 +80,7 @@ CENTERS = ("support", "query", "transductive", "base")
 METRICS = ("euclidean", "cosine")
 
 # Chosen by measurement (bench/protonet_normalisation.py): see the module docstring.
-DEFAULT_TEMPERATURE = 10.0
+DEFAULT_TEMPERATURE = 12.0
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
@@ -88,7 +109,8 @@ class ProtoNet(FewShotMethod):
 
     Options: ``normalize`` ("center_l2" | "l2" | "none"), ``center`` ("support" | "query" |
     "base"), ``base_mean`` (array, for ``center="base"``), ``metric`` ("euclidean" | "cosine"),
-    ``temperature`` (float > 0), ``renorm`` (bool, re-normalise prototypes).
+    ``temperature`` (float > 0), ``renorm`` (bool, re-normalise prototypes), ``pre_l2`` (bool,
+    L2-normalise before centring).
     """
 
     name = "protonet"
@@ -96,7 +118,7 @@ class ProtoNet(FewShotMethod):
 
     def __init__(self, normalize: str = "center_l2", center: str = "support",
                  metric: str = "euclidean", temperature: float | None = None,
-                 renorm: bool = False, base_mean: Any = None, **options: Any) -> None:
+                 renorm: bool = True, pre_l2: bool = True, base_mean: Any = None, **options: Any) -> None:
         if normalize not in NORMALIZATIONS:
             raise DataError(f"unknown normalize {normalize!r}; choose one of {', '.join(NORMALIZATIONS)}")
         if center not in CENTERS:
@@ -109,12 +131,13 @@ class ProtoNet(FewShotMethod):
         if center == "base" and normalize == "center_l2" and base_mean is None:
             raise DataError('center="base" needs base_mean (the mean embedding of a base set)')
         super().__init__(normalize=normalize, center=center, metric=metric,
-                         temperature=temperature, renorm=renorm, **options)
+                         temperature=temperature, renorm=renorm, pre_l2=pre_l2, **options)
         self.normalize = normalize
         self.center = "query" if center == "transductive" else center
         self.metric = metric
         self.temperature = temperature
         self.renorm = bool(renorm)
+        self.pre_l2 = bool(pre_l2)
         self.base_mean = None if base_mean is None else np.asarray(base_mean, dtype=np.float64).ravel()
         self._support: np.ndarray | None = None
         self._labels: np.ndarray | None = None
@@ -147,7 +170,7 @@ class ProtoNet(FewShotMethod):
         the centre is then fixed, so later query batches are scored independently of each other.
         """
         q = _as_features(query, "query")
-        self._query_sum = q.sum(axis=0)
+        self._query_sum = self._pre(q).sum(axis=0)
         self._query_count = int(q.shape[0])
         if self._support is not None:
             self._rebuild()
@@ -160,8 +183,8 @@ class ProtoNet(FewShotMethod):
         if self.center == "query" and self._query_count and self._query_sum is not None:
             if self._query_sum.shape[0] != s.shape[1]:
                 raise DataError(f"query embeddings have {self._query_sum.shape[0]} dims but support has {s.shape[1]}")
-            return (s.sum(axis=0) + self._query_sum) / (s.shape[0] + self._query_count)
-        return s.mean(axis=0)
+            return (self._pre(s).sum(axis=0) + self._query_sum) / (s.shape[0] + self._query_count)
+        return self._pre(s).mean(axis=0)
 
     def _rebuild(self) -> None:
         assert self._support is not None and self._labels is not None
@@ -174,11 +197,15 @@ class ProtoNet(FewShotMethod):
             protos = _l2(protos)
         self.prototypes = protos
 
+    def _pre(self, x: np.ndarray) -> np.ndarray:
+        """The space the centre lives in: L2-normalised embeddings when ``pre_l2``."""
+        return _l2(x) if self.pre_l2 else x
+
     def _transform(self, x: np.ndarray) -> np.ndarray:
         if self.normalize == "none":
             return x
         if self.normalize == "center_l2":
-            x = x - self.centre
+            x = self._pre(x) - self.centre
         return _l2(x)
 
     # ----------------------------------------------------------------------------- scoring
