@@ -180,3 +180,39 @@ def test_evaluate_dataset_image_method(tmp_path):
     res = evaluate_dataset(tmp_path, backbone=_FakeBackbone(), method=_MeanColour, way=3, shot=1, query=2,
                            episodes=10, seed=0)
     assert res.accuracy == pytest.approx(100.0) and res.info["classes"] == 4
+
+
+def _pool_backbone():
+    import torch
+
+    from fewshot_gui.core.backbones import Backbone
+
+    class Pool(torch.nn.Module):
+        def forward(self, x):  # (B, 3, 16, 16) -> (B, 12): 2x2 grid of mean colours
+            return torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1)
+
+    return Backbone("eval-test-pool", Pool(), input_size=16, dim=12, key="eval-test-pool-v1",
+                    mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), resize="squash", device="cpu",
+                    frozen=False)
+
+
+def test_evaluate_dataset_embeds_once_and_drops_broken_images(tiny_image_folder, tmp_path):
+    data = tiny_image_folder(n_classes=4, per_class=5, name="evalset", seed=3)
+    (data / "class0" / "broken.jpg").write_bytes(b"not a jpeg")
+    events = []
+    res = evaluate_dataset(data, backbone=_pool_backbone(), method="protonet", way=3, shot=1, query=3,
+                           episodes=15, seed=0, cache_dir=tmp_path / "cache", progress=events.append)
+    assert res.accuracy == pytest.approx(100.0)  # colours are trivially separable
+    assert res.info["failed"] == 1 and res.info["images"] == 21 and res.info["classes"] == 4
+    assert {e.stage for e in events} >= {"evaluating"} and len({e.stage for e in events}) >= 2
+    assert any((tmp_path / "cache").rglob("*"))  # the embeddings were cached
+    again = evaluate_dataset(data, backbone=_pool_backbone(), way=3, shot=1, query=3, episodes=15, seed=0,
+                             cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(again.accuracies, res.accuracies)
+    import shutil
+
+    for k in (1, 2, 3):  # 6 images in every class; class0 has only 5 good ones
+        shutil.copy(data / f"class{k}" / "0.png", data / f"class{k}" / "extra.png")
+    with pytest.raises(DataError, match="class0 \\(5\\)"):
+        evaluate_dataset(data, backbone=_pool_backbone(), way=3, shot=2, query=4, episodes=5,
+                         use_cache=False)
