@@ -150,25 +150,42 @@ def test_onnx_matches_torch_and_is_cached(tmp_path, lite0_torch):
     assert bb2.engine == "onnx" and files[0].stat().st_mtime_ns == mtime
 
 
+def _tiny(device="cpu"):
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2),
+                            torch.nn.Flatten())
+    return Backbone("tiny", m, input_size=20, dim=16, key="tiny|v1", device=device)
+
+
 def test_onnx_failure_falls_back_to_torch(tmp_path, monkeypatch, caplog):
     def boom(*a, **k):
         raise RuntimeError("export broke")
 
     monkeypatch.setattr(onnx_engine, "export_onnx", boom)
+    bb = _tiny()
     with caplog.at_level(logging.WARNING):
-        bb = get_backbone("efficientnet-lite0", engine="onnx", cache_dir=tmp_path)
+        assert not onnx_engine.attach_onnx(bb, cache_dir=tmp_path)
     assert bb.engine == "torch"
     assert "export broke" in caplog.text
-    assert bb.embed(np.zeros((1, 3, 224, 224), np.float32)).shape == (1, 1280)
+    assert bb.embed(np.zeros((1, 3, 20, 20), np.float32)).shape == (1, 16)
+
+
+def test_onnx_runner_splits_large_batches(tmp_path):
+    bb = _tiny()
+    ref = bb.embed(np.random.default_rng(0).standard_normal((9, 3, 20, 20)).astype(np.float32))
+    assert onnx_engine.attach_onnx(bb, cache_dir=tmp_path)
+    bb._runner.max_batch = 4
+    x = np.random.default_rng(0).standard_normal((9, 3, 20, 20)).astype(np.float32)
+    np.testing.assert_allclose(bb.embed(x), ref, rtol=1e-4, atol=1e-5)
 
 
 def test_damaged_cached_onnx_file_is_reexported(tmp_path):
-    bb = get_backbone("efficientnet-lite0", engine="onnx", cache_dir=tmp_path)
-    f = onnx_engine.onnx_file(bb, tmp_path)
+    assert onnx_engine.attach_onnx(_tiny(), cache_dir=tmp_path)
+    f = onnx_engine.onnx_file(_tiny(), tmp_path)
     f.write_bytes(b"not an onnx file")
-    bb2 = get_backbone("efficientnet-lite0", engine="onnx", cache_dir=tmp_path)
-    assert bb2.engine == "onnx"
-    assert f.stat().st_size > 1_000_000
+    bb2 = _tiny()
+    assert onnx_engine.attach_onnx(bb2, cache_dir=tmp_path)
+    assert bb2.engine == "onnx" and f.read_bytes() != b"not an onnx file"
 
 
 def test_register_custom_backbone():

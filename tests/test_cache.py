@@ -112,3 +112,18 @@ def test_store_rejects_mismatched_shapes(tmp_path):
         c.store(paths, np.ones((3, 4), np.float32))
     with pytest.raises(ValueError):
         c.store(paths, np.ones((2, 5), np.float32))
+
+
+def test_file_identities_match_single_resolve_including_links(tmp_path):
+    from fewshot_gui.core.cache import file_identities, file_identity
+
+    paths = _files(tmp_path, 3)
+    link_dir = tmp_path / "linked"
+    link_dir.symlink_to(paths[0].parent, target_is_directory=True)
+    file_link = tmp_path / "file_link.bin"
+    file_link.symlink_to(paths[1])
+    query = paths + [link_dir / paths[2].name, file_link, tmp_path / "nope.bin", tmp_path]
+    got = file_identities(query)
+    assert got == [file_identity(p) for p in query]
+    assert got[3] == got[2] and got[4] == got[1]
+    assert got[5] is None and got[6] is None

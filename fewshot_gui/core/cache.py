@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import sqlite3
+import stat
 import threading
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -55,7 +56,38 @@ def file_identity(path: str | Path) -> tuple[str, int, int] | None:
         st = os.stat(rp)
     except (OSError, ValueError):
         return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
     return rp, st.st_size, st.st_mtime_ns
+
+
+def file_identities(paths: Sequence[str | Path]) -> list[tuple[str, int, int] | None]:
+    """:func:`file_identity` of many files, cheaply: each folder is resolved once, and each
+    file costs one ``lstat`` (plus a full resolve only when the file itself is a link)."""
+    dirs: dict[str, str] = {}
+    out: list[tuple[str, int, int] | None] = []
+    sep = os.sep
+    for p in paths:
+        try:
+            p = os.fspath(p)
+            head, name = os.path.split(p)
+            rdir = dirs.get(head)
+            if rdir is None:
+                if not name or name in (".", ".."):
+                    raise ValueError(p)
+                rdir = dirs[head] = os.path.realpath(head or ".")
+            full = rdir + sep + name if not rdir.endswith(sep) else rdir + name
+            st = os.lstat(full)
+        except (OSError, ValueError, TypeError):
+            out.append(None)
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            out.append(file_identity(full))
+        elif stat.S_ISREG(st.st_mode):
+            out.append((full, st.st_size, st.st_mtime_ns))
+        else:
+            out.append(None)
+    return out
 
 
 class _Corrupt(Exception):
@@ -184,9 +216,12 @@ class EmbeddingCache:
             return default
 
     # -- public API ----------------------------------------------------------------------------
-    def lookup(self, paths: Sequence[str | Path]) -> dict[int, np.ndarray]:
-        """Cached vectors of still-unchanged files: ``{index in paths: vector}``."""
-        idents = [file_identity(p) for p in paths]
+    def lookup(self, paths: Sequence[str | Path],
+               identities: Sequence[tuple[str, int, int] | None] | None = None) -> dict[int, np.ndarray]:
+        """Cached vectors of still-unchanged files: ``{index in paths: vector}``.
+
+        ``identities``: precomputed :func:`file_identities` of ``paths`` (saves the stats)."""
+        idents = identities if identities is not None else file_identities(paths)
         want: dict[str, list[tuple[int, int, int]]] = {}
         for i, ident in enumerate(idents):
             if ident is not None:
@@ -232,7 +267,7 @@ class EmbeddingCache:
         elif feats.shape[1] != self.dim:
             raise ValueError(f"vectors have {feats.shape[1]} values, cache expects {self.dim}")
         if identities is None:
-            identities = [file_identity(p) for p in paths]
+            identities = file_identities(paths)
         rows = [(ident[0], ident[1], ident[2], feats[i].tobytes())
                 for i, ident in enumerate(identities)
                 if ident is not None and np.all(np.isfinite(feats[i]))]

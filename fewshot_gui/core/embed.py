@@ -66,7 +66,7 @@ def _min_side(backbone) -> int:
 
 
 def _decode(paths: Sequence[Path], indices: Sequence[int], backbone, loader, min_side: int,
-            idents: Sequence | None, cancel: CancelToken | None):
+            cancel: CancelToken | None):
     """Decode + preprocess one batch. Returns (indices, array of good rows, good mask, errors)."""
     s = backbone.input_size
     arr = np.empty((len(indices), 3, s, s), dtype=np.float32)
@@ -101,9 +101,9 @@ def iter_embeddings(paths: Sequence[str | Path], backbone, cache=None, batch_siz
     ``loader(path, min_side=...)`` defaults to :func:`fewshot_gui.core.images.load_image`.
     Raises :class:`Cancelled` when ``cancel`` is set (checked between batches).
     """
-    from .cache import file_identity
+    from .cache import file_identities
 
-    paths = [Path(p) for p in paths]
+    paths = [p if isinstance(p, Path) else Path(p) for p in paths]
     total = len(paths)
     batch_size = max(1, int(batch_size))
     dim = int(backbone.dim)
@@ -122,8 +122,8 @@ def iter_embeddings(paths: Sequence[str | Path], backbone, cache=None, batch_siz
     idents = None
     hits: dict[int, np.ndarray] = {}
     if cache is not None:
-        idents = [file_identity(p) for p in paths]
-        hits = cache.lookup(paths)
+        idents = file_identities(paths)
+        hits = cache.lookup(paths, identities=idents)
         if hits:
             order = sorted(hits)
             for s in range(0, len(order), CACHED_CHUNK):
@@ -149,7 +149,7 @@ def iter_embeddings(paths: Sequence[str | Path], backbone, cache=None, batch_siz
         while next_chunk < len(chunks) or pending:
             while next_chunk < len(chunks) and len(pending) < depth:
                 pending.append(pool.submit(_decode, paths, chunks[next_chunk], backbone, loader,
-                                           min_side, idents, cancel))
+                                           min_side, cancel))
                 next_chunk += 1
             check()
             indices, arr, good, errors = pending.popleft().result()
