@@ -216,3 +216,33 @@ def test_evaluate_dataset_embeds_once_and_drops_broken_images(tiny_image_folder,
     with pytest.raises(DataError, match="class0 \\(5\\)"):
         evaluate_dataset(data, backbone=_pool_backbone(), way=3, shot=2, query=4, episodes=5,
                          use_cache=False)
+
+
+def test_evaluate_dataset_on_zip_within_group(tmp_path):
+    import io
+    import zipfile
+
+    zp = tmp_path / "chars.zip"
+    with zipfile.ZipFile(zp, "w") as zf:
+        palettes = {"Alpha": [(200, 30, 30), (30, 200, 30), (30, 30, 200)],  # one bright channel
+                    "Beta": [(200, 200, 30), (30, 200, 200), (200, 30, 200)]}  # two bright channels
+        for g, colours in palettes.items():
+            for c, col in enumerate(colours):
+                for i in range(4):
+                    buf = io.BytesIO()
+                    Image.new("RGB", (10, 10), tuple(v + 3 * i for v in col)).save(buf, "PNG")
+                    zf.writestr(f"set/{g}/character{c + 1:02d}/{i}.png", buf.getvalue())
+    groups_seen = []
+
+    class Spy(ProtoNet):
+        def fit(self, support, labels, n_classes):
+            groups_seen.append(tuple(sorted({"Beta" if (s > 0).sum() == 8 else "Alpha" for s in support})))
+            return super().fit(support, labels, n_classes)
+
+    res = evaluate_dataset(zp, backbone=_pool_backbone(), method=Spy, way=3, shot=1, query=2, episodes=12,
+                           seed=0, within_group=True)
+    assert res.accuracy == pytest.approx(100.0)
+    assert res.info["classes"] == 6 and res.info["images"] == 24 and res.info["failed"] == 0
+    assert len(groups_seen) == 12 and set(groups_seen) <= {("Alpha",), ("Beta",)}
+    with pytest.raises(DataError):
+        evaluate_dataset(zp, backbone=_pool_backbone(), way=4, shot=1, query=2, episodes=2, within_group=True)

@@ -159,34 +159,61 @@ def image_episode_runner(dataset: Any, backbone: Any, method_factory: Callable[[
 
 
 def embed_dataset(dataset: Any, backbone: Any, cache: Any = None, progress: ProgressFn | None = None,
-                  cancel: CancelToken | None = None) -> tuple[np.ndarray, np.ndarray, dict[int, str], list]:
-    """Embed every image of an :class:`~.datasets.ImageFolderDataset` once (through the cache).
+                  cancel: CancelToken | None = None, batch_size: int = 32
+                  ) -> tuple[np.ndarray, np.ndarray, dict[int, str], list]:
+    """Embed every image of a data set once.
 
-    Returns ``(features, labels, errors, paths)`` for all images; failed rows are NaN and listed
+    Folder data sets go through :func:`~.embed.embed_paths` (decoding overlapped, cached); other
+    data sets (zips) are decoded with ``dataset.load`` and embedded in batches, uncached.
+    Returns ``(features, labels, errors, names)`` for all images; failed rows are NaN and listed
     in ``errors`` (index -> message).
     """
-    from .embed import embed_paths
+    if hasattr(dataset, "paths"):
+        from .embed import embed_paths
 
-    paths, labels = dataset.paths()
-    feats, errors = embed_paths(paths, backbone, cache=cache, progress=progress, cancel=cancel)
-    return np.asarray(feats), labels, dict(errors), paths
+        paths, labels = dataset.paths()
+        feats, errors = embed_paths(paths, backbone, cache=cache, progress=progress, cancel=cancel)
+        return np.asarray(feats), labels, dict(errors), paths
+    from .errors import ImageLoadError
+
+    pairs, labels = dataset.flat_items()
+    feats = np.full((len(pairs), backbone.dim), np.nan, np.float32)
+    errors: dict[int, str] = {}
+    for start in range(0, len(pairs), batch_size):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        rows, xs = [], []
+        for k in range(start, min(start + batch_size, len(pairs))):
+            try:
+                xs.append(backbone.preprocess(dataset.load(*pairs[k])))
+                rows.append(k)
+            except ImageLoadError as exc:
+                errors[k] = str(exc)
+        if xs:
+            feats[rows] = backbone.embed(np.stack(xs))
+        if progress is not None:
+            progress(Progress("embedding", min(start + batch_size, len(pairs)), len(pairs)))
+    return feats, labels, errors, [dataset.item_name(c, i) for c, i in pairs]
 
 
-def evaluate_dataset(dataset_dir: str | Path, backbone: Any = None, method: Any = None, way: int = 5,
+def evaluate_dataset(dataset_dir: Any, backbone: Any = None, method: Any = None, way: int = 5,
                      shot: int = 1, query: int = 15, episodes: int = 600, seed: int = 0,
                      cache: Any = None, cache_dir: str | Path | None = None,
                      progress: ProgressFn | None = None, cancel: CancelToken | None = None,
                      method_name: str | None = None, use_cache: bool = True,
-                     within_group: bool = False) -> EvalResult:
-    """Episodic evaluation over a folder with one sub-folder per class.
+                     within_group: bool = False, rotations: bool = False) -> EvalResult:
+    """Episodic evaluation over a labeled data set.
 
-    ``backbone``: a :class:`~.backbones.Backbone` or a backbone name (default efficientnet-lite0).
-    ``method`` / ``method_name``: a name, a method instance or a factory (default ProtoNet).
-    ``cache``: an ``EmbeddingCache``; else one is made under ``cache_dir`` (or the default cache
-    dir) unless ``use_cache=False``. Images that fail to load are left out (counted in
-    ``result.info["failed"]``); a class then needs ``shot + query`` good images.
+    ``dataset_dir``: a folder with one sub-folder per class, one or several Omniglot-style zips
+    (see :mod:`.datasets`), or a data-set object. ``backbone``: a :class:`~.backbones.Backbone` or
+    a backbone name (default efficientnet-lite0). ``method`` / ``method_name``: a name, a method
+    instance or a factory (default ProtoNet). ``cache``: an ``EmbeddingCache``; else one is made
+    under ``cache_dir`` (or the default cache dir) unless ``use_cache=False`` (folders only).
+    ``within_group``: every class of an episode from one group (zips: one alphabet);
+    ``rotations``: rotated classes (image methods only). Images that fail to load are left out
+    (counted in ``result.info["failed"]``); a class then needs ``shot + query`` good images.
     """
-    from .datasets import ImageFolderDataset
+    from .datasets import open_dataset
 
     if backbone is None or isinstance(backbone, str):
         from .backbones import DEFAULT_BACKBONE, get_backbone
@@ -194,27 +221,34 @@ def evaluate_dataset(dataset_dir: str | Path, backbone: Any = None, method: Any 
         backbone = get_backbone(backbone or DEFAULT_BACKBONE)
     factory = _factory(method if method is not None else method_name)
     kind = getattr(factory(), "input_kind", "features")
-    dataset = ImageFolderDataset(dataset_dir, depth=1)
+    dataset = dataset_dir if hasattr(dataset_dir, "load") else open_dataset(dataset_dir)
+    data_name = getattr(dataset, "root", None) or ", ".join(map(str, getattr(dataset, "zip_paths", [])))
     info: dict[str, Any] = {"seed": seed, "backbone": getattr(backbone, "name", str(backbone)),
-                            "data": str(dataset_dir), "classes": len(dataset.classes), "images": len(dataset)}
+                            "data": str(data_name or dataset_dir), "classes": len(dataset.classes),
+                            "images": int(sum(dataset.items_per_class)), "within_group": within_group}
     if kind == "images":
-        sampler = EpisodeSampler.for_dataset(dataset, way, shot, query, seed=seed, within_group=within_group)
+        sampler = EpisodeSampler.for_dataset(dataset, way, shot, query, seed=seed, within_group=within_group,
+                                             rotations=rotations)
         res = evaluate_episodes(sampler, image_episode_runner(dataset, backbone, factory), episodes,
                                 progress=progress, cancel=cancel)
         res.info.update(info)
         return res
+    if rotations:
+        raise DataError("rotated classes are only supported for methods on images, not on cached features")
 
-    if cache is None and use_cache:
+    if cache is None and use_cache and hasattr(dataset, "paths"):
         from .cache import EmbeddingCache
 
         cache = EmbeddingCache(Path(cache_dir) if cache_dir is not None else None, backbone.key)
-    feats, labels, errors, paths = embed_dataset(dataset, backbone, cache=cache, progress=progress, cancel=cancel)
+    feats, labels, errors, _ = embed_dataset(dataset, backbone, cache=cache, progress=progress, cancel=cancel)
     good = np.all(np.isfinite(feats), axis=1) if len(feats) else np.zeros(0, bool)
     if errors:
         good[list(errors)] = False
     info["failed"] = int((~good).sum())
     names = np.asarray(dataset.classes, dtype=object)[labels[good]]
+    groups = np.asarray(dataset.groups, dtype=object)[labels[good]]
     res = evaluate_features(feats[good], names, way, shot, query, episodes=episodes, seed=seed,
-                            method_factory=factory, progress=progress, cancel=cancel)
+                            method_factory=factory, groups=groups, within_group=within_group,
+                            progress=progress, cancel=cancel)
     res.info.update(info)
     return res
