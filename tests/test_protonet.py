@@ -150,9 +150,12 @@ def test_transductive_centre_is_mean_of_support_and_query():
     p_before = m.predict_proba(q)
     m.set_query_statistics(q)
     np.testing.assert_allclose(m.centre, u(np.concatenate([s, q])).mean(0))
+    assert not np.allclose(m.predict_proba(q), p_before)
+    m.set_query_statistics(None)  # forget them: back to the support mean
+    np.testing.assert_allclose(m.centre, u(s).mean(0))
+    np.testing.assert_allclose(m.predict_proba(q), p_before)
     raw = ProtoNet(center="query", pre_l2=False).fit(s, np.arange(5), 5).set_query_statistics(q)
     np.testing.assert_allclose(raw.centre, np.concatenate([s, q]).mean(0))
-    assert not np.allclose(m.predict_proba(q), p_before)
 
 
 def test_base_centre():

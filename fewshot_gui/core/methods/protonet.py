@@ -163,15 +163,19 @@ class ProtoNet(FewShotMethod):
         self._rebuild()
         return self
 
-    def set_query_statistics(self, query: np.ndarray) -> "ProtoNet":
+    def set_query_statistics(self, query: np.ndarray | None) -> "ProtoNet":
         """Give all query embeddings at once (whole-folder use) for transductive centring.
 
-        Only has an effect with ``center="query"``. May be called before or after :meth:`fit`;
-        the centre is then fixed, so later query batches are scored independently of each other.
+        Only has an effect with ``center="query"``. May be called before or after :meth:`fit`
+        (the statistics are kept across later fits); the centre is then fixed, so later query
+        batches are scored independently of each other. ``None`` forgets the statistics.
         """
-        q = _as_features(query, "query")
-        self._query_sum = self._pre(q).sum(axis=0)
-        self._query_count = int(q.shape[0])
+        if query is None:
+            self._query_sum, self._query_count = None, 0
+        else:
+            q = _as_features(query, "query")
+            self._query_sum = self._pre(q).sum(axis=0)
+            self._query_count = int(q.shape[0])
         if self._support is not None:
             self._rebuild()
         return self
