@@ -116,6 +116,9 @@ class ImageFolderDataset(_Base):
         self.root = Path(root)
         self.mode = mode
         self.min_side = min_side
+        if not self.root.is_dir():
+            raise DataError(f"Data set folder not found: {self.root}. Give a folder with one sub-folder "
+                            "of images per class.")
         names: list[str] = []
         groups: list[str] = []
         items: list[list[Path]] = []
