@@ -14,12 +14,15 @@ def add_parser(sub):
     p = sub.add_parser("eval", help="episodic N-way K-shot evaluation on a labeled data set",
                        description="Sample N-way K-shot episodes with Q queries per class from DATA_DIR "
                                    "(one sub-folder per class) and report mean accuracy with its 95% CI.")
-    p.add_argument("data", metavar="DATA_DIR", type=Path)
+    p.add_argument("data", metavar="DATA_DIR", type=Path,
+                   help="ImageFolder-layout folder (one sub-folder per class) or an Omniglot-style zip")
     p.add_argument("--way", type=int, default=5, metavar="N")
     p.add_argument("--shot", type=int, default=1, metavar="K")
     p.add_argument("--query", type=int, default=15, metavar="Q")
     p.add_argument("--episodes", type=int, default=600, metavar="E")
     p.add_argument("--seed", type=int, default=0, metavar="S")
+    p.add_argument("--within-group", action="store_true",
+                   help="every class of an episode from one parent folder (e.g. one Omniglot alphabet)")
     p.add_argument("--json", action="store_true", help='print {"accuracy": ..., "ci95": ...} in %%')
     add_model_options(p)
     return p
@@ -37,7 +40,7 @@ def run(args) -> int:
     bar = ProgressBar()
     res = evaluate_dataset(args.data, backbone=backbone, method=method, way=args.way, shot=args.shot,
                            query=args.query, episodes=args.episodes, seed=args.seed,
-                           cache=make_cache(args, backbone), progress=bar)
+                           cache=make_cache(args, backbone), progress=bar, within_group=args.within_group)
     bar.close()
     if args.json:
         print(json.dumps({"accuracy": round(res.accuracy, 4), "ci95": round(res.ci95, 4),
