@@ -2,7 +2,7 @@
 
 import importlib
 
-for _mod in ("protonet", "maml", "relation"):
+for _mod in ("protonet", "maml", "relation", "transductive"):
     try:
         importlib.import_module(f"{__package__}.{_mod}")
     except ModuleNotFoundError as exc:  # a method module not written yet
