@@ -1,0 +1,71 @@
+"""Support diagnostics: planted mislabel, duplicates, confused classes, summary lines."""
+
+import numpy as np
+import pytest
+
+from fewshot_gui.core.diagnostics import diagnose_support
+from fewshot_gui.core.errors import DataError
+
+
+def _support(rng, n_classes=5, shot=5, dim=40, spread=0.5):
+    centres = rng.normal(size=(n_classes, dim))
+    off = rng.normal(size=dim) * 2
+    x = np.repeat(centres, shot, 0) + spread * rng.normal(size=(n_classes * shot, dim)) + off
+    return x, np.repeat(np.arange(n_classes), shot), centres, off
+
+
+def test_clean_support_has_no_suspects():
+    rng = np.random.default_rng(0)
+    x, y, _, _ = _support(rng)
+    d = diagnose_support(x, y, 5, class_names=list("abcde"))
+    assert d.suspects == [] and d.duplicates == []
+    assert np.allclose(d.loo_accuracy, 1.0) and d.overall_loo_accuracy == 1.0
+    assert any("no problems" in line for line in d.summary_lines())
+
+
+def test_planted_mislabel_is_flagged_with_the_right_suggestion():
+    rng = np.random.default_rng(1)
+    x, y, centres, off = _support(rng)
+    x[7] = centres[3] + 0.5 * rng.normal(size=x.shape[1]) + off   # filed under class 1, is class 3
+    d = diagnose_support(x, y, 5, class_names=list("abcde"), paths=[f"img{i}.jpg" for i in range(25)])
+    assert d.suspect_indices == [7]
+    assert d.suspects[0].label == 1 and d.suspects[0].suggested == 3
+    assert d.loo_accuracy[1] == pytest.approx(0.8)
+    assert any(p.loo_errors and {p.a, p.b} == {1, 3} for p in d.confused_pairs)
+    text = "\n".join(d.summary_lines())
+    assert "img7.jpg" in text and "'b'" in text and "'d'" in text
+
+
+def test_duplicates_and_cross_class_duplicates():
+    rng = np.random.default_rng(2)
+    x, y, _, _ = _support(rng, shot=3)
+    x[1] = x[0] * 1.0001            # same class duplicate
+    x[10] = x[4] + 1e-4             # class 1 image copied into class 3
+    d = diagnose_support(x, y, 5)
+    pairs = {(p.i, p.j) for p in d.duplicates}
+    assert (0, 1) in pairs and (4, 10) in pairs
+    first = d.duplicates[0]
+    assert first.cross_class(y) and (first.i, first.j) == (4, 10)
+    assert "different classes" in "\n".join(d.summary_lines())
+
+
+def test_one_shot_classes_and_query_confusion():
+    rng = np.random.default_rng(3)
+    dim = 40
+    centres = 5 * np.eye(dim)[:3]   # symmetric: orthogonal, equal norms
+    x, y = centres.copy(), np.arange(3)
+    mid = (centres[0] + centres[1]) / 2
+    q = np.concatenate([mid + 0.02 * rng.normal(size=(10, dim)),
+                        np.repeat(centres, 10, 0) + 0.5 * rng.normal(size=(30, dim))])
+    d = diagnose_support(x, y, 3, query=q)
+    assert np.isnan(d.loo_accuracy).all() and (d.loo_prediction == -1).all() and d.suspects == []
+    assert any({p.a, p.b} == {0, 1} and p.hesitating_queries >= 3 for p in d.confused_pairs)
+    assert not any(2 in (p.a, p.b) for p in d.confused_pairs)
+    assert "n/a" in d.summary_lines()[0]
+
+
+def test_bad_input():
+    with pytest.raises(DataError):
+        diagnose_support(np.zeros((3, 4)), [0, 1], 2)
+    with pytest.raises(DataError):
+        diagnose_support(np.zeros((2, 4)), [0, 5], 2)
