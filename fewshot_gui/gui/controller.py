@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QTimer, Signal
+
+FLUSH_MS = 150
 
 from ..core.jobs import Progress
 from .document import Document, _key
@@ -58,6 +60,11 @@ class LabelController(QObject):
         self._stage = ""
         self._t_stage = 0.0
         self._done_stage = 0
+        self._pending: list[np.ndarray] = []
+        self._flush = QTimer(self)
+        self._flush.setSingleShot(True)
+        self._flush.setInterval(FLUSH_MS)
+        self._flush.timeout.connect(self._flush_batches)
         self.runner.progress.connect(self._on_progress)
         self.runner.batch.connect(self._on_batch)
         self.runner.finished.connect(self._on_finished)
@@ -177,9 +184,20 @@ class LabelController(QObject):
 
     def _on_batch(self, batch: Any) -> None:
         if self.kind == "label" and hasattr(batch, "probs"):
-            self.doc.apply_batch(batch)
+            self._pending.append(self.doc.apply_batch(batch, notify=False))
+            if not self._flush.isActive():
+                self._flush.start()
+
+    def _flush_batches(self) -> None:
+        """Tell the views about streamed results at most every FLUSH_MS (not once per batch)."""
+        if self._pending:
+            idx = np.concatenate(self._pending)
+            self._pending = []
+            self.doc.predictionsChanged.emit(idx)
 
     def _on_finished(self, value: Any) -> None:
+        self._flush.stop()
+        self._flush_batches()
         kind = self.kind
         if kind == "scan":
             self.doc.set_query(self._root, list(value))
@@ -209,9 +227,13 @@ class LabelController(QObject):
             self.doc.repredict()
 
     def _on_failed(self, msg: str) -> None:
+        self._flush.stop()
+        self._flush_batches()
         self.error.emit(msg)
 
     def _on_cancelled(self) -> None:
+        self._flush.stop()
+        self._flush_batches()
         n = int(self.doc.arrays().done.sum())
         self.message.emit(f"Cancelled; kept the {n:,} images labeled so far." if self.kind == "label" else "Cancelled.")
         self.cancelled.emit()

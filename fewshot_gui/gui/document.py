@@ -43,10 +43,9 @@ class ViewArrays:
     failed: np.ndarray     # bool
     done: np.ndarray       # bool: has a prediction or an error
 
-    @property
-    def label(self) -> np.ndarray:
-        """The class shown: confirmed when set, else predicted."""
-        return np.where(self.confirmed >= 0, self.confirmed, self.pred)
+    def __post_init__(self) -> None:
+        #: the class shown: confirmed when set, else predicted
+        self.label = np.where(self.confirmed >= 0, self.confirmed, self.pred)
 
 
 class Document(QObject):
@@ -316,17 +315,20 @@ class Document(QObject):
         self._arrays = None
         self.predictionsChanged.emit(None)
 
-    def apply_batch(self, batch) -> None:
+    def apply_batch(self, batch, notify: bool = True) -> np.ndarray:
+        """Store a streamed LabelBatch; ``notify=False`` lets the caller coalesce the signal."""
         st = self.state
-        if st is None:
-            return
         idx = np.asarray(batch.indices, dtype=int)
+        if st is None:
+            return idx
         if len(idx):
             st.probs[idx] = batch.probs
         for i, msg in getattr(batch, "errors", {}).items():
             self.errors[int(i)] = msg
         self._arrays = None
-        self.predictionsChanged.emit(idx)
+        if notify:
+            self.predictionsChanged.emit(idx)
+        return idx
 
     def apply_result(self, result, method_factory: Callable[[], Any] | None, feature_key: str | None) -> None:
         """A finished (or cancelled-then-kept) labeling job of the active label set."""

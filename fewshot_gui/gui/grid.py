@@ -286,8 +286,7 @@ class GridView(QListView):
         self.setMovement(QListView.Movement.Static)
         self.setResizeMode(QListView.ResizeMode.Adjust)
         self.setUniformItemSizes(True)
-        self.setLayoutMode(QListView.LayoutMode.Batched)
-        self.setBatchSize(2000)
+        self.setLayoutMode(QListView.LayoutMode.SinglePass)
         self.setSpacing(2)
         self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.setDragEnabled(True)
@@ -499,7 +498,9 @@ class GridPanel(QWidget):
         self.view.viewport().update()
 
     def _on_predictions(self, items) -> None:
-        self.model.rows_changed(items if items is None else np.asarray(items))
+        # repaint the visible tiles (cheaper than dataChanged over scattered rows)
+        if not self._repaint.isActive():
+            self._repaint.start()
         if self.model.sort_key != "name" or self.model.filter[0] != "all":
             if not self._resort.isActive():
                 self._resort.start(1000 if items is not None and len(items) < len(self.doc) else 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, QTimer
@@ -23,11 +24,15 @@ from .thumbs import ThumbnailCache
 
 PROJECT_FILTER = f"Few-shot projects (*{SUFFIX});;JSON files (*.json);;All files (*)"
 AUTOSAVE_MS = 60_000
+GIL_SWITCH_S = 0.0005
 
 
 class MainWindow(QMainWindow):
     def __init__(self, settings: AppSettings | None = None, cache_dir: Path | None = None, parent=None):
         super().__init__(parent)
+        # Worker threads run Python too; a short GIL switch interval keeps the GUI thread's many
+        # short Python callbacks (painting tiles) from each waiting up to 5 ms for the GIL.
+        sys.setswitchinterval(GIL_SWITCH_S)
         self.settings = settings or AppSettings()
         self.ask_on_close = True
         self.doc = Document(self)

@@ -48,9 +48,9 @@ class ThumbnailCache(QObject):
     def shutdown(self) -> bool:
         return self.loader.shutdown()
 
-    @Slot(str, int, object)
-    def _on_loaded(self, path: str, size: int, img) -> None:
-        self._lru[(path, size)] = BROKEN if img is None else img
+    @Slot(str, int, QImage)
+    def _on_loaded(self, path: str, size: int, img: QImage) -> None:
+        self._lru[(path, size)] = BROKEN if img.isNull() else img
         while len(self._lru) > self.capacity:
             self._lru.popitem(last=False)
         self.ready.emit(path, size)

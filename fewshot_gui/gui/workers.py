@@ -213,8 +213,12 @@ def make_thumbnail(path: str, size: int, disk_root: Path | None = None) -> QImag
     return qimg
 
 
+OK, BROKEN, STALE = 0, 1, 2
+
+
 class _ThumbSignals(QObject):
-    loaded = Signal(str, int, object)  # path, size, QImage or None (failed)
+    # typed arguments only (no Python objects cross the thread boundary)
+    loaded = Signal(str, int, int, QImage)  # path, size, status, image (null unless OK)
 
 
 class _ThumbTask(QRunnable):
@@ -227,22 +231,23 @@ class _ThumbTask(QRunnable):
 
     def run(self) -> None:
         if self._loader_gen[0] != self.generation:  # stale (folder changed): skip the work
-            self._sig.loaded.emit(self.path, self.size, False)
+            self._sig.loaded.emit(self.path, self.size, STALE, QImage())
             return
         try:
             img = make_thumbnail(self.path, self.size, _DISK_ROOT[0])
+            status = OK
         except Exception:  # ImageLoadError or anything Pillow throws: a "broken" tile
-            img = None
-        self._sig.loaded.emit(self.path, self.size, img)
+            img, status = QImage(), BROKEN
+        self._sig.loaded.emit(self.path, self.size, status, img)
 
 
 _DISK_ROOT: list[Path | None] = [None]
 
 
 class ThumbnailLoader(QObject):
-    """Makes thumbnails off the GUI thread. ``loaded(path, size, image)``; image None = failed."""
+    """Makes thumbnails off the GUI thread. ``loaded(path, size, image)``; a null image = failed."""
 
-    loaded = Signal(str, int, object)
+    loaded = Signal(str, int, QImage)
 
     def __init__(self, parent: QObject | None = None, threads: int = 2, disk_root: Path | None = None):
         super().__init__(parent)
@@ -284,9 +289,9 @@ class ThumbnailLoader(QObject):
         self.reset()
         return self.pool.waitForDone(ms)
 
-    @Slot(str, int, object)
-    def _on_loaded(self, path: str, size: int, img: Any) -> None:
+    @Slot(str, int, int, QImage)
+    def _on_loaded(self, path: str, size: int, status: int, img: QImage) -> None:
         self._pending.discard((path, size))
-        if img is False:  # stale task
+        if status == STALE:
             return
-        self.loaded.emit(path, size, img)
+        self.loaded.emit(path, size, img if status == OK else QImage())
