@@ -332,8 +332,20 @@ def _make_lite0_module(image_size: int = 224):
     return Lite0Features()
 
 
+# Preprocessing measured on Caltech-101 (5,233 images, ProtoNet with support-centred + L2
+# prototypes, 15 queries, 600 episodes, same episodes for every policy), 5-way / 20-way 1-shot:
+#   224, shorter side to 224 + centre crop (crop_fraction 1.0):  90.13 +- 0.65 / 83.95 +- 0.40
+#   224, shorter side to 256 + centre crop 224 (0.875):           89.74 +- 0.67 / 83.65 +- 0.40
+#   224, squash to 224 x 224:                                      89.80 +- 0.66 / 83.37 +- 0.40
+#   256, crop 1.0:                                                 89.06 +- 0.70 / 83.07 +- 0.41
+LITE0_INPUT_SIZE = 224
+LITE0_RESIZE = "crop"
+LITE0_CROP_FRACTION = 1.0
+
+
 def _lite0_factory(weights: str | Path | None = None, device: str | None = None,
-                   input_size: int = 224, resize: str = "crop", crop_fraction: float = 0.875) -> Backbone:
+                   input_size: int = LITE0_INPUT_SIZE, resize: str = LITE0_RESIZE,
+                   crop_fraction: float = LITE0_CROP_FRACTION) -> Backbone:
     path = Path(weights) if weights else _lite0_weights_path()
     if path is None:
         raise WeightsNotFoundError(

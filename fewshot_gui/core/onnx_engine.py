@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 OPSET = 17
 EXPORT_VERSION = 1
 # Largest batch handed to ONNX Runtime at once: activation memory grows with the batch
-# (Lite0: ~+450 MB at 32, ~+120 MB at 8) while throughput is flat beyond ~8 on the CPU.
-MAX_ORT_BATCH = 16
+# (Lite0: ~+450 MB at 32, ~+120 MB at 8) while throughput measured flat from 4 to 64 (2-core CPU).
+MAX_ORT_BATCH = 8
 
 
 def onnx_file(backbone: Backbone, cache_dir: str | Path | None = None) -> Path:
