@@ -11,6 +11,16 @@ from fewshot_gui.core.methods import get_method
 from fewshot_gui.core.methods.maml import MAML, FeatureNeck, MAMLNet, inner_adapt
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # torch's thread pool spin-waits badly on a busy 2-core machine: tiny nets run 100x slower
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
 def _linreg(seed=0, d=4, n=6):
     g = torch.Generator().manual_seed(seed)
     Xs, ys = torch.randn(n, d, generator=g, dtype=torch.float64), torch.randn(n, generator=g, dtype=torch.float64)
@@ -125,7 +135,7 @@ def test_meta_training_lowers_loss_head_mode():
     tasks = [_task(seed=s) for s in range(4)]
 
     def total():
-        return sum(float(nn.functional.cross_entropy(net.episode_logits(xs, ys, xq, 3, True), yq))
+        return sum(float(nn.functional.cross_entropy(net.episode_logits(xs, ys, xq, 3, True), yq).detach())
                    for xs, ys, xq, yq in tasks)
 
     before = total()

@@ -70,6 +70,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--learn-lr", action="store_true", help="learned per-parameter inner rates (Meta-SGD)")
     g.add_argument("--head-init", choices=("zero", "proto"),
                    help="head initialisation per task (default: zero for conv4, proto = Proto-MAML for heads)")
+    g.add_argument("--neck-rank", type=int, default=0,
+                   help="head mode: rank of the meta-learned low-rank feature transform (0: per-dimension gains only)")
     g = p.add_argument_group("Relation Network")
     g.add_argument("--loss", choices=("mse", "ce"), default="mse")
     p.add_argument("--checkpoint", metavar="FILE", help="checkpoint file (default: OUT.ckpt)")
@@ -103,7 +105,7 @@ def config_from_args(args):
         val_within_group=(False if args.val_random else None), meta_batch=meta_batch, lr=args.lr,
         size=args.size, channels=3 if args.rgb else 1, invert=(False if args.no_invert else None),
         hidden=args.hidden, steps=args.steps, test_steps=args.test_steps, inner_lr=args.inner_lr,
-        first_order=args.first_order, learn_lr=args.learn_lr, head_init=args.head_init, loss=args.loss,
+        first_order=args.first_order, learn_lr=args.learn_lr, head_init=args.head_init, neck_rank=args.neck_rank, loss=args.loss,
         out=str(args.out), checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
         resume=args.resume, command="fewshot train " + " ".join(shlex.quote(a) for a in _argv_tail()),
         cache_dir=args.cache_dir, threads=args.threads)

@@ -78,7 +78,7 @@ class ImageSpec:
     def to_uint8(self, img: Image.Image) -> np.ndarray:
         img = img.convert("L" if self.channels == 1 else "RGB")
         img = img.resize((self.size, self.size), Image.LANCZOS)
-        a = np.asarray(img, dtype=np.uint8)
+        a = np.array(img, dtype=np.uint8)
         a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
         return 255 - a if self.invert else a
 
@@ -416,6 +416,7 @@ class TrainConfig:
     first_order: bool = False
     learn_lr: bool = False
     head_init: str | None = None
+    neck_rank: int = 0
     # relation
     loss: str = "mse"
     # files
@@ -465,7 +466,7 @@ def build_net(net_meta: dict[str, Any]) -> nn.Module:
         if c["mode"] == "full":
             body = build_conv4(net_meta["conv4"])
         else:
-            body = FeatureNeck(int(net_meta["dim"]), int(net_meta.get("rank", 32)))
+            body = FeatureNeck(int(net_meta["dim"]), int(net_meta.get("rank", 0)))
         return MAMLNet(body, mode=c["mode"], steps=c["steps"], inner_lr=c["inner_lr"],
                        first_order=c["first_order"], learn_lr=c["learn_lr"], head_init=c["head_init"],
                        scale=c.get("scale", 1.0), learn_scale=c.get("learn_scale", False),
@@ -499,7 +500,7 @@ def new_net_meta(cfg: TrainConfig, feat_dim: int | None) -> dict[str, Any]:
             return {"type": "relation-conv4", "conv4": conv, "input_size": cfg.size, "loss": cfg.loss}
     else:
         if cfg.method == "maml":
-            return {"type": "maml", "dim": feat_dim, "rank": 32,
+            return {"type": "maml", "dim": feat_dim, "rank": cfg.neck_rank,
                     "maml": {"mode": "head", "steps": cfg.steps, "test_steps": cfg.test_steps or cfg.steps,
                              "inner_lr": cfg.inner_lr, "first_order": cfg.first_order, "learn_lr": cfg.learn_lr,
                              "head_init": cfg.head_init or "proto", "scale": 10.0, "learn_scale": True,
@@ -738,8 +739,8 @@ def meta_train(cfg: TrainConfig, cancel: CancelToken | None = None) -> Iterator[
             loss_fn = getattr(net, "loss", None)
             loss = loss_fn(logits, yq) if loss_fn else F.cross_entropy(logits, yq)
             (loss / cfg.meta_batch).backward()
-            tot_loss += float(loss) / cfg.meta_batch
-            tot_acc += float((logits.argmax(1) == yq).float().mean()) / cfg.meta_batch
+            tot_loss += float(loss.detach()) / cfg.meta_batch
+            tot_acc += float((logits.detach().argmax(1) == yq).float().mean()) / cfg.meta_batch
         opt.step()
         run_loss = tot_loss if run_loss is None else 0.98 * run_loss + 0.02 * tot_loss
         run_acc = tot_acc if run_acc is None else 0.98 * run_acc + 0.02 * tot_acc

@@ -49,7 +49,8 @@ _MAX_HEADER = 64 * 1024 * 1024
 def _to_numpy(t: Any) -> np.ndarray:
     if isinstance(t, torch.Tensor):
         t = t.detach().cpu().contiguous().numpy()
-    a = np.ascontiguousarray(np.asarray(t))
+    a = np.asarray(t)
+    a = a if a.ndim == 0 else np.ascontiguousarray(a)
     if a.dtype.name not in _DTYPES:
         raise ModelFileError(f"cannot store a tensor of dtype {a.dtype}")
     return a.astype(a.dtype.newbyteorder("<"), copy=False)

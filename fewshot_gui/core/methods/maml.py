@@ -87,21 +87,25 @@ class FeatureNeck(nn.Module):
     ``V = 0`` at initialisation (identity). Input features are centred on the support mean and
     L2-normalised first (the normalisation that works best for ProtoNet on these features)."""
 
-    def __init__(self, dim: int, rank: int = 32) -> None:
+    def __init__(self, dim: int, rank: int = 0) -> None:
         super().__init__()
         self.config = {"dim": dim, "rank": rank}
         self.gain = nn.Parameter(torch.ones(dim))
-        self.u = nn.Parameter(torch.randn(dim, rank) / dim ** 0.5)
-        self.v = nn.Parameter(torch.zeros(rank, dim))
+        self.u = nn.Parameter(torch.randn(dim, rank) / dim ** 0.5) if rank else None
+        self.v = nn.Parameter(torch.zeros(rank, dim)) if rank else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.u is None:
+            return x * self.gain
         return x * self.gain + (x @ self.u) @ self.v
 
 
 def normalise_features(support: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
-    """Centre on the support mean, then L2-normalise (support and any other sets)."""
-    c = support.mean(0, keepdim=True)
-    return [F.normalize(t - c, dim=1) for t in (support,) + others]
+    """L2-normalise, centre on the (normalised) support mean, L2-normalise again - the same
+    "center_l2" normalisation as the ProtoNet method - for the support and any other sets."""
+    sets = [F.normalize(t, dim=1) for t in (support,) + others]
+    c = sets[0].mean(0, keepdim=True)
+    return [F.normalize(t - c, dim=1) for t in sets]
 
 
 class MAMLNet(nn.Module):
@@ -183,6 +187,8 @@ class MAMLNet(nn.Module):
             f0 = support_feats({"body." + n: v for n, v in body.items()})
             onehot = F.one_hot(ys, n_classes).to(f0.dtype)
             protos = (onehot.t() @ f0) / onehot.sum(0).clamp_min(1).unsqueeze(1)
+            if self.mode == "head":  # features live on the unit sphere: so do the prototypes
+                protos = F.normalize(protos, dim=1)
             w0 = 2 * protos
             b0 = -(protos ** 2).sum(1)
         else:
@@ -276,7 +282,7 @@ class MAML(FewShotMethod):
             raise DataError(f"MAML on Conv-4 needs image arrays (N, C, H, W); got shape {support.shape}")
         net = self._ensure_net(support.shape[1])
         self.n_classes = n_classes
-        xs = torch.from_numpy(support)
+        xs = self._images(torch.from_numpy(support))
         ys = torch.from_numpy(labels)
         steps = self._steps if (self._steps is not None and self._net is not None) else None
         self._logits = net.adapt(xs, ys, n_classes, training=False, steps=steps)
@@ -285,8 +291,16 @@ class MAML(FewShotMethod):
     def predict_proba(self, query: np.ndarray) -> np.ndarray:
         if self._logits is None:
             raise DataError("call fit() on a support set before predicting")
-        q = torch.from_numpy(np.asarray(query, dtype=np.float32))
+        q = self._images(torch.from_numpy(np.asarray(query, dtype=np.float32)))
         if len(q) == 0:
             return np.zeros((0, self.n_classes), dtype=np.float32)
         with torch.no_grad():
             return torch.softmax(self._logits(q), dim=1).numpy()
+
+    def _images(self, x: torch.Tensor) -> torch.Tensor:
+        # Backbones hand out (N, 3, S, S) (grey replicated); a 1-channel Conv-4 takes the mean.
+        if self.input_kind == "images" and x.ndim == 4:
+            want = int(self._net.body.config.get("in_channels", x.shape[1]))
+            if want == 1 and x.shape[1] == 3:
+                x = x.mean(1, keepdim=True)
+        return x

@@ -14,8 +14,8 @@ Two variants (:class:`RelationNet`):
   (64 x 7 x 7 maps on 28 x 28 inputs) and the conv relation module of :mod:`..conv4`. The
   embedding is used as a backbone (flattened maps, running BN statistics, so cacheable); the
   method then takes those flattened features.
-* ``kind="features"``: frozen features of a large backbone (e.g. EfficientNet-Lite0), centred on
-  the support mean and L2-normalised, a learned projection, and an MLP relation module on
+* ``kind="features"``: frozen features of a large backbone (e.g. EfficientNet-Lite0), normalised
+  like ProtoNet's "center_l2" (L2, centre on the support mean, L2), a learned projection, and an MLP relation module on
   ``[q, c, |q - c|, q * c]`` (with :math:`c` the class mean, since the features are normalised).
 """
 
@@ -91,9 +91,9 @@ class RelationNet(nn.Module):
             cm = cls.reshape(1, N, C, H, W).expand(Q, N, C, H, W)
             pairs = torch.cat([cm, qm], dim=2).reshape(Q * N, 2 * C, H, W)
             return self.relation(pairs).reshape(Q, N)
-        c = fs.mean(0, keepdim=True)
-        s = F.normalize(fs - c, dim=1)
-        q = F.normalize(fq - c, dim=1)
+        from .maml import normalise_features
+
+        s, q = normalise_features(fs, fq)
         cls = (onehot.t() @ s) / onehot.sum(0).clamp_min(1).unsqueeze(1)
         return self.relation(q, cls)
 
