@@ -307,3 +307,29 @@ def test_filters_find_and_threshold(qtbot, win, data):
     qtbot.waitUntil(lambda: model.rowCount() == model.uncertain_count(), timeout=2000)
     a = win.doc.arrays()
     assert all(a.conf[model.item_at(r)] < 0.99 for r in range(model.rowCount()))
+
+
+def test_support_diagnostics_and_unknown_slider(qtbot, win, data, tmp_path):
+    support, query, _ = data
+    setup_classes(win, support)
+    # plant a mislabeled example: a class1 image filed under class0
+    planted = tmp_path / "planted.png"
+    planted.write_bytes((support / "class1" / "0.png").read_bytes())
+    assert drop_urls(win.classes.card("class0"), [planted])
+    scan(qtbot, win, query)
+    label(qtbot, win)
+    tr = win.doc.trust_now
+    if tr is None or tr.diagnostics is None:
+        pytest.skip("core diagnostics not available")
+    qtbot.waitUntil(lambda: win.classes.card("class0").note.isVisibleTo(win.classes), timeout=3000)
+    note = win.classes.card("class0").note
+    assert "planted.png" in note.text() and "class1" in note.text()
+    if tr.unknown is None:
+        return
+    model = win.grid.model
+    win.grid.set_filter("unknown")
+    win.grid.unknown_slider.setValue(-100)  # lowest threshold: (almost) everything is unknown
+    qtbot.waitUntil(lambda: model.rowCount() >= len(win.doc.paths) - 2, timeout=3000)
+    assert f"{model.rowCount()} unknown" in win.grid.unknown_label.text()
+    win.grid.unknown_slider.setValue(100)
+    qtbot.waitUntil(lambda: model.rowCount() <= 1, timeout=3000)

@@ -148,7 +148,7 @@ class ClassCard(QFrame):
         f.setBold(True)
         self.name_label.setFont(f)
         self.count_label = QLabel()
-        self.count_label.setStyleSheet("color: palette(placeholder-text);")
+        self.count_label.setStyleSheet("color: palette(placeholder-text); margin-left: 40px;")
         add = QToolButton()
         add.setText("+")
         add.setToolTip("Add example images (or drop files here)")
@@ -163,7 +163,6 @@ class ClassCard(QFrame):
         top.addWidget(self.color_btn)
         top.addWidget(self.key_label)
         top.addWidget(self.name_label, 1)
-        top.addWidget(self.count_label)
         top.addWidget(add)
         top.addWidget(more)
         self.strip = SupportStrip(panel.thumbs)
@@ -172,11 +171,13 @@ class ClassCard(QFrame):
                                                                                       [self.doc.classes[self.doc.class_index(self.name)].support[k]])))
         self.note = QLabel()
         self.note.setWordWrap(True)
+        self.note.setStyleSheet("color: palette(placeholder-text); font-size: 11px;")
         self.note.setVisible(False)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(6, 4, 6, 4)
         lay.setSpacing(2)
         lay.addLayout(top)
+        lay.addWidget(self.count_label)
         lay.addWidget(self.strip)
         lay.addWidget(self.note)
         self.update_from_doc()
@@ -417,6 +418,8 @@ class ClassesPanel(QWidget):
         self.update_counts()
 
     def update_counts(self) -> None:
+        tr = self.doc.trust_now
+        self.set_notes(tr.notes if tr is not None else {})
         a = self.doc.arrays()
         lab = a.label
         counts = np.bincount(lab[lab >= 0], minlength=len(self.cards)) if len(lab) else np.zeros(len(self.cards), int)

@@ -138,7 +138,11 @@ class LabelController(QObject):
             cache = EmbeddingCache(cache_dir, backbone.key)
             result = yield from label_folder(support, root, paths, backbone=backbone, method=method, cache=cache,
                                              cancel=token)
-            return result, backbone, method
+            yield Progress("checking examples", 0, 0)
+            from .trust import compute_trust
+
+            trust = compute_trust(result, getattr(backbone, "name", None))
+            return result, backbone, method, trust
 
         doc.begin_labeling(list(support))
         self.kind = "label"
@@ -203,14 +207,14 @@ class LabelController(QObject):
             self.doc.set_query(self._root, list(value))
             self.message.emit(f"{len(value):,} images in {self._root}")
         elif kind == "label":
-            result, backbone, method = value
+            result, backbone, method, trust = value
             factory = None
             if getattr(method, "input_kind", "features") == "features":
                 from ..core.methods import get_method
 
                 name, opts = method.name, dict(getattr(method, "options", {}))
                 factory = lambda: get_method(name, **opts)  # noqa: E731
-            self.doc.apply_result(result, factory, backbone.key)
+            self.doc.apply_result(result, factory, backbone.key, trust)
             n_err = len(result.errors)
             self.message.emit(f"Labeled {result.n_ok:,} images in {result.seconds:.1f} s"
                               + (f"; {n_err} could not be read (filter \u201cFailed\u201d)" if n_err else "")

@@ -60,7 +60,7 @@ class DetailsPanel(QWidget):
         self.doc, self.thumbs = doc, thumbs
         self.item = -1
         self.image = QLabel()
-        self.image.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.image.setAlignment(Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop)
         self.image.setMinimumSize(200, 200)
         self.image.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)
         self.title = QLabel()
@@ -81,12 +81,13 @@ class DetailsPanel(QWidget):
         self.error.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(4, 0, 4, 0)
-        lay.addWidget(self.image, 1)
+        lay.addWidget(self.image)
         lay.addWidget(self.title)
         lay.addWidget(self.verdict)
         lay.addWidget(self.bars)
         lay.addWidget(self.error)
         lay.addWidget(self.info)
+        lay.addStretch(1)
         thumbs.ready.connect(self._on_ready)
         doc.classesChanged.connect(self.refresh)
         doc.projectReset.connect(lambda: self.show_item(-1))
@@ -125,7 +126,8 @@ class DetailsPanel(QWidget):
             extra = "" if pred in (None, confirmed) else f" (the model says {pred}, {a.conf[i]:.0%})"
             self.verdict.setText(f"Confirmed: <b>{confirmed}</b>{extra}")
         elif a.pred[i] >= 0:
-            self.verdict.setText(f"Predicted: <b>{doc.class_names[a.pred[i]]}</b> \u2014 {a.conf[i]:.1%} confident")
+            self.verdict.setText(f"Predicted: <b>{doc.class_names[a.pred[i]]}</b> \u2014 {a.conf[i]:.1%} confident"
+                                 + ("<br>Fits no class well: <b>unknown</b> (best guess shown)" if a.unknown[i] else ""))
         else:
             self.verdict.setText("Not labeled yet.")
         self.error.setText(f"Error: {doc.errors[i]}" if i in doc.errors else "")
@@ -164,4 +166,5 @@ class DetailsPanel(QWidget):
 
     def resizeEvent(self, e) -> None:
         super().resizeEvent(e)
+        self.image.setFixedHeight(max(160, min(self.width() - 8, int(self.height() * 0.55))))
         self._set_image()

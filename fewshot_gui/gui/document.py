@@ -42,10 +42,17 @@ class ViewArrays:
     confirmed: np.ndarray  # confirmed class
     failed: np.ndarray     # bool
     done: np.ndarray       # bool: has a prediction or an error
+    unknown: np.ndarray = None    # bool: fits no class well (not confirmed)
+    rank: np.ndarray = None       # review order, 1 = first (0: none)
 
     def __post_init__(self) -> None:
         #: the class shown: confirmed when set, else predicted
         self.label = np.where(self.confirmed >= 0, self.confirmed, self.pred)
+        n = len(self.pred)
+        if self.unknown is None:
+            self.unknown = np.zeros(n, bool)
+        if self.rank is None:
+            self.rank = np.zeros(n, int)
 
 
 class Document(QObject):
@@ -70,6 +77,8 @@ class Document(QObject):
         self.support_feats: dict[str, np.ndarray] = {}
         self.states: dict[str, LabelState] = {}
         self.method_factory: Callable[[], Any] | None = None
+        self.trust: dict[str, Any] = {}   # label set -> gui.trust.Trust
+        self.unknown_threshold: float | None = None  # None: the calibrated default
         self.dirty = False
         self._arrays: ViewArrays | None = None
         self.last_result = None  # the last LabelResult of the active set (for export)
@@ -82,6 +91,7 @@ class Document(QObject):
         self._rel_index, self._path_index = {}, {}
         self.errors, self.features, self.feature_key = {}, None, None
         self.support_feats, self.states, self.results = {}, {}, {}
+        self.trust = {}
         self.last_result = None
         self._arrays = None
         self.set_dirty(False)
@@ -127,6 +137,7 @@ class Document(QObject):
         self._path_index = {_key(p): i for i, p in enumerate(self.paths)}
         self.errors, self.features, self.feature_key = {}, None, None
         self.states, self.results, self.last_result = {}, {}, None
+        self.trust = {}
         self._arrays = None
         self.queryChanged.emit()
 
@@ -173,7 +184,24 @@ class Document(QObject):
             i = self._rel_index.get(rel, -1)
             if i >= 0:
                 confirmed[i] = self.class_index(name)
-        return ViewArrays(pred, conf, confirmed, failed, done)
+        unknown = np.zeros(n, bool)
+        rank = np.zeros(n, int)
+        tr = self.trust.get(self.project.active_label_set)
+        if tr is not None:
+            if tr.unknown is not None and len(tr.unknown.scores) == n:
+                unknown = tr.unknown.mask(self.unknown_threshold) & (confirmed < 0) & ~failed
+            if tr.review_rank is not None and len(tr.review_rank) == n:
+                rank = tr.review_rank
+        return ViewArrays(pred, conf, confirmed, failed, done, unknown, rank)
+
+    @property
+    def trust_now(self):
+        return self.trust.get(self.project.active_label_set)
+
+    def set_unknown_threshold(self, t: float | None) -> None:
+        self.unknown_threshold = t
+        self._arrays = None
+        self.predictionsChanged.emit(None)
 
     def probs_of(self, i: int) -> list[tuple[str, float]]:
         """(class, probability) for item ``i`` in the current class order ([] when none)."""
@@ -277,6 +305,9 @@ class Document(QObject):
         self._classes_edited()
 
     def _classes_edited(self) -> None:
+        tr = self.trust.get(self.project.active_label_set)
+        if tr is not None:
+            tr.notes = {}  # diagnostics describe the old support set
         self._arrays = None
         self.set_dirty()
         self.classesChanged.emit()
@@ -311,6 +342,7 @@ class Document(QObject):
     def begin_labeling(self, classes: list[str]) -> None:
         n = len(self.paths)
         self.states[self.project.active_label_set] = LabelState(list(classes), np.full((n, len(classes)), np.nan, np.float32))
+        self.trust.pop(self.project.active_label_set, None)
         self.errors = {}
         self._arrays = None
         self.predictionsChanged.emit(None)
@@ -330,9 +362,12 @@ class Document(QObject):
             self.predictionsChanged.emit(idx)
         return idx
 
-    def apply_result(self, result, method_factory: Callable[[], Any] | None, feature_key: str | None) -> None:
-        """A finished (or cancelled-then-kept) labeling job of the active label set."""
+    def apply_result(self, result, method_factory: Callable[[], Any] | None, feature_key: str | None,
+                     trust: Any = None) -> None:
+        """A finished labeling job of the active label set (``trust``: gui.trust.Trust or None)."""
         st = self.state
+        if trust is not None:
+            self.trust[self.project.active_label_set] = trust
         self.errors = dict(result.errors)
         if result.features is not None:
             self.features = np.asarray(result.features, np.float32)
@@ -352,6 +387,19 @@ class Document(QObject):
         self.predictionsChanged.emit(None)
         if self.label_set.confirmed:
             self.repredict()
+
+    def _update_unknown(self, xs: np.ndarray, ys: np.ndarray, n_classes: int) -> None:
+        """Re-score "fits no class" after support/corrections changed (cheap: one matrix product)."""
+        tr = self.trust.get(self.project.active_label_set)
+        if tr is None or tr.unknown is None or self.features is None or len(self.features) > 50000:
+            return
+        try:
+            from ..core.unknown import unknown_scores
+
+            tr.unknown = unknown_scores(xs, ys, self.features, n_classes, backbone=self.project.backbone,
+                                        threshold=tr.unknown.default_threshold)
+        except Exception:
+            tr.unknown = None
 
     def _support_signature(self) -> list[tuple[str, tuple[str, ...]]]:
         return [(c.name, tuple(_key(p) for p in c.support)) for c in self.classes]
@@ -427,6 +475,7 @@ class Document(QObject):
             return False
         extra = {}
         self.states[self.project.active_label_set] = LabelState(list(names), probs, extra)
+        self._update_unknown(np.stack(xs), np.asarray(ys), len(names))
         self._arrays = None
         self.predictionsChanged.emit(None)
         return True

@@ -21,6 +21,7 @@ ITEM_ROLE = Qt.ItemDataRole.UserRole + 1
 MIME_ITEMS = "application/x-fewshot-query-items"
 
 SORTS = [
+    ("rank", "Review order (most useful first)"),
     ("review", "Least confident first"),
     ("confidence", "Most confident first"),
     ("class", "Class"),
@@ -76,6 +77,8 @@ class QueryModel(QAbstractListModel):
             elif lab >= 0:
                 name = self.doc.class_names[lab]
                 tip += f"\n{name} ({'confirmed' if a.confirmed[i] >= 0 else f'{a.conf[i]:.0%}'})"
+                if a.unknown[i]:
+                    tip += "\nfits no class well (unknown)"
             return tip
         return None
 
@@ -137,7 +140,10 @@ class QueryModel(QAbstractListModel):
             order = idx
         else:
             group = np.where(a.failed, 3, np.where(a.confirmed >= 0, 2, np.where(a.done, 0, 1)))
-            if self.sort_key == "review":
+            if self.sort_key == "rank" and a.rank.any():
+                rank = np.where(a.rank > 0, a.rank, 1 << 30)
+                order = np.lexsort((idx, conf, rank, group))
+            elif self.sort_key in ("review", "rank"):
                 order = np.lexsort((idx, conf, group))
             elif self.sort_key == "confidence":
                 order = np.lexsort((idx, -conf, group))
@@ -156,6 +162,8 @@ class QueryModel(QAbstractListModel):
             keep = a.done & ~a.failed & (a.confirmed < 0)
         elif kind == "class":
             keep = label == k
+        elif kind == "unknown":
+            keep = a.unknown.copy()
         if self.find_text:
             if self._lower is None or len(self._lower) != n:
                 self._lower = [r.lower() for r in doc.rel]
@@ -240,9 +248,13 @@ class TileDelegate(QStyledItemDelegate):
             p.setPen(Qt.GlobalColor.white)
             p.drawText(band.adjusted(4, 0, -4, 0), Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft, "failed")
         elif lab >= 0:
-            p.fillRect(band, col)
-            p.setPen(text_color_for(col))
-            name = doc.class_names[lab]
+            unknown = bool(a.unknown[i])
+            bcol = QColor(120, 120, 120) if unknown else col
+            p.fillRect(band, bcol)
+            if unknown:  # keep the best guess visible as a stripe of its colour
+                p.fillRect(QRect(band.left(), band.top(), 5, band.height()), col)
+            p.setPen(text_color_for(bcol))
+            name = ("unknown? " if unknown else "") + doc.class_names[lab]
             confirmed = a.confirmed[i] >= 0
             right = "\u2713" if confirmed else f"{a.conf[i] * 100:.0f}%"
             p.drawText(band.adjusted(4, 0, -4, 0), Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight, right)
@@ -353,13 +365,29 @@ class GridPanel(QWidget):
         bar.addWidget(self.sort_box)
         bar.addWidget(QLabel("Show:"))
         bar.addWidget(self.filter_box)
-        bar.addWidget(QLabel("Uncertain below"))
-        bar.addWidget(self.slider)
-        bar.addWidget(self.threshold_label)
         bar.addWidget(self.find, 1)
+        self.unknown_slider = QSlider(Qt.Orientation.Horizontal)
+        self.unknown_slider.setRange(-100, 100)
+        self.unknown_slider.setValue(0)
+        self.unknown_slider.setFixedWidth(110)
+        self.unknown_slider.setToolTip("Images that fit no class by more than this go to \u201cunknown\u201d "
+                                       "(left: more unknowns; middle: calibrated default)")
+        self.unknown_label = QLabel()
+        bar2 = QHBoxLayout()
+        bar2.setContentsMargins(0, 0, 0, 0)
+        bar2.addWidget(QLabel("Uncertain below"))
+        bar2.addWidget(self.slider)
+        bar2.addWidget(self.threshold_label)
+        bar2.addSpacing(16)
+        self.unknown_caption = QLabel("Unknown threshold")
+        bar2.addWidget(self.unknown_caption)
+        bar2.addWidget(self.unknown_slider)
+        bar2.addWidget(self.unknown_label)
+        bar2.addStretch(1)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addLayout(bar)
+        lay.addLayout(bar2)
         lay.addWidget(self.view, 1)
         lay.addWidget(self.count_label)
 
@@ -379,6 +407,7 @@ class GridPanel(QWidget):
         self.sort_box.currentIndexChanged.connect(self._on_sort)
         self.filter_box.currentIndexChanged.connect(self._on_filter)
         self.slider.valueChanged.connect(self._on_threshold)
+        self.unknown_slider.valueChanged.connect(self._on_unknown)
         self.find.textChanged.connect(lambda _t: self._find_timer.start())
         self.view.selectionModel().currentChanged.connect(self._on_current)
         self.view.customContextMenuRequested.connect(self._context_menu)
@@ -463,6 +492,7 @@ class GridPanel(QWidget):
         self.filter_box.addItem("Uncertain", ("uncertain", -1))
         self.filter_box.addItem("Not yet confirmed", ("unconfirmed", -1))
         self.filter_box.addItem("Confirmed", ("confirmed", -1))
+        self.filter_box.addItem("Unknown (fits no class)", ("unknown", -1))
         self.filter_box.addItem("Failed", ("failed", -1))
         for k, c in enumerate(self.doc.classes):
             self.filter_box.addItem(f"Class: {c.name}", ("class", k))
@@ -488,6 +518,23 @@ class GridPanel(QWidget):
         if self.model.filter[0] == "uncertain":
             self._resort.start(150)
 
+    def _on_unknown(self, v: int) -> None:
+        tr = self.doc.trust_now
+        if tr is None or tr.unknown is None:
+            return
+        self.doc.set_unknown_threshold(self.unknown_threshold_value())
+        self._update_counts()
+
+    def unknown_threshold_value(self) -> float | None:
+        """Slider -> threshold: 0 is the calibrated default; the ends reach the score range."""
+        tr = self.doc.trust_now
+        if tr is None or tr.unknown is None:
+            return None
+        v = self.unknown_slider.value() / 100.0
+        d = tr.unknown.default_threshold
+        lo, hi = tr.unknown.range()
+        return d + v * ((hi - d) if v > 0 else (d - lo))
+
     def _apply_find(self) -> None:
         self.model.find_text = self.find.text().strip()
         self.refresh()
@@ -510,7 +557,15 @@ class GridPanel(QWidget):
     def _update_threshold_label(self) -> None:
         self.threshold_label.setText(f"{self.slider.value()}% \u00b7 {self.model.uncertain_count()} uncertain")
 
+    def _update_unknown_label(self) -> None:
+        tr = self.doc.trust_now
+        has = tr is not None and tr.unknown is not None
+        for w in (self.unknown_caption, self.unknown_slider, self.unknown_label):
+            w.setEnabled(has)
+        self.unknown_label.setText(f"{int(self.doc.arrays().unknown.sum())} unknown" if has else "")
+
     def _update_counts(self) -> None:
+        self._update_unknown_label()
         n = len(self.doc)
         a = self.doc.arrays()
         shown = self.model.rowCount()
