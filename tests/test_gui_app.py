@@ -333,3 +333,62 @@ def test_support_diagnostics_and_unknown_slider(qtbot, win, data, tmp_path):
     assert f"{model.rowCount()} unknown" in win.grid.unknown_label.text()
     win.grid.unknown_slider.setValue(100)
     qtbot.waitUntil(lambda: model.rowCount() <= 1, timeout=3000)
+
+
+def test_drag_tiles_onto_class_and_label_sets(qtbot, win, data, tmp_path):
+    from fewshot_gui.gui.grid import MIME_ITEMS
+
+    support, query, _ = data
+    setup_classes(win, support)
+    scan(qtbot, win, query)
+    label(qtbot, win)
+    doc, model = win.doc, win.grid.model
+    items = [model.item_at(0), model.item_at(1)]
+    # the grid's own drag data, dropped on a class card = label those images
+    md = model.mimeData([model.index(0), model.index(1)])
+    assert md.hasFormat(MIME_ITEMS)
+    card = win.classes.card("class1")
+    pos = card.rect().center()
+    enter = QDragEnterEvent(pos, Qt.DropAction.CopyAction, md, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(card, enter)
+    assert enter.isAccepted()
+    QApplication.sendEvent(card, QDropEvent(QPointF(pos), Qt.DropAction.CopyAction, md, Qt.MouseButton.LeftButton,
+                                            Qt.KeyboardModifier.NoModifier))
+    assert all(doc.arrays().confirmed[i] == 1 for i in items)
+    labeled = doc.state.probs.copy()
+
+    # a second label set over the same images: its own classes, nothing confirmed yet
+    win.doc.project.add_label_set("quality")
+    win.switch_label_set("quality")
+    assert doc.project.active_label_set == "quality" and doc.classes == [] and win.classes.cards == []
+    assert doc.state is None and not (doc.arrays().done & ~doc.arrays().failed).any()
+    sharp, blurry = tmp_path / "sharp", tmp_path / "blurry"
+    for d, src in ((sharp, support / "class0"), (blurry, support / "class2")):
+        d.mkdir()
+        for f in src.iterdir():
+            (d / f.name).write_bytes(f.read_bytes())
+    assert drop_urls(win.classes, [sharp, blurry])
+    assert doc.class_names == ["sharp", "blurry"]
+    # predictions for the new set come from the cached query features (only the new examples are embedded)
+    qtbot.waitUntil(lambda: doc.state is not None and doc.arrays().done.sum() == len(doc.paths), timeout=10000)
+    assert doc.state.probs.shape[1] == 2
+    # back to the first set: its labels and confirmations are intact
+    win.switch_label_set("labels")
+    qtbot.waitUntil(lambda: doc.state is not None, timeout=5000)
+    assert all(doc.arrays().confirmed[i] == 1 for i in items)
+    np.testing.assert_allclose(doc.state.probs, labeled, rtol=1e-5, atol=1e-6)
+    # the CSV has one group per label set
+    out = win.export_csv(tmp_path / "both.csv")
+    header = out.read_text().splitlines()[0].split(",")
+    assert "labels:label" in header and "quality:label" in header
+
+
+def test_autosave_writes_project_when_dirty(qtbot, win, data, tmp_path):
+    support, _, _ = data
+    f = tmp_path / "auto.fewshot.json"
+    assert win.save_to(f)
+    setup_classes(win, support)
+    assert win.doc.dirty or not win.undo.isClean()
+    win.autosave_now()
+    assert Project.load(f).classes == ["class0", "class1", "class2"]
+    assert win.undo.isClean() and not win.doc.dirty

@@ -70,8 +70,16 @@ class LabelController(QObject):
         self.runner.finished.connect(self._on_finished)
         self.runner.failed.connect(self._on_failed)
         self.runner.cancelled.connect(self._on_cancelled)
-        self.runner.idle.connect(lambda: self.busyChanged.emit(False))
-        self.runner.started.connect(lambda: self.busyChanged.emit(True))
+        self.runner.idle.connect(self._on_idle)
+        self.runner.started.connect(self._on_started)
+
+    def _on_started(self) -> None:
+        self.doc.job_running = self.kind == "label"
+        self.busyChanged.emit(True)
+
+    def _on_idle(self) -> None:
+        self.doc.job_running = False
+        self.busyChanged.emit(False)
 
     def busy(self) -> bool:
         return self.runner.is_running()
@@ -200,6 +208,7 @@ class LabelController(QObject):
             self.doc.predictionsChanged.emit(idx)
 
     def _on_finished(self, value: Any) -> None:
+        self.doc.job_running = False
         self._flush.stop()
         self._flush_batches()
         kind = self.kind
@@ -225,17 +234,20 @@ class LabelController(QObject):
             for k, p in enumerate(paths):
                 if k not in errors and not np.isnan(feats[k]).any():
                     self.doc.support_feats[_key(p)] = feats[k]
+            self.doc.bad_support.update(_key(paths[k]) for k in errors)
             if errors:
                 self.error.emit("Some example images could not be read: "
                                 + "; ".join(f"{Path(paths[k]).name}: {m}" for k, m in list(errors.items())[:3]))
             self.doc.repredict()
 
     def _on_failed(self, msg: str) -> None:
+        self.doc.job_running = False
         self._flush.stop()
         self._flush_batches()
         self.error.emit(msg)
 
     def _on_cancelled(self) -> None:
+        self.doc.job_running = False
         self._flush.stop()
         self._flush_batches()
         n = int(self.doc.arrays().done.sum())

@@ -79,6 +79,8 @@ class Document(QObject):
         self.method_factory: Callable[[], Any] | None = None
         self.trust: dict[str, Any] = {}   # label set -> gui.trust.Trust
         self.unknown_threshold: float | None = None  # None: the calibrated default
+        self.bad_support: set[str] = set()  # example images that could not be embedded
+        self.job_running = False  # a labeling job streams into the active state: do not replace it
         self.dirty = False
         self._arrays: ViewArrays | None = None
         self.last_result = None  # the last LabelResult of the active set (for export)
@@ -353,7 +355,7 @@ class Document(QObject):
         idx = np.asarray(batch.indices, dtype=int)
         if st is None:
             return idx
-        if len(idx):
+        if len(idx) and st.probs.shape[1] == np.shape(batch.probs)[-1]:
             st.probs[idx] = batch.probs
         for i, msg in getattr(batch, "errors", {}).items():
             self.errors[int(i)] = msg
@@ -376,6 +378,7 @@ class Document(QObject):
         if result.support_features is not None:
             for p, f in zip(result.support_paths, result.support_features):
                 self.support_feats[_key(p)] = np.asarray(f, np.float32)
+        self.bad_support.update(_key(p) for p in getattr(result, "support_errors", {}) or {})
         self.method_factory = method_factory
         probs = np.asarray(result.probs, np.float32)
         self.states[self.project.active_label_set] = LabelState(list(result.classes), probs.copy(),
@@ -422,7 +425,8 @@ class Document(QObject):
         return None
 
     def missing_support_features(self) -> list[Path]:
-        return [p for c in self.classes for p in c.support if self.feature_of(p) is None]
+        return [p for c in self.classes for p in c.support
+                if self.feature_of(p) is None and _key(p) not in self.bad_support]
 
     def can_repredict(self) -> bool:
         return (self.features is not None and self.method_factory is not None
@@ -437,7 +441,7 @@ class Document(QObject):
         Returns False (and marks predictions stale) when some feature is not known yet."""
         if self.features is None or self.method_factory is None:
             return False
-        if not self.can_repredict():
+        if self.job_running or not self.can_repredict():
             if self.state is not None:
                 self.state.stale = True
             return False
@@ -454,6 +458,8 @@ class Document(QObject):
         for k, c in enumerate(self.classes):
             for p in c.support:
                 f = self.feature_of(p)
+                if f is None and _key(p) in self.bad_support:
+                    continue
                 if f is None:
                     if self.state is not None:
                         self.state.stale = True

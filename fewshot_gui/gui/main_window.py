@@ -302,7 +302,8 @@ class MainWindow(QMainWindow):
         if not busy:
             self.progress.reset()
             self.time_left.clear()
-            if self._update_timer.isActive() is False and self.doc.state is not None and self.doc.state.stale:
+            if not self._update_timer.isActive() and self.doc.features is not None and (
+                    self.doc.state is None or self.doc.state.stale or self.doc.missing_support_features()):
                 self._update_timer.start()
 
     def _on_progress(self, text: str, fraction: float, left: str) -> None:
@@ -326,10 +327,14 @@ class MainWindow(QMainWindow):
         self._update_timer.start()
 
     def _maybe_update_predictions(self) -> None:
-        if not self.controller.busy():
-            st = self.doc.state
-            if st is not None and st.stale:
+        """After class/support edits: embed new examples (worker) and re-predict from cached features."""
+        if self.controller.busy() or self.doc.features is None:
+            return
+        st = self.doc.state
+        if st is None or st.stale or self.doc.missing_support_features():
+            if st is not None:
                 st.stale = False
+            if self.doc.can_repredict():
                 self.controller.update_predictions()
 
     def _on_backbone(self, k: int) -> None:
@@ -388,6 +393,10 @@ class MainWindow(QMainWindow):
         self.undo.push(cmd.AddSupport(self.doc, name, [self.doc.paths[i] for i in items]))
 
     def switch_label_set(self, name: str) -> None:
+        if self.controller.busy():
+            self.show_error("A job is running; wait for it or cancel it before switching label sets.")
+            self.classes.rebuild()
+            return
         self.undo.clear()
         self.doc.switch_label_set(name)
         if self.doc.state is None and self.doc.features is not None:
