@@ -225,7 +225,8 @@ class LabelController(QObject):
                 factory = lambda: get_method(name, **opts)  # noqa: E731
             self.doc.apply_result(result, factory, backbone.key, trust)
             n_err = len(result.errors)
-            self.message.emit(f"Labeled {result.n_ok:,} images in {result.seconds:.1f} s"
+            secs = time.perf_counter() - self._t0
+            self.message.emit(f"Labeled {result.n_ok:,} images in {secs:.1f} s"
                               + (f"; {n_err} could not be read (filter \u201cFailed\u201d)" if n_err else "")
                               + (f"; {len(result.support_errors)} example images skipped" if result.support_errors else ""))
             self.labeled.emit(result)

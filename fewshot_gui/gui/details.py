@@ -6,7 +6,7 @@ import os
 import time
 
 from PySide6.QtCore import QRect, QSize, Qt
-from PySide6.QtGui import QColor, QPainter, QPixmap
+from PySide6.QtGui import QColor, QImage, QPainter
 from PySide6.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 from .document import Document
@@ -54,15 +54,43 @@ class ProbBars(QWidget):
         p.end()
 
 
+class ImageView(QWidget):
+    """Paints one image scaled to fit (aspect kept), or a short text."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.img: QImage | None = None
+        self.text = ""
+        self.setMinimumSize(160, 160)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+
+    def set_image(self, img: QImage | None, text: str = "") -> None:
+        self.img, self.text = img, text
+        self.update()
+
+    def sizeHint(self) -> QSize:
+        return QSize(320, 320)
+
+    def paintEvent(self, _e) -> None:
+        p = QPainter(self)
+        r = self.rect()
+        if self.img is not None and not self.img.isNull():
+            sz = self.img.size().scaled(r.size(), Qt.AspectRatioMode.KeepAspectRatio)
+            target = QRect(r.left() + (r.width() - sz.width()) // 2, r.top(), sz.width(), sz.height())
+            p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
+            p.drawImage(target, self.img)
+        else:
+            p.setPen(self.palette().color(self.palette().ColorRole.PlaceholderText))
+            p.drawText(r, Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, self.text)
+        p.end()
+
+
 class DetailsPanel(QWidget):
     def __init__(self, doc: Document, thumbs: ThumbnailCache, parent=None):
         super().__init__(parent)
         self.doc, self.thumbs = doc, thumbs
         self.item = -1
-        self.image = QLabel()
-        self.image.setAlignment(Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop)
-        self.image.setMinimumSize(200, 200)
-        self.image.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)
+        self.image = ImageView()
         self.title = QLabel()
         f = self.title.font()
         f.setBold(True)
@@ -81,7 +109,7 @@ class DetailsPanel(QWidget):
         self.error.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(4, 0, 4, 0)
-        lay.addWidget(self.image)
+        lay.addWidget(self.image, 2)
         lay.addWidget(self.title)
         lay.addWidget(self.verdict)
         lay.addWidget(self.bars)
@@ -102,8 +130,7 @@ class DetailsPanel(QWidget):
         i = self.item
         doc = self.doc
         if i < 0 or i >= len(doc.paths):
-            self.image.setPixmap(QPixmap())
-            self.image.setText("Select an image to see it here")
+            self.image.set_image(None, "Select an image to see it here")
             self.title.setText("")
             self.verdict.setText("")
             self.bars.set_rows([])
@@ -135,36 +162,26 @@ class DetailsPanel(QWidget):
             st = os.stat(path)
             size = f"{st.st_size / 1024:.1f} KiB" if st.st_size < 1 << 20 else f"{st.st_size / (1 << 20):.2f} MiB"
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(st.st_mtime))
-            img = self.thumbs.peek(str(path), BIG)
             self.info.setText(f"{path}\n{size} \u00b7 modified {when}")
         except OSError as exc:
             self.info.setText(f"{path}\n{exc.strerror}")
 
     def _set_image(self) -> None:
-        if self.item < 0:
+        if self.item < 0 or self.item >= len(self.doc.paths):
             return
         path = str(self.doc.paths[self.item])
         img = self.thumbs.get(path, BIG)
-        if img is None:
+        if img is None:  # the large one is on its way: show the tile's thumbnail meanwhile
             small = self.thumbs.peek(path, 128)
             img = small if small is not None and small is not BROKEN else None
         if img is None:
-            self.image.setPixmap(QPixmap())
-            self.image.setText("loading\u2026")
+            self.image.set_image(None, "loading\u2026")
         elif img is BROKEN:
-            self.image.setPixmap(QPixmap())
-            self.image.setText("This file cannot be shown")
+            self.image.set_image(None, "This file cannot be shown")
         else:
-            pm = QPixmap.fromImage(img)
-            box = self.image.size()
-            self.image.setPixmap(pm.scaled(box, Qt.AspectRatioMode.KeepAspectRatio,
-                                           Qt.TransformationMode.SmoothTransformation))
+            self.image.set_image(img)
 
     def _on_ready(self, path: str, size: int) -> None:
         if size == BIG and self.item >= 0 and str(self.doc.paths[self.item]) == path:
             self._set_image()
 
-    def resizeEvent(self, e) -> None:
-        super().resizeEvent(e)
-        self.image.setFixedHeight(max(160, min(self.width() - 8, int(self.height() * 0.55))))
-        self._set_image()
