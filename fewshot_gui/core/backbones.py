@@ -282,7 +282,14 @@ def get_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None
     if name not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY))
         raise ValueError(f"unknown backbone {name!r}; available: {known}")
-    bb = _REGISTRY[name].factory(weights=weights, device=device or default_device())
+    device = device or default_device()
+    if str(device).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but no CUDA device is available; "
+                             "use --device cpu (or leave it out)")
+    bb = _REGISTRY[name].factory(weights=weights, device=device)
     want_onnx = engine == "onnx" or (engine == "auto" and bb.device == "cpu" and bb.frozen)
     if want_onnx:
         if bb.device != "cpu":
