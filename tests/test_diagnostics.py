@@ -69,3 +69,18 @@ def test_bad_input():
         diagnose_support(np.zeros((3, 4)), [0, 1], 2)
     with pytest.raises(DataError):
         diagnose_support(np.zeros((2, 4)), [0, 5], 2)
+
+
+def test_image_of_no_class_is_flagged_as_outlier():
+    rng = np.random.default_rng(0)
+    dim = 40
+    c = 5 * np.eye(dim)[:5]
+    x = np.repeat(c, 5, 0) + 0.3 * rng.normal(size=(25, dim))
+    y = np.repeat(np.arange(5), 5)
+    # nearest to its own class, but far from everything: an image of a class not in the project
+    x[12] = 0.15 * c[2] + 5 * np.eye(dim)[20] + 0.3 * rng.normal(size=dim)
+    d = diagnose_support(x, y, 5, class_names=list("abcde"))
+    assert d.suspect_indices == [12] and d.suspects[0].kind == "outlier"
+    assert d.loo_prediction[12] == 2                       # not nearer another class
+    assert "unlike the other images" in "\n".join(d.summary_lines())
+    assert diagnose_support(x, y, 5, outliers=False).suspects == []

@@ -9,6 +9,9 @@ embeddings; then L2):
 * **Suspected mislabels**: a support image whose leave-one-out nearest prototype is another class
   (``suggested`` names it). In a 1-shot class an image cannot be left out (it *is* the
   prototype), so 1-shot images are only checked for duplicates.
+* **Outliers**: a support image whose cosine to its own leave-one-out prototype is below the
+  unknown threshold :math:`t(n-1)` of :mod:`fewshot_gui.core.unknown` -- it would be routed to
+  "unknown" by its own class (e.g. an image of a class that is not in the project at all).
 * **Duplicates**: pairs of support images with near-identical embeddings (cosine of the raw
   L2-normalised embeddings >= ``duplicate_cosine``); across two classes they are a contradiction.
 * **Confused class pairs**: pairs whose leave-one-out errors go into each other, or -- when query
@@ -27,11 +30,13 @@ import numpy as np
 
 from .errors import DataError
 from .transductive import l2_normalise, normalise_episode
+from .unknown import shot_threshold
 
 DEFAULT_DUPLICATE_COSINE = 0.985
 DEFAULT_SCALE = 10.0          # ProtoNet-convention scale used for the query margins
 AMBIGUOUS_MARGIN = 0.2        # a query is hesitating between its top-2 classes below this margin
 MIN_CONFUSED_QUERIES = 3      # a pair is reported when at least this many queries hesitate
+OUTLIER_MARGIN = 0.06  # outlier when cosine to own prototype < t(n-1) - margin (chosen on base classes)
 
 
 @dataclass
@@ -41,6 +46,7 @@ class Suspect:
     suggested: int      # the class it looks like (leave-one-out nearest prototype)
     own_score: float    # cosine to its own (leave-one-out) prototype
     other_score: float  # cosine to the suggested class' prototype
+    kind: str = "mislabel"  # "mislabel" (nearer another class) or "outlier" (fits no class well)
 
 
 @dataclass
@@ -98,7 +104,10 @@ class SupportDiagnostics:
         if self.suspects:
             lines.append(f"possibly mislabeled support images: {len(self.suspects)}")
             for s in self.suspects[:max_items]:
-                lines.append(f"  {self._item(s.index)}: filed as {n[s.label]!r}, looks like {n[s.suggested]!r}")
+                if s.kind == "outlier":
+                    lines.append(f"  {self._item(s.index)}: filed as {n[s.label]!r}, unlike the other images of it")
+                else:
+                    lines.append(f"  {self._item(s.index)}: filed as {n[s.label]!r}, looks like {n[s.suggested]!r}")
         if self.duplicates:
             lines.append(f"near-duplicate support images: {len(self.duplicates)} pair(s)")
             for d in self.duplicates[:max_items]:
@@ -121,9 +130,11 @@ class SupportDiagnostics:
 def diagnose_support(support: np.ndarray, labels: np.ndarray, n_classes: int,
                      class_names: Sequence[str] | None = None, query: np.ndarray | None = None,
                      paths: Sequence[str] | None = None, duplicate_cosine: float = DEFAULT_DUPLICATE_COSINE,
-                     scale: float = DEFAULT_SCALE) -> SupportDiagnostics:
+                     scale: float = DEFAULT_SCALE, backbone: str | None = "efficientnet-lite0",
+                     outliers: bool = True) -> SupportDiagnostics:
     """Diagnose a support set (raw embeddings). ``query`` (optional) improves the centring and
-    adds query-based class confusion; rows with NaN (failed images) are ignored."""
+    adds query-based class confusion; rows with NaN (failed images) are ignored. ``backbone``
+    picks the outlier threshold table (:func:`fewshot_gui.core.unknown.shot_threshold`)."""
     s = np.asarray(support, dtype=np.float64)
     y = np.asarray(labels, dtype=int).ravel()
     if s.ndim != 2 or len(s) != len(y):
@@ -167,7 +178,13 @@ def diagnose_support(support: np.ndarray, labels: np.ndarray, n_classes: int,
     for i in np.where(can & (loo_pred != y))[0]:
         suspects.append(Suspect(index=int(i), label=int(y[i]), suggested=int(loo_pred[i]),
                                 own_score=float(cos_loo[i, y[i]]), other_score=float(cos_loo[i, loo_pred[i]])))
-    suspects.sort(key=lambda x: x.own_score - x.other_score)
+    if outliers:
+        t_own = shot_threshold(np.maximum(own_n, 1), backbone) - OUTLIER_MARGIN
+        for i in np.where(can & (loo_pred == y) & (cos_loo[np.arange(S), y] < t_own))[0]:
+            suspects.append(Suspect(index=int(i), label=int(y[i]), suggested=int(y[i]),
+                                    own_score=float(cos_loo[i, y[i]]), other_score=float(cos_loo[i, y[i]]),
+                                    kind="outlier"))
+    suspects.sort(key=lambda x: (x.kind != "mislabel", x.own_score - x.other_score))
 
     # duplicates on raw L2-normalised embeddings
     raw = l2_normalise(s)
