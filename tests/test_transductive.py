@@ -96,3 +96,20 @@ def test_method_errors():
     qn[3] = np.nan
     m.set_query_set(qn)
     assert np.isfinite(m.predict_proba(q[5:9])).all()
+
+
+def test_transductive_probs_hook():
+    from fewshot_gui.core.transductive import transductive_probs
+
+    rng = np.random.default_rng(6)
+    s, y, q, t = _task(rng)
+    q[2] = np.nan
+    p = transductive_probs(s, y, q, 4)
+    assert np.isnan(p[2]).all() and np.allclose(np.delete(p, 2, 0).sum(1), 1.0)
+    assert (np.delete(p, 2, 0).argmax(1) == np.delete(t, 2)).mean() > 0.9
+    off = transductive_probs(s, y, q, 4, enabled=False)
+    assert off.shape == p.shape and not np.allclose(np.delete(off, 2, 0), np.delete(p, 2, 0))
+
+    class Maml:
+        name, input_kind = "maml", "images"
+    assert transductive_probs(s, y, q, 4, method=Maml()) is None
