@@ -34,7 +34,7 @@ def test_csv_columns_rows_and_values(tmp_path):
     assert "'p_=cmd" not in header and any(h.startswith("p_=cmd") for h in header)
 
 
-@pytest.mark.parametrize("text,expected", [("=1+1", "'=1+1"), ("+x", "'+x"), ("-2", "'-2"), ("@SUM(A1)", "'@SUM(A1)"),
+@pytest.mark.parametrize("text,expected", [("=1+1", "'=1+1"), ("+x", "'+x"), ("-2", "-2"), ("-0.5", "-0.5"), ("-1+2", "'-1+2"), ("-A1", "'-A1"), ("@SUM(A1)", "'@SUM(A1)"),
                                            ("\tx", "'\tx"), ("plain", "plain"), ("", "")])
 def test_neutralise(text, expected):
     assert neutralise(text) == expected

@@ -170,3 +170,30 @@ def test_cli_eval_prints_accuracy_with_ci(tiny_image_folder, tmp_path, capsys):
     assert res["accuracy"] > 90 and res["ci95"] >= 0  # colours are trivially separable
     assert main(["eval", str(data), "--way", "9", "--shot", "1", "--query", "3", "--episodes", "5",
                  "--backbone", TINY]) == 1  # not enough classes: a clear failure, not a crash
+
+
+def test_trust_columns_refinement_and_unknown_scores(sets, tmp_path, tiny_image_folder):
+    support, query, truth = sets
+    # images of a class that has no support set (colour 4) should look more "unknown" than known ones
+    stranger = tiny_image_folder(n_classes=5, per_class=3, name="strangers", seed=7) / "class4"
+    for f in sorted(stranger.iterdir()):
+        (query / f"stranger_{f.name}").write_bytes(f.read_bytes())
+    out = tmp_path / "t.csv"
+    assert main(["label", "--support", str(support), "--query", str(query), "--out", str(out),
+                 "--backbone", TINY, "--no-cache"]) == 0
+    with open(out, newline="", encoding="utf-8") as fh:
+        rows = {r["path"]: r for r in csv.DictReader(fh)}
+    for col in ("unknown", "unknown_score", "review_rank"):
+        assert col in next(iter(rows.values()))
+    ranks = sorted(int(r["review_rank"]) for r in rows.values() if r["review_rank"])
+    assert ranks == list(range(1, len(ranks) + 1))  # a permutation of the good rows
+    assert rows["zero.jpg"]["review_rank"] == "" and rows["zero.jpg"]["unknown"] == ""
+    known = [float(rows[p]["unknown_score"]) for p in truth]
+    strange = [float(r["unknown_score"]) for p, r in rows.items() if p.startswith("stranger_")]
+    assert min(strange) > np.median(known)
+
+    sup = support_from_folder(support)
+    refined = run_job(label_folder(sup, query, backbone=_tiny()))
+    plain = run_job(label_folder(sup, query, backbone=_tiny(), refine=False))
+    assert refined.refined and not plain.refined
+    assert refined.labels == plain.labels or np.mean([a == b for a, b in zip(refined.labels, plain.labels)]) > 0.8

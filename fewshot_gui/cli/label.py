@@ -26,7 +26,8 @@ def add_parser(sub):
     p.add_argument("--link", action="store_true", help="with --export-folders: link instead of copying")
     p.add_argument("--no-refine", action="store_true", help="turn off transductive refinement of the prototypes")
     p.add_argument("--unknown-threshold", type=float, default=None, metavar="X",
-                   help="images scoring below X go to 'unknown' (default: calibrated; negative: never)")
+                   help="unknown-score threshold: images scoring above X get unknown=1 in the CSV "
+                        "(default 0.0, calibrated per shot count; larger = fewer unknowns; inf = never)")
     add_model_options(p)
     return p
 

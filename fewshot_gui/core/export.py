@@ -26,12 +26,13 @@ from .atomic import atomic_open
 from .errors import ExportError
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")  # plain numbers stay numbers
 
 
 def neutralise(cell: object) -> str:
     """Return ``cell`` as text that a spreadsheet will not evaluate as a formula."""
     text = "" if cell is None else str(cell)
-    if text.startswith(_FORMULA_START):
+    if text.startswith(_FORMULA_START) and not _NUMBER.fullmatch(text):
         return "'" + text
     return text
 

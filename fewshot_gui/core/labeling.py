@@ -46,6 +46,8 @@ class LabelResult:
     support_errors: dict[Path, str] = field(default_factory=dict)
     extra: dict[str, list[Any]] = field(default_factory=dict)  # extra CSV columns (unknown, ...)
     notes: list[str] = field(default_factory=list)  # diagnostics / summary lines
+    trust: Any = None  # core.trust.Trust: diagnostics, unknown scores, review order
+    refined: bool = False  # probabilities come from transductive refinement over the folder
     seconds: float = 0.0
     method: str = ""
     backbone: str = ""
@@ -220,9 +222,11 @@ def _post_process(result: LabelResult, method, refine: bool | None, unknown_thre
     if hooks.get("refine") is not None and refine is not False:
         yield Progress("refining", 0, 1)
         new = hooks["refine"](method, result.support_features, result.support_labels,
-                              result.features[ok], len(result.classes), enabled=refine)
+                              result.features[ok], len(result.classes), enabled=refine,
+                              backbone=result.backbone or None)
         if new is not None:
             result.probs[ok] = new
+            result.refined = True
             yield LabelBatch(np.flatnonzero(ok), result.probs[ok], final=True)
         yield Progress("refining", 1, 1)
     if hooks.get("finish") is not None:
@@ -230,12 +234,10 @@ def _post_process(result: LabelResult, method, refine: bool | None, unknown_thre
 
 
 def _trust_hooks() -> dict[str, Callable | None]:
-    """Issue-5 features (refinement, unknown, review order, diagnostics) plug in here."""
-    try:
-        from . import trust  # noqa: F401
-    except ImportError:
-        return {}
-    return trust.HOOKS
+    """Issue-5 features (refinement, unknown, review order, diagnostics): see :mod:`.trust`."""
+    from .trust import HOOKS
+
+    return HOOKS
 
 
 def _label_with_images(support, query_root, query_paths, backbone, method, cancel, batch_size, t0):
