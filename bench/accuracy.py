@@ -66,8 +66,34 @@ def run_episodes(data: EpisodeData, ep: EpisodeSpec, episodes: int, seed: int, f
     return accs
 
 
+class ResultStore:
+    """Results keyed by (model file digest, column, episodes, seed), kept in a JSON file so that a
+    rerun evaluates only new models (``--results``)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path and path.exists() else {}
+
+    def get(self, key: str):
+        v = self.data.get(key)
+        return tuple(v) if v else None
+
+    def put(self, key: str, value) -> None:
+        self.data[key] = list(map(float, value))
+        if self.path:
+            from fewshot_gui.core.atomic import atomic_write_text
+
+            atomic_write_text(self.path, json.dumps(self.data, indent=1, sort_keys=True))
+
+
+STORE = ResultStore(None)
+
+
 def eval_omniglot_model(path: Path, episodes: int, seed: int, log) -> dict:
     bundle = load_model(path)
+    keys = {c: f"{bundle.digest}|omniglot|{c[0]}w{c[1]}s{'W' if c[2] else 'R'}|{episodes}|{seed}" for c in OMNI_COLS}
+    if all(STORE.get(k) for k in keys.values()):
+        return {c: STORE.get(k) for c, k in keys.items()}
     backbone = bundle.make_backbone()
     method = bundle.make_method() or get_method("protonet", normalize="none", temperature=1.0)
     spec = ImageSpec.from_meta(bundle.meta["input"])
@@ -87,8 +113,12 @@ def eval_omniglot_model(path: Path, episodes: int, seed: int, log) -> dict:
     out = {}
     for way, shot, within in OMNI_COLS:
         t = time.time()
+        if STORE.get(keys[(way, shot, within)]):
+            out[(way, shot, within)] = STORE.get(keys[(way, shot, within)])
+            continue
         accs = run_episodes(data, EpisodeSpec(way, shot, QUERY, within), episodes, seed, fit_predict)
         out[(way, shot, within)] = ci(accs)
+        STORE.put(keys[(way, shot, within)], out[(way, shot, within)])
         log(f"  {path.name} {way}-way {shot}-shot {'within' if within else 'random'}: "
             f"{out[(way, shot, within)][0]:.2f} ± {out[(way, shot, within)][1]:.2f} ({time.time() - t:.0f}s)")
     return out
@@ -131,6 +161,65 @@ def eval_caltech(models: list[Path], episodes: int, seed: int, holdout: float, s
     return rows, data
 
 
+USE = {
+    ("conv4", "protonet"): "Best for characters, symbols, glyphs and other small greyscale line drawings: "
+                           "fast (embeddings are cached), works with any number of classes.",
+    ("conv4", "maml"): "Greyscale line drawings when you want the network itself adapted to your support "
+                       "set (slower: fine-tunes the whole Conv-4 on every fit; batch-statistics BN).",
+    ("conv4", "relation"): "Greyscale line drawings; a learned comparison instead of a fixed distance.",
+    ("efficientnet-lite0", "maml"): "Photos and general images: Proto-MAML head on the default backbone's "
+                                    "features; starts from the prototypes and fine-tunes on the support set.",
+    ("efficientnet-lite0", "relation"): "Photos: learned relation module on the default backbone's features "
+                                        "(measured below the plain ProtoNet; kept for comparison).",
+}
+
+
+def model_card(p: Path, omni_r, cal_r, episodes, seed, cal_rows, n_cal) -> str:
+    m = load_model(p).meta
+    tr, val = m["training"], m.get("validation") or {}
+    L = [f"# {p.name}\n"]
+    L.append(f"- **Method**: {m['method']} ({json.dumps(m['net'].get('maml', {}) or {'type': m['net']['type']})})")
+    L.append(f"- **Backbone**: {m['backbone']}; input: `{json.dumps(m['input'])}`")
+    L.append(f"- **When to use**: {USE.get((m['backbone'], m['method']), '')}")
+    L.append(f"- **File**: {p.stat().st_size / 1e6:.2f} MB, weights-only model file (no pickle), "
+             f"torch {tr.get('torch')}")
+    L.append(f"- **Training data**: {', '.join(f'`{d}`' for d in tr['data'])}"
+             + (f"; {tr['holdout']:g} of the classes held out (split seed {tr['split_seed']})" if tr.get("holdout") else ""))
+    ep = tr["episode"]
+    L.append(f"- **Episodes**: {tr['episodes']} training episodes of {ep['way']}-way {ep['shot']}-shot, "
+             f"{ep['query']} queries/class{', within alphabet' if ep['within_group'] else ''}"
+             f"{', rotations as new classes' if ep['rotations'] else ''}"
+             f"{', affine augmentation ' + str(tr.get('augment')) if tr.get('augment') else ''}; "
+             f"Adam lr {tr['lr']} cosine-annealed, meta-batch {tr['meta_batch']}; **seed {tr['seed']}**")
+    L.append(f"- **Wall time on this machine**: {tr['wall_time_s'] / 60:.1f} min of training (2 CPU cores, shared "
+             "with other jobs at the time, so an idle machine is faster), 1 torch thread")
+    L.append("")
+    L.append("## Exact command\n")
+    L.append("```sh\n" + (f"FEWSHOT_CACHE_DIR=/tmp/fewshot_cache " if m["backbone"] != "conv4" else "")
+             + tr["command"].replace("/tmp/fsruns/", "resources/models/") + "\n```\n")
+    L.append("## Validation during training\n")
+    if val:
+        L.append(f"{val['accuracy']:.2f} ± {val['ci95']:.2f} % (95% CI, {val['episodes']} episodes, {val['protocol']}) "
+                 f"on {', '.join(f'`{d}`' for d in val['data'])} (never used for training).\n")
+    if omni_r:
+        L.append(f"## Held-out Omniglot alphabets (`bench/accuracy.py`, {episodes} episodes, {QUERY} queries/class)\n")
+        L.append("| protocol | accuracy (%) ± 95% CI |\n|---|---|")
+        for (w, s, wi), v in omni_r.items():
+            L.append(f"| {w}-way {s}-shot {'within alphabet' if wi else 'random'} | {fmt(v)} |")
+        L.append("")
+    if cal_r:
+        base = next(r for n, r in cal_rows.items() if n.startswith("ProtoNet"))
+        L.append(f"## Caltech-101 held-out classes ({n_cal} classes, {episodes} episodes, {QUERY} queries/class)\n")
+        L.append("| protocol | this model | plain ProtoNet, same features and episodes |\n|---|---|---|")
+        for (w, s), v in cal_r.items():
+            L.append(f"| {w}-way {s}-shot | {fmt(v)} | {fmt(base[(w, s)])} |")
+        L.append("")
+    L.append("## Use\n")
+    L.append(f"```sh\nfewshot label --model resources/models/{p.name} --support SUPPORT_DIR --query QUERY_DIR --out labels.csv\n"
+             f"fewshot eval DATA_DIR --model resources/models/{p.name} --way 5 --shot 1 --query 15 --episodes 600\n```")
+    return "\n".join(L) + "\n"
+
+
 def fmt(v) -> str:
     return f"{v[0]:.1f} ± {v[1]:.1f}" if v else "–"
 
@@ -143,12 +232,23 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "accuracy.md")
     ap.add_argument("--json", type=Path, help="also write raw numbers as JSON")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--results", type=Path, help="JSON file of finished evaluations to reuse/extend "
+                    "(keyed by model digest, column, episodes, seed)")
+    ap.add_argument("--cards", action="store_true", help="also (re)write the model cards <model>.md")
+    ap.add_argument("--only", help="evaluate only model files whose name contains this (no report written)")
     args = ap.parse_args(argv)
+    global STORE
+    STORE = ResultStore(args.results)
     torch.set_num_threads(args.threads)
     t0 = time.time()
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
 
     files = sorted(args.models.glob("*.fsm"))
+    if args.only:
+        for p in files:
+            if args.only in p.name and load_model(p).meta.get("backbone") == "conv4":
+                eval_omniglot_model(p, args.episodes, args.seed, log)
+        return 0
     omni = [p for p in files if load_model(p).meta.get("backbone") == "conv4"]
     heads = [p for p in files if load_model(p).meta.get("backbone") != "conv4"]
     omni_rows = {}
@@ -210,6 +310,13 @@ def main(argv=None) -> int:
     L.append("Held-out classes: " + ", ".join(cal_data.class_names) + ".\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from fewshot_gui.core.atomic import atomic_write_text
+
+    if args.cards:
+        for p in files:
+            omni_r = next((r for n, r in omni_rows.items() if n.endswith(f"({p.name})")), None)
+            cal_r = next((r for n, r in cal_rows.items() if n.endswith(f"({p.name})")), None)
+            atomic_write_text(p.with_suffix(".md"), model_card(p, omni_r, cal_r, args.episodes, args.seed,
+                                                               cal_rows, len(cal_data.class_names)))
 
     atomic_write_text(args.out, "\n".join(L) + "\n")
     if args.json:

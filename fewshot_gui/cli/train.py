@@ -51,6 +51,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--within-group", action="store_true", help="every class of an episode from one group (alphabet)")
     p.add_argument("--rotations", action="store_true", help="rotate whole classes by 90/180/270 degrees as new classes")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--augment", type=float, default=0.0, metavar="STRENGTH",
+                   help="random affine distortion of training images (1 = +-10 deg, +-10%% scale, +-2 px); 0 = off")
     p.add_argument("--lr", type=float, default=1e-3, help="outer (Adam) learning rate, cosine-annealed")
     p.add_argument("--val-every", type=int, default=500, metavar="EPISODES")
     p.add_argument("--val-episodes", type=int, default=100)
@@ -103,6 +105,7 @@ def config_from_args(args):
         rotations=args.rotations, seed=args.seed, val_every=args.val_every, val_episodes=args.val_episodes,
         val_way=args.val_way, val_shot=args.val_shot, val_query=args.val_query,
         val_within_group=(False if args.val_random else None), meta_batch=meta_batch, lr=args.lr,
+        augment=args.augment,
         size=args.size, channels=3 if args.rgb else 1, invert=(False if args.no_invert else None),
         hidden=args.hidden, steps=args.steps, test_steps=args.test_steps, inner_lr=args.inner_lr,
         first_order=args.first_order, learn_lr=args.learn_lr, head_init=args.head_init, neck_rank=args.neck_rank, loss=args.loss,

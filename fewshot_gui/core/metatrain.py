@@ -358,6 +358,27 @@ def materialise(data: EpisodeData, idx: np.ndarray, rot: np.ndarray, spec: Image
     return x
 
 
+def augment(x: torch.Tensor, rng: np.random.Generator, strength: float = 1.0) -> torch.Tensor:
+    """Random small affine distortion per image (rotation +-10 deg, scale 0.9-1.1, shear +-0.1,
+    shift +-2 px at 28 px, all x ``strength``), drawn from ``rng`` (deterministic per episode).
+    Assumes a zero background after normalisation is acceptable (true for inverted Omniglot)."""
+    n = x.shape[0]
+    a = np.deg2rad(rng.uniform(-10, 10, n) * strength)
+    sc = 1 + rng.uniform(-0.1, 0.1, n) * strength
+    sh = rng.uniform(-0.1, 0.1, n) * strength
+    t = rng.uniform(-2, 2, (n, 2)) * strength * 2 / x.shape[-1]
+    cos, sin = np.cos(a), np.sin(a)
+    theta = np.zeros((n, 2, 3))
+    theta[:, 0, 0] = cos / sc
+    theta[:, 0, 1] = (-sin + sh * cos) / sc
+    theta[:, 1, 0] = sin / sc
+    theta[:, 1, 1] = (cos + sh * sin) / sc
+    theta[:, :, 2] = t
+    grid = F.affine_grid(torch.from_numpy(theta).to(x.dtype), list(x.shape), align_corners=False)
+    bg = x.amin(dim=(1, 2, 3), keepdim=True)
+    return F.grid_sample(x - bg, grid, align_corners=False, padding_mode="zeros") + bg
+
+
 # =========================================================================== learners
 class ProtoLearner(nn.Module):
     """Episodic ProtoNet on a Conv-4 (squared Euclidean distance, as Snell et al.)."""
@@ -404,6 +425,7 @@ class TrainConfig:
     val_within_group: bool | None = None
     meta_batch: int = 1
     lr: float = 1e-3
+    augment: float = 0.0  # strength of random affine distortions of training images (0: none)
     # images
     size: int = 28
     channels: int = 1
@@ -734,6 +756,8 @@ def meta_train(cfg: TrainConfig, cancel: CancelToken | None = None) -> Iterator[
             d = train_sets[int(rng.choice(len(train_sets), p=weights))] if len(train_sets) > 1 else train_sets[0]
             si, sr, sy, qi, qr, qy = sample_episode(d, ep, rng)
             xs, xq = materialise(d, si, sr, spec), materialise(d, qi, qr, spec)
+            if cfg.augment and d.kind == "images":
+                xs, xq = augment(xs, rng, cfg.augment), augment(xq, rng, cfg.augment)
             ys, yq = torch.from_numpy(sy), torch.from_numpy(qy)
             logits = net.episode_logits(xs, ys, xq, ep.way, True)
             loss_fn = getattr(net, "loss", None)
@@ -778,7 +802,7 @@ def meta_train(cfg: TrainConfig, cancel: CancelToken | None = None) -> Iterator[
             "split_seed": cfg.split_seed,
             "held_out_classes": (val_sets[0].class_names if cfg.holdout > 0 and not cfg.val_data and val_sets else None),
             "episode": asdict(ep), "episodes": iters * cfg.meta_batch, "meta_batch": cfg.meta_batch,
-            "lr": cfg.lr, "seed": cfg.seed, "command": cfg.command, "wall_time_s": round(wall, 1),
+            "lr": cfg.lr, "augment": cfg.augment, "seed": cfg.seed, "command": cfg.command, "wall_time_s": round(wall, 1),
             "torch": torch.__version__,
         },
         "validation": ({"data": [d.name for d in val_sets], "accuracy": round(final_val.accuracy, 2),

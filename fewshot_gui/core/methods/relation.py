@@ -41,16 +41,22 @@ class FeatureRelation(nn.Module):
         self.config = {"dim": dim, "proj": proj, "hidden": hidden}
         self.proj = nn.Linear(dim, proj)
         self.mlp = nn.Sequential(nn.Linear(4 * proj, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        # Residual form: score = scale * cos(q, c) + MLP(pair). The MLP's last layer starts at
+        # zero, so an untrained module scores like a cosine ProtoNet and learns corrections.
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
+        self.log_scale = nn.Parameter(torch.tensor(float(np.log(10.0))))
 
     def forward(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """q: (Q, D), c: (N, D) -> (Q, N) raw scores."""
+        cos = F.normalize(q, dim=1) @ F.normalize(c, dim=1).t()
         q = self.proj(q)
         c = self.proj(c)
         Q, N = q.shape[0], c.shape[0]
         qe = q.unsqueeze(1).expand(Q, N, -1)
         ce = c.unsqueeze(0).expand(Q, N, -1)
         pair = torch.cat([qe, ce, (qe - ce).abs(), qe * ce], dim=2)
-        return self.mlp(pair).squeeze(2)
+        return self.log_scale.exp() * cos + self.mlp(pair).squeeze(2)
 
 
 class RelationNet(nn.Module):
