@@ -372,8 +372,10 @@ def test_drag_tiles_onto_class_and_label_sets(qtbot, win, data, tmp_path):
     # predictions for the new set come from the cached query features (only the new examples are embedded)
     qtbot.waitUntil(lambda: doc.state is not None and doc.arrays().done.sum() == len(doc.paths), timeout=10000)
     assert doc.state.probs.shape[1] == 2
+    qtbot.waitUntil(lambda: not win.controller.busy(), timeout=5000)
     # back to the first set: its labels and confirmations are intact
     win.switch_label_set("labels")
+    assert doc.project.active_label_set == "labels"
     qtbot.waitUntil(lambda: doc.state is not None, timeout=5000)
     assert all(doc.arrays().confirmed[i] == 1 for i in items)
     np.testing.assert_allclose(doc.state.probs, labeled, rtol=1e-5, atol=1e-6)
