@@ -189,3 +189,16 @@ def test_cli_train(dataset, tmp_path, capsys):
     assert rc == 0 and out.exists()
     assert "validation accuracy" in capsys.readouterr().out
     assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(out)]) == 1
+
+
+def test_augment_is_seeded_and_keeps_background(dataset):
+    from fewshot_gui.core.metatrain import augment
+
+    data = load_image_set(str(dataset), ImageSpec(28, 1, True))
+    x = ImageSpec().normalise(data.items[:6])
+    a = augment(x, np.random.default_rng(5))
+    b = augment(x, np.random.default_rng(5))
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert not torch.allclose(a, x)
+    assert float(a.min()) >= -1e-6  # zero background stays zero
+    assert abs(float(a.mean()) - float(x.mean())) < 0.3 * float(x.mean())

@@ -4,8 +4,9 @@ scores how well a query matches each class, trained episodically.
 For each class :math:`k` the support embeddings are summed (the paper's K-shot rule) into
 :math:`c_k`; the relation module :math:`g` scores every (query, class) pair:
 :math:`r_{qk} = \sigma(g([f(x_q); c_k]))` in [0, 1]. Training uses the paper's loss, mean squared
-error between :math:`r_{qk}` and the one-hot target (``loss="mse"``, the default and what the
-bundled models use); ``loss="ce"`` (softmax cross-entropy over the raw scores) is an option.
+error between :math:`r_{qk}` and the one-hot target (``loss="mse"``, the default; the bundled
+Conv-4 Omniglot model uses it); ``loss="ce"`` (softmax cross-entropy over the raw scores) is an
+option (the bundled Lite0 relation module uses it).
 :meth:`Relation.predict_proba` turns the raw scores into probabilities with a softmax.
 
 Two variants (:class:`RelationNet`):
@@ -15,8 +16,10 @@ Two variants (:class:`RelationNet`):
   embedding is used as a backbone (flattened maps, running BN statistics, so cacheable); the
   method then takes those flattened features.
 * ``kind="features"``: frozen features of a large backbone (e.g. EfficientNet-Lite0), normalised
-  like ProtoNet's "center_l2" (L2, centre on the support mean, L2), a learned projection, and an MLP relation module on
-  ``[q, c, |q - c|, q * c]`` (with :math:`c` the class mean, since the features are normalised).
+  like ProtoNet's "center_l2" (L2, centre on the support mean, L2); class representative =
+  mean; score = learned scale x cos(q, c) + MLP([P q, P c, |P q - P c|, P q * P c]) with a
+  learned projection P. The MLP's last layer starts at zero (residual form: an untrained module
+  scores like a cosine ProtoNet and learns corrections).
 """
 
 from __future__ import annotations
