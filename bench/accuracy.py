@@ -191,8 +191,11 @@ def model_card(p: Path, omni_r, cal_r, episodes, seed, cal_rows, n_cal) -> str:
              f"{', rotations as new classes' if ep['rotations'] else ''}"
              f"{', affine augmentation ' + str(tr.get('augment')) if tr.get('augment') else ''}; "
              f"Adam lr {tr['lr']} cosine-annealed, meta-batch {tr['meta_batch']}; **seed {tr['seed']}**")
-    L.append(f"- **Wall time on this machine**: {tr['wall_time_s'] / 60:.1f} min of training (2 CPU cores, shared "
-             "with other jobs at the time, so an idle machine is faster), 1 torch thread")
+    cpu = tr.get("cpu_time_s")
+    L.append(f"- **Wall time on this machine**: {tr['wall_time_s'] / 60:.1f} min of training with 1 torch thread, "
+             "while the 2-core machine was shared with about six other jobs (load average ~10)"
+             + (f"; the process itself used {cpu / 60:.1f} CPU-minutes, i.e. roughly the wall time on an idle core"
+                if cpu else ""))
     L.append("")
     L.append("## Exact command\n")
     L.append("```sh\n" + (f"FEWSHOT_CACHE_DIR=/tmp/fewshot_cache " if m["backbone"] != "conv4" else "")

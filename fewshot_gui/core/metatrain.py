@@ -741,6 +741,7 @@ def meta_train(cfg: TrainConfig, cancel: CancelToken | None = None) -> Iterator[
             "config": asdict(cfg), **extra}})
 
     t0 = time.monotonic()
+    c0 = time.process_time()
     val_every_it = max(1, (cfg.val_every or iters) // max(1, cfg.meta_batch))
     ckpt_every_it = max(1, (cfg.checkpoint_every or cfg.val_every or iters) // max(1, cfg.meta_batch))
     run_loss = run_acc = None
@@ -803,6 +804,7 @@ def meta_train(cfg: TrainConfig, cancel: CancelToken | None = None) -> Iterator[
             "held_out_classes": (val_sets[0].class_names if cfg.holdout > 0 and not cfg.val_data and val_sets else None),
             "episode": asdict(ep), "episodes": iters * cfg.meta_batch, "meta_batch": cfg.meta_batch,
             "lr": cfg.lr, "augment": cfg.augment, "seed": cfg.seed, "command": cfg.command, "wall_time_s": round(wall, 1),
+            "cpu_time_s": round(time.process_time() - c0, 1), "threads": torch.get_num_threads(),
             "torch": torch.__version__,
         },
         "validation": ({"data": [d.name for d in val_sets], "accuracy": round(final_val.accuracy, 2),
