@@ -56,7 +56,7 @@ def _make(name, delay):
 
 
 register_backbone(TINY, _make(TINY, 0.0), "test backbone: random projection of 8x8 pixels")
-register_backbone(SLOW, _make(SLOW, 0.15), "slow test backbone (for cancelling)")
+register_backbone(SLOW, _make(SLOW, 0.1), "slow test backbone (for cancelling)")
 
 
 @pytest.fixture
@@ -394,3 +394,29 @@ def test_autosave_writes_project_when_dirty(qtbot, win, data, tmp_path):
     win.autosave_now()
     assert Project.load(f).classes == ["class0", "class1", "class2"]
     assert win.undo.isClean() and not win.doc.dirty
+
+
+def test_recent_projects_menu_and_dialogs(qtbot, win, data, tmp_path):
+    from fewshot_gui.gui.dialogs import SHORTCUTS, HelpDialog, SettingsDialog
+
+    support, _, _ = data
+    setup_classes(win, support)
+    f = tmp_path / "r.fewshot.json"
+    assert win.save_to(f)
+    win.new_project()
+    assert win.doc.classes == []
+    win._fill_recent()
+    acts = [a for a in win.recent_menu.actions() if a.text() == str(f.resolve())]
+    assert acts
+    acts[0].trigger()
+    assert win.doc.project.path == f.resolve() and win.doc.class_names == ["class0", "class1", "class2"]
+    # help lists the review keys; settings round-trip through QSettings
+    h = HelpDialog(win)
+    keys = [h.findChild(type(h).__mro__[0], None)]  # dialog built
+    assert any(k == "1 \u2013 9" for k, _ in SHORTCUTS) and keys
+    s = SettingsDialog(win.settings, [TINY], win)
+    s.thumb.setValue(160)
+    s.threshold.setValue(0.7)
+    s.apply()
+    again = AppSettings(str(tmp_path / "settings.ini"))
+    assert again.thumb_size == 160 and abs(again.threshold - 0.7) < 1e-9

@@ -146,10 +146,15 @@ class LabelController(QObject):
             cache = EmbeddingCache(cache_dir, backbone.key)
             result = yield from label_folder(support, root, paths, backbone=backbone, method=method, cache=cache,
                                              cancel=token)
-            yield Progress("checking examples", 0, 0)
-            from .trust import compute_trust
-
-            trust = compute_trust(result, getattr(backbone, "name", None))
+            trust = getattr(result, "trust", None)  # set by the core's trust hooks when present
+            if trust is None and result.features is not None:
+                try:
+                    from ..core.trust import compute_trust
+                except ImportError:
+                    compute_trust = None
+                if compute_trust is not None:
+                    yield Progress("checking examples", 0, 0)
+                    trust = compute_trust(result, getattr(backbone, "name", None))
             return result, backbone, method, trust
 
         doc.begin_labeling(list(support))

@@ -196,6 +196,22 @@ class Document(QObject):
                 rank = tr.review_rank
         return ViewArrays(pred, conf, confirmed, failed, done, unknown, rank)
 
+    def trust_extra(self, label_set: str | None = None) -> dict[str, list]:
+        """CSV extra columns from the trust data (same names/format as the CLI): ``unknown``
+        (at the app's threshold), ``unknown_score``, ``review_rank``."""
+        tr = self.trust.get(label_set or self.project.active_label_set)
+        n = len(self.paths)
+        extra: dict[str, list] = {}
+        if tr is None:
+            return extra
+        if tr.unknown is not None and len(tr.unknown.scores) == n:
+            mask = np.asarray(tr.unknown.mask(self.unknown_threshold), dtype=bool)
+            extra["unknown"] = [bool(mask[i]) if i not in self.errors else None for i in range(n)]
+            extra["unknown_score"] = [None if not np.isfinite(v) else round(float(v), 4) for v in tr.unknown.scores]
+        if tr.review_rank is not None and len(tr.review_rank) == n:
+            extra["review_rank"] = [int(r) if r > 0 else None for r in tr.review_rank]
+        return extra
+
     @property
     def trust_now(self):
         return self.trust.get(self.project.active_label_set)
@@ -479,9 +495,8 @@ class Document(QObject):
         except Exception as exc:  # a method that cannot re-fit from features: keep old predictions
             self.message.emit(f"Could not update predictions: {exc}")
             return False
-        extra = {}
-        self.states[self.project.active_label_set] = LabelState(list(names), probs, extra)
         self._update_unknown(np.stack(xs), np.asarray(ys), len(names))
+        self.states[self.project.active_label_set] = LabelState(list(names), probs, self.trust_extra())
         self._arrays = None
         self.predictionsChanged.emit(None)
         return True

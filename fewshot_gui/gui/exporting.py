@@ -23,7 +23,10 @@ def label_columns(doc: Document) -> dict[str, LabelColumns]:
         if st is None:
             continue
         ls = doc.project.get_label_set(name)
-        groups[name] = LabelColumns(list(st.classes), st.probs, dict(st.extra), confirmed_overrides(ls, doc.rel))
+        extra = dict(st.extra)
+        if name == doc.project.active_label_set and "unknown" in extra:
+            extra.update({k: v for k, v in doc.trust_extra(name).items() if k == "unknown"})  # the app's threshold
+        groups[name] = LabelColumns(list(st.classes), st.probs, extra, confirmed_overrides(ls, doc.rel))
     return groups
 
 

@@ -205,7 +205,7 @@ class MainWindow(QMainWindow):
         v = mb.addMenu("&View")
         g = QActionGroup(self)
         for key, text in SORTS:
-            a = v.addAction(f"Sort: {text}", lambda k=key: self.grid.set_sort(k))
+            a = v.addAction(f"Sort: {text}", lambda _=False, k=key: self.grid.set_sort(k))
             g.addAction(a)
         v.addSeparator()
         v.addAction("Show uncertain only", lambda: self.grid.set_filter("uncertain"))
@@ -465,7 +465,7 @@ class MainWindow(QMainWindow):
     def _fill_recent(self) -> None:
         self.recent_menu.clear()
         for r in self.settings.recent:
-            self.recent_menu.addAction(r, lambda path=r: self.maybe_save() and self.open_project(Path(path)))
+            self.recent_menu.addAction(r, lambda _=False, path=r: self.maybe_save() and self.open_project(Path(path)))
         if not self.settings.recent:
             self.recent_menu.addAction("(none)").setEnabled(False)
 

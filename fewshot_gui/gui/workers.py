@@ -17,6 +17,7 @@ import hashlib
 import io
 import logging
 import os
+import threading
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Generator
@@ -202,12 +203,13 @@ def make_thumbnail(path: str, size: int, disk_root: Path | None = None) -> QImag
     data = pil.tobytes()
     qimg = QImage(data, pil.width, pil.height, 3 * pil.width, QImage.Format.Format_RGB888).copy()
     if cached is not None:
-        try:
-            from ..core.atomic import atomic_write_bytes
-
+        try:  # a throw-away cache: temp file + rename (atomic, no fsync needed)
             buf = io.BytesIO()
             pil.save(buf, "JPEG", quality=85)
-            atomic_write_bytes(cached, buf.getvalue())
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_name(f".{cached.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_bytes(buf.getvalue())
+            os.replace(tmp, cached)
         except OSError:
             pass  # the disk cache is an optimisation only
     return qimg
