@@ -202,3 +202,10 @@ def test_register_custom_backbone():
         assert out.shape == (2, 12)
     finally:
         bbm._REGISTRY.pop("tiny-test", None)
+
+
+def test_cuda_requested_without_cuda_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bbm.default_device() == "cpu"
+    with pytest.raises(ValueError, match="no CUDA device"):
+        get_backbone("efficientnet-lite0", device="cuda")
