@@ -1,8 +1,9 @@
 r"""Relation Networks (Sung et al., 2018): an embedding plus a *learned* relation module that
 scores how well a query matches each class, trained episodically.
 
-For each class :math:`k` the support embeddings are summed (the paper's K-shot rule) into
-:math:`c_k`; the relation module :math:`g` scores every (query, class) pair:
+For each class :math:`k` the support embeddings are averaged into :math:`c_k` (the paper sums
+them; the two coincide for 1-shot training, and the mean lets a module trained on 1-shot tasks
+score K-shot tasks on the same scale); the relation module :math:`g` scores every (query, class) pair:
 :math:`r_{qk} = \sigma(g([f(x_q); c_k]))` in [0, 1]. Training uses the paper's loss, mean squared
 error between :math:`r_{qk}` and the one-hot target (``loss="mse"``, the default; the bundled
 Conv-4 Omniglot model uses it); ``loss="ce"`` (softmax cross-entropy over the raw scores) is an
@@ -94,7 +95,9 @@ class RelationNet(nn.Module):
             C, H, W = self.map_shape
             fs = fs.reshape(len(fs), -1)
             fq = fq.reshape(len(fq), -1)
-            cls = onehot.t() @ fs  # sum over the shots (paper)
+            # Class representation: mean over the shots. (The paper sums; for the 1-shot training
+            # used here both coincide, and the mean keeps K-shot inputs on the training scale.)
+            cls = (onehot.t() @ fs) / onehot.sum(0).clamp_min(1).unsqueeze(1)
             Q, N = fq.shape[0], n_classes
             qm = fq.reshape(Q, 1, C, H, W).expand(Q, N, C, H, W)
             cm = cls.reshape(1, N, C, H, W).expand(Q, N, C, H, W)
