@@ -197,3 +197,13 @@ def test_trust_columns_refinement_and_unknown_scores(sets, tmp_path, tiny_image_
     plain = run_job(label_folder(sup, query, backbone=_tiny(), refine=False))
     assert refined.refined and not plain.refined
     assert refined.labels == plain.labels or np.mean([a == b for a, b in zip(refined.labels, plain.labels)]) > 0.8
+
+
+@pytest.mark.parametrize("flag,value", [("--backbone", "no-such-net"), ("--method", "no-such-method")])
+def test_cli_unknown_names_fail_cleanly(sets, tmp_path, capsys, flag, value):
+    support, query, _ = sets
+    args = ["label", "--support", str(support), "--query", str(query), "--out", str(tmp_path / "o.csv"), flag, value]
+    if flag == "--method":
+        args += ["--backbone", TINY]
+    assert main(args) == 1
+    assert value in capsys.readouterr().err

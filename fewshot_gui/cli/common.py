@@ -39,7 +39,8 @@ def resolve_model(args) -> tuple[object, object]:
         elif args.method == bundle.meta.get("method"):
             method = bundle.make_method()
     else:
-        backbone = get_backbone(args.backbone or DEFAULT_BACKBONE, weights=args.weights, device=args.device)
+        backbone = get_backbone(args.backbone or DEFAULT_BACKBONE, weights=args.weights, device=args.device,
+                                cache_dir=getattr(args, "cache_dir", None))
     if method is None:
         method = get_method(args.method or "protonet")
     return backbone, method

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from .errors import ModelFileError, WeightsNotFoundError
+from .errors import ConfigError, ModelFileError, WeightsNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -281,13 +281,13 @@ def get_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None
         raise ValueError(f"engine must be 'auto', 'torch' or 'onnx', not {engine!r}")
     if name not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY))
-        raise ValueError(f"unknown backbone {name!r}; available: {known}")
+        raise ConfigError(f"unknown backbone {name!r}; available: {known} (see `fewshot backbones`)")
     device = device or default_device()
     if str(device).startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but no CUDA device is available; "
+            raise ConfigError(f"device {device!r} requested but no CUDA device is available; "
                              "use --device cpu (or leave it out)")
     bb = _REGISTRY[name].factory(weights=weights, device=device)
     want_onnx = engine == "onnx" or (engine == "auto" and bb.device == "cpu" and bb.frozen)

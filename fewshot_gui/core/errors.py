@@ -47,3 +47,7 @@ class Cancelled(FewShotError):
 
     def __init__(self, message: str = "cancelled"):
         super().__init__(message)
+
+
+class ConfigError(FewShotError, ValueError):
+    """An unknown backbone/method name, or a device that is not there."""

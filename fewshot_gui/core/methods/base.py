@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
 
 @dataclass
@@ -99,5 +99,5 @@ def get_method(name: str, **options: Any) -> FewShotMethod:
     try:
         cls = _REGISTRY[name]
     except KeyError:
-        raise DataError(f"unknown method {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}") from None
+        raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}") from None
     return cls(**options)
