@@ -38,21 +38,28 @@ class StallMeter:
         self.timer.timeout.connect(self._tick)
         self.late: list[float] = []
         self._last = None
+        self.context = ""          # what the app was doing (the job's progress text)
+        self.worst: list[tuple[float, float, str]] = []  # (lateness, seconds since start, context)
 
     def start(self) -> None:
         self.late.clear()
-        self._last = time.perf_counter()
+        self.worst = []
+        self._last = self._t0 = time.perf_counter()
         self.timer.start()
 
     def stop(self) -> dict:
         self.timer.stop()
         v = sorted(self.late) or [0.0]
-        return {"max_ms": v[-1] * 1000, "p99_ms": v[min(len(v) - 1, int(0.99 * len(v)))] * 1000,
+        self.worst.sort(reverse=True)
+        return {"worst": self.worst[:5], "max_ms": v[-1] * 1000, "p99_ms": v[min(len(v) - 1, int(0.99 * len(v)))] * 1000,
                 "p50_ms": v[len(v) // 2] * 1000, "ticks": len(self.late)}
 
     def _tick(self) -> None:
         now = time.perf_counter()
-        self.late.append(max(0.0, now - self._last - self.interval))
+        late = max(0.0, now - self._last - self.interval)
+        self.late.append(late)
+        if late > 0.04:
+            self.worst.append((late, self._last - self._t0, self.context))
         self._last = now
 
 
@@ -82,6 +89,7 @@ def one_run(app, n_classes: int, k_shot: int, cache_dir: Path | None) -> dict:
     n = len(win.doc.paths)
     win.grid.set_sort("review")
     meter = StallMeter()
+    win.controller.progress.connect(lambda text, _f, _l: setattr(meter, "context", text))
     # baseline: the same window, idle, for 2 s
     meter.start()
     QTimer.singleShot(2000, loop.quit)
@@ -150,11 +158,12 @@ def main() -> int:
         res = one_run(app, args.classes, args.shot, cache)
         runs.append(res)
         L, S, I = res["label"], res["scroll"], res["idle"]
+        worst = ", ".join(f"{1000 * l:.0f} ms at {t:.1f} s ({c})" for l, t, c in L["worst"][:3])
         print(f"run {r + 1}: {res['labeled']:,}/{res['images']:,} images labeled in {res['label_s']:.1f} s | "
               f"labeling stalls: max {L['max_ms']:.1f} ms, p99 {L['p99_ms']:.1f} ms, p50 {L['p50_ms']:.2f} ms "
               f"({L['ticks']} ticks) | scrolling {res['pages']} pages in {res['scroll_s']:.1f} s: "
               f"max {S['max_ms']:.1f} ms, p99 {S['p99_ms']:.1f} ms | idle baseline: max {I['max_ms']:.1f} ms, "
-              f"p99 {I['p99_ms']:.1f} ms", flush=True)
+              f"p99 {I['p99_ms']:.1f} ms\n       worst stalls while labeling: {worst or 'none over 40 ms'}", flush=True)
 
     def med(key, sub):
         return statistics.median(r[key][sub] for r in runs)

@@ -183,23 +183,33 @@ class ClassCard(QFrame):
         self.update_from_doc()
 
     def update_from_doc(self, predicted: int | None = None) -> None:
+        """Refresh from the document; only what changed is touched (style sheets are costly)."""
         cls = self.doc.classes[self.index]
         self.name = cls.name
-        pm = QPixmap(16, 16)
-        pm.fill(QColor(cls.color))
-        self.color_btn.setIcon(QIcon(pm))
-        self.name_label.setText(cls.name)
-        n = len(cls.support)
+        if getattr(self, "_color", None) != cls.color:
+            self._color = cls.color
+            pm = QPixmap(16, 16)
+            pm.fill(QColor(cls.color))
+            self.color_btn.setIcon(QIcon(pm))
+            self.setStyleSheet(f"#ClassCard {{ border-left: 5px solid {cls.color}; }}")
+        if self.name_label.text() != cls.name:
+            self.name_label.setText(cls.name)
+        self.set_count(predicted)
+        if self.strip.paths != list(cls.support):
+            self.strip.set_paths(cls.support)
+
+    def set_count(self, predicted: int | None) -> None:
+        n = len(self.doc.classes[self.index].support)
         text = f"{n} example{'s' if n != 1 else ''}"
         if predicted is not None:
             text += f" \u00b7 {predicted:,} labeled"
-        self.count_label.setText(text)
-        self.strip.set_paths(cls.support)
-        self.setStyleSheet(f"#ClassCard {{ border-left: 5px solid {cls.color}; }}")
+        if self.count_label.text() != text:
+            self.count_label.setText(text)
 
     def set_note(self, text: str) -> None:
-        self.note.setText(text)
-        self.note.setVisible(bool(text))
+        if self.note.text() != text:
+            self.note.setText(text)
+            self.note.setVisible(bool(text))
 
     # -- actions --------------------------------------------------------------------------------
     def add_files(self) -> None:
@@ -258,6 +268,7 @@ class ClassCard(QFrame):
         e.acceptProposedAction()
 
     def dragLeaveEvent(self, e) -> None:
+        self._color = None
         self.update_from_doc()
 
     def dropEvent(self, e) -> None:
@@ -271,7 +282,9 @@ class ClassCard(QFrame):
             paths = _local_paths(md)
             e.acceptProposedAction()
             self.panel.add_support(self.name, images_in(paths))
-        self.update_from_doc()
+        if self.index < len(self.doc.classes):
+            self._color = None
+            self.update_from_doc()
 
 
 class SupportDialog(QDialog):
@@ -426,7 +439,7 @@ class ClassesPanel(QWidget):
         labeled = bool(a.done.any())
         for k, c in enumerate(self.cards):
             if k < len(self.doc.classes):
-                c.update_from_doc(int(counts[k]) if labeled and k < len(counts) else None)
+                c.set_count(int(counts[k]) if labeled and k < len(counts) else None)
 
     def set_notes(self, notes: dict[str, str]) -> None:
         for c in self.cards:

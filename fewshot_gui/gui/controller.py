@@ -6,6 +6,7 @@ document), and embed new support images so predictions can update without a full
 
 from __future__ import annotations
 
+import gc
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import QObject, QTimer, Signal
 
-FLUSH_MS = 150
+FLUSH_MS = 250
 
 from ..core.jobs import Progress
 from .document import Document, _key
@@ -141,7 +142,16 @@ class LabelController(QObject):
             from ..core.cache import EmbeddingCache
 
             yield Progress("loading model", 0, 0, project.model_file.name if project.model_file else project.backbone)
-            backbone, method = models.get(project, device)
+            # Loading a model (imports, torch modules) creates many long-lived objects: no
+            # collection while it happens (a full one would hold the GIL ~0.3 s), then freeze them.
+            was_enabled = gc.isenabled()
+            gc.disable()
+            try:
+                backbone, method = models.get(project, device)
+            finally:
+                gc.freeze()
+                if was_enabled:
+                    gc.enable()
             token.raise_if_cancelled()
             cache = EmbeddingCache(cache_dir, backbone.key)
             result = yield from label_folder(support, root, paths, backbone=backbone, method=method, cache=cache,

@@ -18,6 +18,7 @@ from .document import Document
 from .thumbs import BROKEN, ThumbnailCache
 
 ITEM_ROLE = Qt.ItemDataRole.UserRole + 1
+RESORT_MS = 2000  # while results stream in, re-sort/re-filter at most this often
 MIME_ITEMS = "application/x-fewshot-query-items"
 
 SORTS = [
@@ -550,7 +551,7 @@ class GridPanel(QWidget):
             self._repaint.start()
         if self.model.sort_key != "name" or self.model.filter[0] != "all":
             if not self._resort.isActive():
-                self._resort.start(1000 if items is not None and len(items) < len(self.doc) else 0)
+                self._resort.start(RESORT_MS if items is not None and len(items) < len(self.doc) else 0)
         self._update_counts()
         self.currentItemChanged.emit(self.current_item())
 
