@@ -10,7 +10,7 @@ ticks, for (1) labeling (sorted by confidence, so the grid re-sorts while result
 Several runs; medians of the per-run figures. The embedding cache ($FEWSHOT_CACHE_DIR or
 --cache-dir) makes runs after the first warm; the first run is reported separately.
 
-    FEWSHOT_CACHE_DIR=/tmp/fewshot_cache python bench/gui_responsiveness.py [--runs 3]
+    FEWSHOT_CACHE_DIR=/tmp/fewshot_cache python bench/gui_responsiveness.py [--runs 3] [--cold] [--repeat 2]
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class StallMeter:
         self._last = now
 
 
-def one_run(app, n_classes: int, k_shot: int, cache_dir: Path | None) -> dict:
+def one_run(app, n_classes: int, k_shot: int, cache_dir: Path | None, repeat: int = 1) -> dict:
     from PySide6.QtCore import QEventLoop, QTimer
 
     from fewshot_gui.core.images import scan_class_folders
@@ -86,6 +86,8 @@ def one_run(app, n_classes: int, k_shot: int, cache_dir: Path | None) -> dict:
     win.controller.runner.idle.connect(loop.quit)
     win.set_project(project)
     loop.exec()  # folder scan
+    if repeat > 1:  # a bigger grid: every image listed `repeat` times (embedded once, cached)
+        win.doc.set_query(DATA.resolve(), list(win.doc.paths) * repeat)
     n = len(win.doc.paths)
     win.grid.set_sort("review")
     meter = StallMeter()
@@ -140,6 +142,7 @@ def main() -> int:
     ap.add_argument("--shot", type=int, default=5)
     ap.add_argument("--cache-dir", type=Path, default=None)
     ap.add_argument("--cold", action="store_true", help="a fresh, empty embedding cache for every run")
+    ap.add_argument("--repeat", type=int, default=1, help="list every image N times (N=2: 10,466 tiles)")
     args = ap.parse_args()
     if not DATA.is_dir():
         print(f"data not found: {DATA}", file=sys.stderr)
@@ -155,7 +158,7 @@ def main() -> int:
             cache = Path(tempfile.mkdtemp(prefix="fewshot_bench_cache_"))
         else:
             cache = args.cache_dir
-        res = one_run(app, args.classes, args.shot, cache)
+        res = one_run(app, args.classes, args.shot, cache, args.repeat)
         runs.append(res)
         L, S, I = res["label"], res["scroll"], res["idle"]
         worst = ", ".join(f"{1000 * l:.0f} ms at {t:.1f} s ({c})" for l, t, c in L["worst"][:3])
