@@ -113,3 +113,13 @@ def test_transductive_probs_hook():
     class Maml:
         name, input_kind = "maml", "images"
     assert transductive_probs(s, y, q, 4, method=Maml()) is None
+
+
+def test_refine_hook_argument_order():
+    from fewshot_gui.core.transductive import refine_hook, transductive_probs
+
+    rng = np.random.default_rng(7)
+    s, y, q, _ = _task(rng)
+    pn = get_method("protonet")
+    np.testing.assert_allclose(refine_hook(pn, s, y, q, 4), transductive_probs(s, y, q, 4))
+    assert refine_hook(pn, s, y, q, 4, enabled=False) is None

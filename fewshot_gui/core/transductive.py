@@ -181,3 +181,13 @@ def transductive_probs(support: np.ndarray, labels: np.ndarray, query: np.ndarra
     if ok.any():
         out[ok] = m.predict_proba(q[ok])
     return out
+
+
+def refine_hook(method, support: np.ndarray, labels: np.ndarray, query: np.ndarray, n_classes: int,
+                enabled: bool | None = None, backbone: str | None = "efficientnet-lite0") -> np.ndarray | None:
+    """Adapter with the argument order of ``core.labeling``'s ``hooks["refine"]``: returns the
+    refined (Q, C) probabilities, or None to keep the method's own (refinement off, or a method
+    that is not ProtoNet on features)."""
+    if enabled is False:
+        return None
+    return transductive_probs(support, labels, query, n_classes, backbone=backbone, enabled=True, method=method)
