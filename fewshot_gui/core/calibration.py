@@ -171,7 +171,8 @@ def calibrated_scale(backbone: str | None = None, mode: str = "transductive", su
 
     1. the shipped table for the backbone (fitted on base classes, never on the user's queries);
     2. else a leave-one-out fit on the support set when some class has >= 2 images (with 1-shot
-       classes LOO is impossible);
+       classes LOO is impossible); for ``mode="transductive"`` scaled by the transductive/inductive
+       ratio measured on the reference backbone (Lite0);
     3. else :data:`DEFAULT_SCALE`.
     """
     shot = 1.0
@@ -184,5 +185,11 @@ def calibrated_scale(backbone: str | None = None, mode: str = "transductive", su
     if support is not None and labels is not None and n_classes:
         sc, y = loo_support_scores(support, labels, n_classes)
         if len(y) >= 4 and len(np.unique(y)) >= 2:
-            return float(np.clip(fit_scale(sc, y), 1.0, 100.0)), "leave-one-out"
+            loo = fit_scale(sc, y)
+            if mode == "transductive":
+                # LOO measures the inductive classifier; refined prototypes are sharper, so scale
+                # down by the ratio measured for the reference backbone at this shot
+                ref = "efficientnet-lite0"
+                loo *= shipped_scale(ref, "transductive", shot) / shipped_scale(ref, "inductive", shot)
+            return float(np.clip(loo, 1.0, 100.0)), "leave-one-out"
     return DEFAULT_SCALE, "default"
