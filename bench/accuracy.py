@@ -83,6 +83,9 @@ class ResultStore:
         if self.path:
             from fewshot_gui.core.atomic import atomic_write_text
 
+            if self.path.exists():  # merge: several bench processes may share one results file
+                self.data = {**json.loads(self.path.read_text()), **self.data}
+
             atomic_write_text(self.path, json.dumps(self.data, indent=1, sort_keys=True))
 
 
@@ -121,6 +124,39 @@ def eval_omniglot_model(path: Path, episodes: int, seed: int, log) -> dict:
         STORE.put(keys[(way, shot, within)], out[(way, shot, within)])
         log(f"  {path.name} {way}-way {shot}-shot {'within' if within else 'random'}: "
             f"{out[(way, shot, within)][0]:.2f} ± {out[(way, shot, within)][1]:.2f} ({time.time() - t:.0f}s)")
+    return out
+
+
+def eval_omniglot_backbone(name: str, episodes: int, seed: int, log) -> dict:
+    """Reference row: the default ProtoNet on a frozen ImageNet backbone (no meta-training)."""
+    from fewshot_gui.core.backbones import get_backbone
+    from fewshot_gui.core.metatrain import list_entries
+
+    keys = {c: f"{name}+protonet|omniglot|{c[0]}w{c[1]}s{'W' if c[2] else 'R'}|{episodes}|{seed}" for c in OMNI_COLS}
+    if all(STORE.get(k) for k in keys.values()):
+        return {c: STORE.get(k) for c, k in keys.items()}
+    data = load_image_set(OMNI_TEST, ImageSpec())  # same items, labels and order as the Conv-4 rows
+    entries, _, opener = list_entries(OMNI_TEST)
+    bb = get_backbone(name)
+    feats = []
+    for i in range(0, len(entries), 32):
+        batch = []
+        for _, _, ref in entries[i:i + 32]:
+            with opener(ref) as im:
+                batch.append(bb.preprocess(im.convert("RGB")))
+        feats.append(bb.embed(np.stack(batch)))
+    feats = np.concatenate(feats)
+    method = get_method("protonet")
+
+    def fit_predict(si, sy, qi, way):
+        method.fit(feats[si], sy, way)
+        return method.predict_proba(feats[qi])
+
+    out = {}
+    for c in OMNI_COLS:
+        out[c] = ci(run_episodes(data, EpisodeSpec(c[0], c[1], QUERY, c[2]), episodes, seed, fit_predict))
+        STORE.put(keys[c], out[c])
+        log(f"  {name} protonet {c}: {out[c][0]:.2f} ± {out[c][1]:.2f}")
     return out
 
 
@@ -194,7 +230,8 @@ def model_card(p: Path, omni_r, cal_r, episodes, seed, cal_rows, n_cal) -> str:
     cpu = tr.get("cpu_time_s")
     L.append(f"- **Wall time on this machine**: {tr['wall_time_s'] / 60:.1f} min of training with 1 torch thread, "
              "while the 2-core machine was shared with about six other jobs (load average ~10)"
-             + (f"; the process itself used {cpu / 60:.1f} CPU-minutes, i.e. roughly the wall time on an idle core"
+             + (f"; the process itself used {cpu / 60:.1f} CPU-minutes (about what one idle core would need; "
+                "not measured on an idle machine)"
                 if cpu else ""))
     L.append("")
     L.append("## Exact command\n")
@@ -203,7 +240,8 @@ def model_card(p: Path, omni_r, cal_r, episodes, seed, cal_rows, n_cal) -> str:
     L.append("## Validation during training\n")
     if val:
         L.append(f"{val['accuracy']:.2f} ± {val['ci95']:.2f} % (95% CI, {val['episodes']} episodes, {val['protocol']}) "
-                 f"on {', '.join(f'`{d}`' for d in val['data'])} (never used for training).\n")
+                 f"on {', '.join(f'`{d}`' for d in val['data'])}: never used for training, and not used to pick "
+                 "weights (the last weights are kept).\n")
     if omni_r:
         L.append(f"## Held-out Omniglot alphabets (`bench/accuracy.py`, {episodes} episodes, {QUERY} queries/class)\n")
         L.append("| protocol | accuracy (%) ± 95% CI |\n|---|---|")
@@ -237,6 +275,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--results", type=Path, help="JSON file of finished evaluations to reuse/extend "
                     "(keyed by model digest, column, episodes, seed)")
+    ap.add_argument("--no-lite0-omniglot", action="store_true", help="skip the ImageNet-feature reference row")
     ap.add_argument("--cards", action="store_true", help="also (re)write the model cards <model>.md")
     ap.add_argument("--only", help="evaluate only model files whose name contains this (no report written)")
     args = ap.parse_args(argv)
@@ -265,6 +304,10 @@ def main(argv=None) -> int:
                      f"{', Meta-SGD rates' if c['learn_lr'] else ''})")
         log(f"omniglot: {p.name}")
         omni_rows[f"{name} × Conv-4 ({p.name})"] = eval_omniglot_model(p, args.episodes, args.seed, log)
+    if not args.no_lite0_omniglot:
+        log("omniglot: efficientnet-lite0 reference")
+        omni_rows["ProtoNet × efficientnet-lite0, ImageNet features, no meta-training (reference)"] = \
+            eval_omniglot_backbone("efficientnet-lite0", args.episodes, args.seed, log)
     holdout, split_seed = 0.4, 0
     if heads:
         tr = load_model(heads[0]).meta["training"]
@@ -311,6 +354,26 @@ def main(argv=None) -> int:
         L.append("| " + " | ".join([name] + [fmt(r.get(c)) for c in CALTECH_COLS]) + " |")
     L.append("")
     L.append("Held-out classes: " + ", ".join(cal_data.class_names) + ".\n")
+    L.append("## Targets of issue 3\n")
+    conv = {n: r for n, r in omni_rows.items() if "Conv-4" in n and r.get((20, 1, True))}
+    if conv:
+        best = max(conv, key=lambda n: conv[n][(20, 1, True)][0])
+        acc, h = conv[best][(20, 1, True)]
+        L.append(f"- Omniglot held-out alphabets, 20-way 1-shot within-alphabet, best Conv-4 ({best}): error "
+                 f"{100 - acc:.1f} ± {h:.1f}% — target ≤ 20% (aim 15%): **{'met' if 100 - acc <= 20 else 'not met'}**.")
+    base = next((r for n, r in cal_rows.items() if n.startswith("ProtoNet")), None)
+    pm = next((r for n, r in cal_rows.items() if n.startswith("Proto-MAML")), None)
+    if base and pm:
+        d5 = pm[(5, 5)][0] - base[(5, 5)][0]
+        d1 = pm[(5, 1)][0] - base[(5, 1)][0]
+        L.append(f"- Caltech held-out classes, Proto-MAML head vs plain ProtoNet on the same features and episodes: "
+                 f"5-way 5-shot {d5:+.2f} points (target ≥ 0: **{'met' if d5 >= 0 else 'not met'}**, within the CI), "
+                 f"5-way 1-shot {d1:+.2f} points (target ≥ −1: **{'met' if d1 >= -1 else 'not met'}**).")
+    L.append("- Caveat: there is no third, untouched set of Omniglot alphabets here. The test alphabets above also "
+             "served as the validation set during training (never for training or for picking weights), and the "
+             "Conv-4 recipes were chosen after seeing those validation figures (an unaugmented ProtoNet run, "
+             "stopped after 1,500 episodes, stood at 65.0% after 1,000; the shipped run with affine augmentation "
+             "and 4,000 episodes reached 74.7%), so the Omniglot figures may be slightly optimistic.\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from fewshot_gui.core.atomic import atomic_write_text
 
