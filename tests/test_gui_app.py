@@ -183,6 +183,11 @@ def test_label_sort_correct_with_key_and_undo(qtbot, win, data):
     win.grid.select_items([first])
     win.grid.view.setFocus()
     qtbot.keyClick(win.grid.view, Qt.Key(int(Qt.Key.Key_1) + int(target)))
+    assert doc.repredicting  # refined re-prediction runs in the background (signals need the event loop)
+    a2 = doc.arrays()  # the corrected tile shows its class at once ...
+    assert a2.confirmed[first] == target and a2.label[first] == target
+    # ... and the whole folder is re-predicted (refined, as by the job) off the GUI thread
+    qtbot.waitUntil(lambda: not doc.repredicting, timeout=10000)
     a2 = doc.arrays()
     assert a2.confirmed[first] == target and a2.label[first] == target
     assert doc.label_set.confirmed == {doc.rel[first]: doc.class_names[target]}

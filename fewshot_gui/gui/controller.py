@@ -19,7 +19,7 @@ FLUSH_MS = 250
 from ..core.jobs import Progress
 from .document import Document, _key
 from .settings import AppSettings
-from .workers import JobRunner
+from .workers import JobRunner, LatestCall
 
 
 class _ModelCache:
@@ -56,6 +56,8 @@ class LabelController(QObject):
         self.settings = settings
         self.cache_dir = cache_dir
         self.runner = JobRunner(self)
+        self.background = LatestCall(self)  # whole-folder re-predictions after corrections
+        doc.run_async = self.background.submit
         self.models = _ModelCache()
         self.kind = ""
         self._stage = ""
@@ -92,7 +94,8 @@ class LabelController(QObject):
 
     def shutdown(self, ms: int = 15000) -> bool:
         self.runner.cancel()
-        return self.runner.wait(ms)
+        ok = self.runner.wait(ms)
+        return self.background.wait(ms) and ok
 
     def _cache(self, backbone):
         from ..core.cache import EmbeddingCache

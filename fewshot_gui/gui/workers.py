@@ -173,6 +173,62 @@ class JobRunner(QObject):
         self.idle.emit()
 
 
+class LatestCall(QObject):
+    """Runs short computations ``fn() -> value`` off the GUI thread, one at a time.
+
+    ``submit(fn, on_done, on_error)``: while one call runs, a newer submission replaces any
+    waiting one, and the result of a call that was superseded meanwhile is dropped, so only the
+    latest answer reaches ``on_done`` (on the GUI thread). Used to re-predict a whole folder with
+    transductive refinement after each correction without blocking the window.
+    """
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self.runner = JobRunner(self)
+        self._next: tuple | None = None
+        self._current: tuple | None = None
+        self.runner.finished.connect(self._on_finished)
+        self.runner.failed.connect(self._on_failed)
+        self.runner.idle.connect(self._start_next)
+
+    def submit(self, fn: Callable[[], Any], on_done: Callable[[Any], None],
+               on_error: Callable[[str], None] | None = None) -> None:
+        self._next = (fn, on_done, on_error)
+        if not self.runner.is_running():
+            self._start_next()
+
+    def busy(self) -> bool:
+        return self.runner.is_running() or self._next is not None
+
+    def wait(self, ms: int = 10000) -> bool:
+        self._next = None
+        return self.runner.wait(ms)
+
+    @Slot()
+    def _start_next(self) -> None:
+        if self._next is None or self.runner.is_running():
+            return
+        self._current, self._next = self._next, None
+        fn = self._current[0]
+
+        def make(_token: CancelToken):
+            def call():
+                return fn()
+                yield  # noqa: unreachable - makes this a generator for JobRunner
+
+            return call()
+
+        self.runner.start(make, name="repredict")
+
+    def _on_finished(self, value: Any) -> None:
+        if self._current is not None and self._next is None:
+            self._current[1](value)
+
+    def _on_failed(self, message: str) -> None:
+        if self._current is not None and self._current[2] is not None:
+            self._current[2](message)
+
+
 # ------------------------------------------------------------------------------------------
 # Thumbnails
 # ------------------------------------------------------------------------------------------
