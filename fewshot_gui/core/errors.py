@@ -49,5 +49,5 @@ class Cancelled(FewShotError):
         super().__init__(message)
 
 
-class ConfigError(FewShotError, ValueError):
+class ConfigError(DataError, ValueError):
     """An unknown backbone/method name, or a device that is not there."""
