@@ -54,3 +54,15 @@ def tiny_image_folder(tmp_path):
         return root
 
     return make
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run torch on one thread: its pool spin-waits badly on a busy 2-core machine, so tiny
+    networks can run 100x slower with the default two threads."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -11,13 +11,7 @@ from fewshot_gui.core.methods import get_method
 from fewshot_gui.core.methods.maml import MAML, FeatureNeck, MAMLNet, inner_adapt
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # torch's thread pool spin-waits badly on a busy 2-core machine: tiny nets run 100x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 

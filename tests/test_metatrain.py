@@ -15,12 +15,7 @@ from fewshot_gui.core.metatrain import (EpisodeSpec, ImageSpec, TrainConfig, Val
 from fewshot_gui.core.modelfile import load_model, read_model_file
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _glyph(cls: int, inst: int) -> Image.Image:

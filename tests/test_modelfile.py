@@ -11,13 +11,7 @@ from fewshot_gui.core.errors import ModelFileError
 from fewshot_gui.core.modelfile import load_model, read_model_file, save_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # torch's thread pool spin-waits badly on a busy 2-core machine: tiny nets run 100x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 

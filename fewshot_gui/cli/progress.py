@@ -45,7 +45,7 @@ class ProgressBar:
         eta = (event.total - event.done) / rate if rate > 0 else float("nan")
         eta_s = f"eta {eta:4.0f}s" if eta == eta else ""
         self.stream.write(f"\r{event.stage:<18} [{'#' * fill}{' ' * (self.width - fill)}] {frac:4.0%} "
-                          f"{event.done}/{event.total} {rate:6.1f}/s {eta_s}  ")
+                          f"{event.done}/{event.total} {rate:6.1f}/s {eta_s} {event.message}  ")
         self.stream.flush()
         self._line = True
         if final:

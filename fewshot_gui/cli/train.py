@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-import time
-from pathlib import Path
 
 from ..core.errors import DataError
 
@@ -120,34 +118,21 @@ def _argv_tail() -> list[str]:
 
 
 def run(args) -> int:
-    from ..core.jobs import Progress
+    from ..core.jobs import run_job
     from ..core.metatrain import ValidationResult, meta_train
+    from .progress import ProgressBar
 
-    if args.backbone == "conv4" and args.method in ("protonet", "maml", "relation"):
-        pass
-    cfg = config_from_args(args)
-    gen = meta_train(cfg)
-    t0 = time.monotonic()
-    last = 0.0
-    result = None
-    while True:
-        try:
-            item = next(gen)
-        except StopIteration as stop:
-            result = stop.value
-            break
+    bar = ProgressBar(enabled=None if not args.quiet else False)
+
+    def on_event(item) -> None:
         if isinstance(item, ValidationResult):
-            print(f"\r\x1b[Kvalidation after {item.episode} episodes: {item}", file=sys.stderr, flush=True)
-        elif isinstance(item, Progress) and not args.quiet:
-            now = time.monotonic()
-            if now - last > 0.5 or item.done == item.total:
-                last = now
-                w = 30
-                n = int(w * item.fraction)
-                el = now - t0
-                print(f"\r\x1b[K{item.stage}: [{'#' * n}{'.' * (w - n)}] {item.done}/{item.total} "
-                      f"{item.message} {el:.0f}s", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+            bar.close()
+            print(f"validation after {item.episode} episodes: {item}", file=sys.stderr, flush=True)
+        elif not args.quiet:
+            bar(item)
+
+    result = run_job(meta_train(config_from_args(args)), on_event)
+    bar.close()
     v = result.meta.get("validation")
     print(f"wrote {result.out} ({result.wall_time_s:.0f} s of training)")
     if v:

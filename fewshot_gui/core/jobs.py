@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any, Callable, Generator
 
 from .errors import Cancelled
 
@@ -43,3 +44,14 @@ class Progress:
     @property
     def fraction(self) -> float:
         return 0.0 if self.total <= 0 else min(1.0, self.done / self.total)
+
+
+def run_job(gen: Generator, on_event: Callable[[Any], None] | None = None) -> Any:
+    """Drive a job generator to the end, passing every yielded item to ``on_event``; return its result."""
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if on_event is not None:
+            on_event(item)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Generator, Mapping, Sequence
 import numpy as np
 
 from .errors import DataError
-from .jobs import CancelToken, Progress
+from .jobs import CancelToken, Progress, run_job  # noqa: F401  (run_job re-exported)
 from .export import LabelColumns, relative_posix, write_csv
 
 
@@ -72,17 +72,6 @@ class LabelResult:
 
     def write_csv(self, path: str | Path) -> Path:
         return write_csv(path, self.rel_paths, self.errors, self.columns())
-
-
-def run_job(gen: Generator, on_event: Callable[[Any], None] | None = None):
-    """Drive a job generator to the end, passing every yielded item to ``on_event``; return its result."""
-    while True:
-        try:
-            item = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if on_event is not None:
-            on_event(item)
 
 
 def _check_support(support: Mapping[str, Sequence[Path]]) -> None:
