@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,25 +22,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import embedded_folder  # noqa: E402
+from fewshot_gui.core.calibration import expected_calibration_error  # noqa: E402
 from fewshot_gui.core.episodes import LabelIndex  # noqa: E402
 from fewshot_gui.core.evaluate import ci95  # noqa: E402
 from fewshot_gui.core.methods.protonet import ProtoNet  # noqa: E402
-
-
-def embed(data: Path, backbone_name: str):
-    from fewshot_gui.core.backbones import get_backbone
-    from fewshot_gui.core.cache import EmbeddingCache
-    from fewshot_gui.core.datasets import ImageFolderDataset
-    from fewshot_gui.core.evaluate import embed_dataset
-
-    bb = get_backbone(backbone_name)
-    ds = ImageFolderDataset(data)
-    t = time.perf_counter()
-    feats, labels, errors, _ = embed_dataset(ds, bb, cache=EmbeddingCache(None, bb.key))
-    good = np.all(np.isfinite(feats), axis=1)
-    print(f"embedded {len(feats)} images of {len(ds.classes)} classes with {bb.name} in "
-          f"{time.perf_counter() - t:.1f}s ({len(errors)} failed)")
-    return feats[good].astype(np.float64), labels[good]
 
 
 def run(feats, labels, way, shot, query, episodes, seed, make, transductive=False):
@@ -62,15 +47,8 @@ def run(feats, labels, way, shot, query, episodes, seed, make, transductive=Fals
 
 
 def ece(probs, truth, bins=15):
-    conf, pred = probs.max(1), probs.argmax(1)
-    correct = pred == truth
-    edges = np.linspace(0, 1, bins + 1)
-    total = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        sel = (conf > lo) & (conf <= hi)
-        if sel.any():
-            total += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
-    return total * 100
+    """Expected calibration error in % (the core's definition, 15 equal-width bins)."""
+    return 100 * expected_calibration_error(probs, truth, bins)
 
 
 def nll(probs, truth):
@@ -87,7 +65,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer variants")
     args = ap.parse_args(argv)
 
-    feats, labels = embed(args.data, args.backbone)
+    feats, labels, _ = embedded_folder(args.data, args.backbone)
     # a base mean from a disjoint half of the classes (what a fixed "base" centre would see)
     names = np.unique(labels)
     rng = np.random.default_rng(123)

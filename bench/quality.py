@@ -23,16 +23,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import embedded_folder  # noqa: E402
 
 from fewshot_gui.core.atomic import atomic_write_text  # noqa: E402
-from fewshot_gui.core.calibration import (FITTED_SCALES, ece_from_confidence, fit_scale,  # noqa: E402
-                                          softmax)
+from fewshot_gui.core.calibration import FITTED_SCALES, ece_from_confidence, fit_scale  # noqa: E402
 from fewshot_gui.core.diagnostics import diagnose_support  # noqa: E402
 from fewshot_gui.core.methods.protonet import ProtoNet  # noqa: E402
 from fewshot_gui.core.methods.transductive import TransductiveProtoNet  # noqa: E402
 from fewshot_gui.core.review import simulate_review  # noqa: E402
-from fewshot_gui.core.transductive import (l2_normalise, normalise_episode, refine_prototypes,  # noqa: E402
-                                           sq_scores, support_prototypes)
 from fewshot_gui.core.unknown import SHOT_COSINE_THRESHOLDS, auroc, unknown_scores  # noqa: E402
 
 BACKBONE = "efficientnet-lite0"
@@ -40,19 +39,7 @@ BACKBONE = "efficientnet-lite0"
 
 # ------------------------------------------------------------------------------------ data
 def load_features(data: Path):
-    from fewshot_gui.core.backbones import get_backbone
-    from fewshot_gui.core.cache import EmbeddingCache
-    from fewshot_gui.core.datasets import ImageFolderDataset
-    from fewshot_gui.core.evaluate import embed_dataset
-
-    bb = get_backbone(BACKBONE)
-    ds = ImageFolderDataset(data)
-    t = time.perf_counter()
-    feats, labels, errors, _ = embed_dataset(ds, bb, cache=EmbeddingCache(None, bb.key))
-    good = np.all(np.isfinite(feats), axis=1)
-    print(f"embedded {len(feats)} images of {len(ds.classes)} classes in {time.perf_counter() - t:.1f}s "
-          f"({len(errors)} failed)", flush=True)
-    return feats[good].astype(np.float64), np.asarray(labels)[good], list(ds.classes)
+    return embedded_folder(data, BACKBONE)
 
 
 class Pool:
