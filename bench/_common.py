@@ -13,10 +13,10 @@ def embedded_folder(data: Path, backbone_name: str) -> tuple[np.ndarray, np.ndar
 
     Returns (features as float64, class index per row, class names) and prints a one-line summary.
     """
-    from fewshot_gui.core.backbones import get_backbone
-    from fewshot_gui.core.cache import EmbeddingCache
-    from fewshot_gui.core.datasets import ImageFolderDataset
-    from fewshot_gui.core.evaluate import embed_dataset
+    from fewshot_gui.core.embed.backbones import get_backbone
+    from fewshot_gui.core.embed.cache import EmbeddingCache
+    from fewshot_gui.core.io.datasets import ImageFolderDataset
+    from fewshot_gui.core.episodes.evaluate import embed_dataset
 
     bb = get_backbone(backbone_name)
     ds = ImageFolderDataset(data)

@@ -25,11 +25,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fewshot_gui.core.metatrain import (EpisodeData, EpisodeSpec, ImageSpec, OMNIGLOT_TEST_ALPHABETS,  # noqa: E402
+from fewshot_gui.core.training.metatrain import (EpisodeData, EpisodeSpec, ImageSpec, OMNIGLOT_TEST_ALPHABETS,  # noqa: E402
                                         check_data, load_feature_set, load_image_set, sample_episode,
                                         split_classes)
-from fewshot_gui.core.methods import get_method  # noqa: E402
-from fewshot_gui.core.modelfile import load_model  # noqa: E402
+from fewshot_gui.core.fewshot import get_method  # noqa: E402
+from fewshot_gui.core.models.modelfile import load_model  # noqa: E402
 
 DATA = ROOT / ".." / "shared" / "data"
 OMNI_TEST = f"{DATA / 'omniglot' / 'images_background_small2.zip'}::{','.join(OMNIGLOT_TEST_ALPHABETS)}"
@@ -137,8 +137,8 @@ def eval_omniglot_model(path: Path, episodes: int, seed: int, log, transductive:
 
 def eval_omniglot_backbone(name: str, episodes: int, seed: int, log) -> dict:
     """Reference row: the default ProtoNet on a frozen ImageNet backbone (no meta-training)."""
-    from fewshot_gui.core.backbones import get_backbone
-    from fewshot_gui.core.metatrain import list_entries
+    from fewshot_gui.core.embed.backbones import get_backbone
+    from fewshot_gui.core.training.metatrain import list_entries
 
     keys = {c: f"{name}+protonet|omniglot|{c[0]}w{c[1]}s{'W' if c[2] else 'R'}|{episodes}|{seed}" for c in OMNI_COLS}
     if all(STORE.get(k) for k in keys.values()):

@@ -88,8 +88,8 @@ def naive_baseline(paths: list[Path], module, mean, std, batch_size: int = 32) -
 
 def end_to_end(paths: list[Path], backbone, cache_root: Path, batch_size: int) -> tuple[float, float, int]:
     """(cold images/s, warm seconds, errors): fresh cache, then the same call again (warm)."""
-    from fewshot_gui.core.cache import EmbeddingCache
-    from fewshot_gui.core.embed import embed_paths
+    from fewshot_gui.core.embed.cache import EmbeddingCache
+    from fewshot_gui.core.embed.pipeline import embed_paths
 
     cache = EmbeddingCache(cache_root, backbone.key)
     t0 = time.perf_counter()
@@ -118,10 +118,10 @@ def model_only(backbone, tensors: np.ndarray, batches: int, batch_size: int) -> 
 # ------------------------------------------------------------------------------------------
 def rss_child(folder: Path, n: int, backbone_name: str, engine: str) -> None:
     """Label ``n`` images of ``folder`` (cold cache) and print peak RSS as JSON."""
-    from fewshot_gui.core.backbones import get_backbone
-    from fewshot_gui.core.cache import EmbeddingCache
-    from fewshot_gui.core.images import scan_class_folders
-    from fewshot_gui.core.labeling import label_folder, run_job
+    from fewshot_gui.core.embed.backbones import get_backbone
+    from fewshot_gui.core.embed.cache import EmbeddingCache
+    from fewshot_gui.core.io.images import scan_class_folders
+    from fewshot_gui.core.session.job import label_folder, run_job
 
     classes = scan_class_folders(folder)
     support = {c: ps[:1] for c, ps in list(classes.items())[:5]}
@@ -175,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
     import torch
 
-    from fewshot_gui.core.backbones import get_backbone, physical_cores
-    from fewshot_gui.core.images import load_image, scan_folder
+    from fewshot_gui.core.embed.backbones import get_backbone, physical_cores
+    from fewshot_gui.core.io.images import load_image, scan_folder
 
     all_paths = scan_folder(folder)
     paths = _pick(all_paths, args.limit)

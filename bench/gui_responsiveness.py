@@ -66,8 +66,8 @@ class StallMeter:
 def one_run(app, n_classes: int, k_shot: int, cache_dir: Path | None, repeat: int = 1) -> dict:
     from PySide6.QtCore import QEventLoop, QTimer
 
-    from fewshot_gui.core.images import scan_class_folders
-    from fewshot_gui.core.project import LabelSet, Project
+    from fewshot_gui.core.io.images import scan_class_folders
+    from fewshot_gui.core.session.project import LabelSet, Project
     from fewshot_gui.gui.main_window import MainWindow
     from fewshot_gui.gui.settings import AppSettings
 
@@ -142,8 +142,8 @@ def cancel_latency(app, n_classes: int, k_shot: int, after_s: float = 3.0) -> tu
 
     from PySide6.QtCore import QEventLoop, QTimer
 
-    from fewshot_gui.core.images import scan_class_folders
-    from fewshot_gui.core.project import LabelSet, Project
+    from fewshot_gui.core.io.images import scan_class_folders
+    from fewshot_gui.core.session.project import LabelSet, Project
     from fewshot_gui.gui.main_window import MainWindow
     from fewshot_gui.gui.settings import AppSettings
 

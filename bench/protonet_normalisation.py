@@ -23,10 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _common import embedded_folder  # noqa: E402
-from fewshot_gui.core.calibration import expected_calibration_error  # noqa: E402
-from fewshot_gui.core.episodes import LabelIndex  # noqa: E402
-from fewshot_gui.core.evaluate import ci95  # noqa: E402
-from fewshot_gui.core.methods.protonet import ProtoNet  # noqa: E402
+from fewshot_gui.core.fewshot.calibration import expected_calibration_error  # noqa: E402
+from fewshot_gui.core.episodes.sampler import LabelIndex  # noqa: E402
+from fewshot_gui.core.episodes.evaluate import ci95  # noqa: E402
+from fewshot_gui.core.fewshot.protonet import ProtoNet  # noqa: E402
 
 
 def run(feats, labels, way, shot, query, episodes, seed, make, transductive=False):

@@ -27,12 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import embedded_folder  # noqa: E402
 
 from fewshot_gui.core.atomic import atomic_write_text  # noqa: E402
-from fewshot_gui.core.calibration import FITTED_SCALES, ece_from_confidence, fit_scale  # noqa: E402
-from fewshot_gui.core.diagnostics import diagnose_support  # noqa: E402
-from fewshot_gui.core.methods.protonet import ProtoNet  # noqa: E402
-from fewshot_gui.core.methods.transductive import TransductiveProtoNet  # noqa: E402
-from fewshot_gui.core.review import simulate_review  # noqa: E402
-from fewshot_gui.core.unknown import SHOT_COSINE_THRESHOLDS, auroc, unknown_scores  # noqa: E402
+from fewshot_gui.core.fewshot.calibration import FITTED_SCALES, ece_from_confidence, fit_scale  # noqa: E402
+from fewshot_gui.core.trust.diagnostics import diagnose_support  # noqa: E402
+from fewshot_gui.core.fewshot.protonet import ProtoNet  # noqa: E402
+from fewshot_gui.core.fewshot.transductive import TransductiveProtoNet  # noqa: E402
+from fewshot_gui.core.trust.review import simulate_review  # noqa: E402
+from fewshot_gui.core.trust.unknown import SHOT_COSINE_THRESHOLDS, auroc, unknown_scores  # noqa: E402
 
 BACKBONE = "efficientnet-lite0"
 

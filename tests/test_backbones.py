@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fewshot_gui.core import backbones as bbm
-from fewshot_gui.core import onnx_engine
-from fewshot_gui.core.backbones import (Backbone, get_backbone, list_backbones,
+from fewshot_gui.core.embed import backbones as bbm
+from fewshot_gui.core.embed import onnx_engine
+from fewshot_gui.core.embed.backbones import (Backbone, get_backbone, list_backbones,
                                         register_backbone)
 from fewshot_gui.core.errors import ModelFileError, WeightsNotFoundError
 

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from fewshot_gui.core.cache import EmbeddingCache, default_cache_dir
+from fewshot_gui.core.embed.cache import EmbeddingCache, default_cache_dir
 
 
 def _files(tmp_path, n):
@@ -115,7 +115,7 @@ def test_store_rejects_mismatched_shapes(tmp_path):
 
 
 def test_file_identities_match_single_resolve_including_links(tmp_path):
-    from fewshot_gui.core.cache import file_identities, file_identity
+    from fewshot_gui.core.embed.cache import file_identities, file_identity
 
     paths = _files(tmp_path, 3)
     link_dir = tmp_path / "linked"

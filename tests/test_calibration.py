@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fewshot_gui.core.calibration import (DEFAULT_SCALE, calibrated_scale, ece_from_confidence,
+from fewshot_gui.core.fewshot.calibration import (DEFAULT_SCALE, calibrated_scale, ece_from_confidence,
                                           expected_calibration_error, fit_scale, fit_temperature,
                                           loo_support_scores, nll, shipped_scale, softmax)
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fewshot_gui.core.diagnostics import diagnose_support
+from fewshot_gui.core.trust.diagnostics import diagnose_support
 from fewshot_gui.core.errors import DataError
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fewshot_gui.core.backbones import Backbone, get_backbone
-from fewshot_gui.core.cache import EmbeddingCache
-from fewshot_gui.core.embed import embed_paths, iter_embeddings
+from fewshot_gui.core.embed.backbones import Backbone, get_backbone
+from fewshot_gui.core.embed.cache import EmbeddingCache
+from fewshot_gui.core.embed.pipeline import embed_paths, iter_embeddings
 from fewshot_gui.core.errors import Cancelled
 from fewshot_gui.core.jobs import CancelToken
 

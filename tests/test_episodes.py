@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fewshot_gui.core.datasets import ImageFolderDataset, ZipDataset, open_dataset, split_classes
-from fewshot_gui.core.episodes import EpisodeSampler, LabelIndex, materialize_episode, rotate_image
+from fewshot_gui.core.io.datasets import ImageFolderDataset, ZipDataset, open_dataset, split_classes
+from fewshot_gui.core.episodes.sampler import EpisodeSampler, LabelIndex, materialize_episode, rotate_image
 from fewshot_gui.core.errors import DataError, ImageLoadError
 
 

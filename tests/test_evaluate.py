@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fewshot_gui.core.episodes import EpisodeSampler
+from fewshot_gui.core.episodes.sampler import EpisodeSampler
 from fewshot_gui.core.errors import Cancelled, DataError
-from fewshot_gui.core.evaluate import (EvalResult, ci95, evaluate_dataset, evaluate_episodes,
+from fewshot_gui.core.episodes.evaluate import (EvalResult, ci95, evaluate_dataset, evaluate_episodes,
                                        evaluate_features, image_episode_runner)
 from fewshot_gui.core.jobs import CancelToken, Progress
-from fewshot_gui.core.methods import FewShotMethod
-from fewshot_gui.core.methods.protonet import ProtoNet
+from fewshot_gui.core.fewshot import FewShotMethod
+from fewshot_gui.core.fewshot.protonet import ProtoNet
 
 
 def _clusters(n_cls=10, per=20, dim=16, spread=0.05, seed=0):
@@ -185,7 +185,7 @@ def test_evaluate_dataset_image_method(tmp_path):
 def _pool_backbone():
     import torch
 
-    from fewshot_gui.core.backbones import Backbone
+    from fewshot_gui.core.embed.backbones import Backbone
 
     class Pool(torch.nn.Module):
         def forward(self, x):  # (B, 3, 16, 16) -> (B, 12): 2x2 grid of mean colours

@@ -7,7 +7,7 @@ import pytest
 
 from fewshot_gui.core import atomic
 from fewshot_gui.core.errors import ExportError
-from fewshot_gui.core.export import (LabelColumns, export_class_folders, neutralise, read_csv,
+from fewshot_gui.core.io.export import (LabelColumns, export_class_folders, neutralise, read_csv,
                                      relative_posix, safe_folder_name, write_csv)
 
 

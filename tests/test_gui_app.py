@@ -23,8 +23,8 @@ from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QThreadPool, QUrl  # 
 from PySide6.QtGui import QDragEnterEvent, QDropEvent  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
-from fewshot_gui.core.backbones import Backbone, register_backbone  # noqa: E402
-from fewshot_gui.core.project import Project  # noqa: E402
+from fewshot_gui.core.embed.backbones import Backbone, register_backbone  # noqa: E402
+from fewshot_gui.core.session.project import Project  # noqa: E402
 from fewshot_gui.gui.main_window import MainWindow  # noqa: E402
 from fewshot_gui.gui.settings import AppSettings  # noqa: E402
 from fewshot_gui.gui.workers import running_threads  # noqa: E402

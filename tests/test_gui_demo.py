@@ -39,8 +39,8 @@ def test_demo_project_has_classes_and_query():
 def test_screenshot_of_demo_with_default_backbone(qapp, tmp_path, monkeypatch):
     from PySide6.QtGui import QImage
 
-    from fewshot_gui.core.backbones import list_backbones
-    from fewshot_gui.core.project import default_backbone
+    from fewshot_gui.core.embed.backbones import list_backbones
+    from fewshot_gui.core.session.project import default_backbone
 
     if not any(b.name == default_backbone() and b.weights_available for b in list_backbones()):
         pytest.skip("default backbone weights not installed")

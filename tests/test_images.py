@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from fewshot_gui.core.errors import DataError, ImageLoadError
-from fewshot_gui.core.images import (
+from fewshot_gui.core.io.images import (
     _to_rgb,
     image_extensions,
     load_image,
@@ -417,7 +417,7 @@ def test_scan_class_folders_errors(tmp_path):
 
 def test_permission_error_reported(tmp_path, monkeypatch):
     """Simulated, so it also runs as root (where chmod 0 does not stop reading)."""
-    import fewshot_gui.core.images as images_mod
+    import fewshot_gui.core.io.images as images_mod
 
     p = tmp_path / "locked.png"
     Image.new("RGB", (2, 2)).save(p)

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from fewshot_gui.cli import main
-from fewshot_gui.core.backbones import Backbone, register_backbone
-from fewshot_gui.core.cache import EmbeddingCache
+from fewshot_gui.core.embed.backbones import Backbone, register_backbone
+from fewshot_gui.core.embed.cache import EmbeddingCache
 from fewshot_gui.core.errors import Cancelled, DataError
 from fewshot_gui.core.jobs import CancelToken, Progress
-from fewshot_gui.core.labeling import LabelBatch, label_folder, run_job, support_from_folder
-from fewshot_gui.core.images import scan_folder
+from fewshot_gui.core.session.job import LabelBatch, label_folder, run_job, support_from_folder
+from fewshot_gui.core.io.images import scan_folder
 
 TINY = "tiny-test-pool"
 
@@ -136,7 +136,7 @@ def test_cli_backbones_lists_weights(capsys):
 
 
 def test_cli_label_project_matches_folder_labeling_and_keeps_confirmed(sets, tmp_path):
-    from fewshot_gui.core.project import LabelSet, Project
+    from fewshot_gui.core.session.project import LabelSet, Project
 
     support, query, truth = sets
     proj = Project.from_folders(support, query, backbone=TINY)

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from fewshot_gui.core.conv4 import Conv4
-from fewshot_gui.core.methods import get_method
-from fewshot_gui.core.methods.maml import MAML, FeatureNeck, MAMLNet, inner_adapt
+from fewshot_gui.core.embed.conv4 import Conv4
+from fewshot_gui.core.fewshot import get_method
+from fewshot_gui.core.fewshot.maml import MAML, FeatureNeck, MAMLNet, inner_adapt
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -10,9 +10,9 @@ from PIL import Image, ImageDraw
 
 from fewshot_gui.core.errors import Cancelled, DataError
 from fewshot_gui.core.jobs import CancelToken, Progress
-from fewshot_gui.core.metatrain import (EpisodeSpec, ImageSpec, TrainConfig, ValidationResult, check_data,
+from fewshot_gui.core.training.metatrain import (EpisodeSpec, ImageSpec, TrainConfig, ValidationResult, check_data,
                                         load_image_set, meta_train, sample_episode, split_classes)
-from fewshot_gui.core.modelfile import load_model, read_model_file
+from fewshot_gui.core.models.modelfile import load_model, read_model_file
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -187,7 +187,7 @@ def test_cli_train(dataset, tmp_path, capsys):
 
 
 def test_augment_is_seeded_and_keeps_background(dataset):
-    from fewshot_gui.core.metatrain import augment
+    from fewshot_gui.core.training.metatrain import augment
 
     data = load_image_set(str(dataset), ImageSpec(28, 1, True))
     x = ImageSpec().normalise(data.items[:6])

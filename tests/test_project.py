@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from fewshot_gui.core.errors import ProjectFileError
-from fewshot_gui.core.project import VERSION, LabelSet, Project
+from fewshot_gui.core.session.project import VERSION, LabelSet, Project
 
 
 def _make(tmp_path: Path) -> Project:
@@ -87,7 +87,7 @@ def test_failed_save_keeps_previous_file(tmp_path, monkeypatch):
 
     def boom(fh_path, text, encoding="utf-8"):
         raise OSError("disk full")
-    monkeypatch.setattr("fewshot_gui.core.project.atomic_write_text", boom)
+    monkeypatch.setattr("fewshot_gui.core.session.project.atomic_write_text", boom)
     with pytest.raises(ProjectFileError, match="previous file is unchanged"):
         p.save()
     assert f.read_text() == before

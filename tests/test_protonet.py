@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from fewshot_gui.core.errors import DataError
-from fewshot_gui.core.methods import available_methods, get_method
-from fewshot_gui.core.methods.protonet import ProtoNet
+from fewshot_gui.core.fewshot import available_methods, get_method
+from fewshot_gui.core.fewshot.protonet import ProtoNet
 
 
 def _softmax2(a, b):

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from fewshot_gui.core.errors import DataError
-from fewshot_gui.core.methods import get_method
-from fewshot_gui.core.methods.relation import FeatureRelation, Relation, RelationNet, make_conv4_relation
+from fewshot_gui.core.fewshot import get_method
+from fewshot_gui.core.fewshot.relation import FeatureRelation, Relation, RelationNet, make_conv4_relation
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

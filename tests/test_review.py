@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from fewshot_gui.core.review import (STRATEGIES, review_order, review_priority, review_rank,
+from fewshot_gui.core.trust.review import (STRATEGIES, review_order, review_priority, review_rank,
                                      simulate_review)
-from fewshot_gui.core.transductive import l2_normalise, normalise_episode, sq_scores, support_prototypes
+from fewshot_gui.core.fewshot.refine import l2_normalise, normalise_episode, sq_scores, support_prototypes
 
 
 def _probs():

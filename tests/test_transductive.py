@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from fewshot_gui.core.errors import DataError
-from fewshot_gui.core.methods import available_methods, get_method
-from fewshot_gui.core.methods.transductive import TransductiveProtoNet
-from fewshot_gui.core.transductive import (l2_normalise, normalise_episode, refine_prototypes,
+from fewshot_gui.core.fewshot import available_methods, get_method
+from fewshot_gui.core.fewshot.transductive import TransductiveProtoNet
+from fewshot_gui.core.fewshot.refine import (l2_normalise, normalise_episode, refine_prototypes,
                                            sq_scores, support_prototypes)
 
 
@@ -99,7 +99,7 @@ def test_method_errors():
 
 
 def test_transductive_probs_hook():
-    from fewshot_gui.core.transductive import transductive_probs
+    from fewshot_gui.core.fewshot.refine import transductive_probs
 
     rng = np.random.default_rng(6)
     s, y, q, t = _task(rng)
@@ -116,7 +116,7 @@ def test_transductive_probs_hook():
 
 
 def test_refine_hook_argument_order():
-    from fewshot_gui.core.transductive import refine_hook, transductive_probs
+    from fewshot_gui.core.fewshot.refine import refine_hook, transductive_probs
 
     rng = np.random.default_rng(7)
     s, y, q, _ = _task(rng)

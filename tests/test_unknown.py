@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fewshot_gui.core.errors import DataError
-from fewshot_gui.core.unknown import (DEFAULT_UNKNOWN_THRESHOLD, UnknownScores, auroc, shot_threshold,
+from fewshot_gui.core.trust.unknown import (DEFAULT_UNKNOWN_THRESHOLD, UnknownScores, auroc, shot_threshold,
                                       unknown_scores)
 
 

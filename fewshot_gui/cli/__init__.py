@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-from .. import __version__
+from fewshot_gui import __version__
 
 SUBCOMMANDS = ("label", "eval", "backbones", "train", "demo")
 
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..core.errors import Cancelled, FewShotError
+    from fewshot_gui.core.errors import Cancelled, FewShotError
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -8,7 +8,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from ..core.backbones import list_backbones
+    from fewshot_gui.core.embed.backbones import list_backbones
 
     infos = list_backbones()
     w = max((len(i.name) for i in infos), default=10)

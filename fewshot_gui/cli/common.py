@@ -25,12 +25,12 @@ def add_model_options(p: argparse.ArgumentParser, method_default: str | None = N
 
 def resolve_model(args) -> tuple[object, object]:
     """(backbone, method) from --backbone/--model/--method/--weights/--device."""
-    from ..core.backbones import DEFAULT_BACKBONE, get_backbone
-    from ..core.methods import get_method
+    from fewshot_gui.core.embed.backbones import DEFAULT_BACKBONE, get_backbone
+    from fewshot_gui.core.fewshot import get_method
 
     method = None
     if getattr(args, "model", None):
-        from ..core.modelfile import load_model
+        from fewshot_gui.core.models.modelfile import load_model
 
         bundle = load_model(args.model)
         backbone = bundle.make_backbone(device=args.device)
@@ -49,6 +49,6 @@ def resolve_model(args) -> tuple[object, object]:
 def make_cache(args, backbone):
     if getattr(args, "no_cache", False):
         return None
-    from ..core.cache import EmbeddingCache
+    from fewshot_gui.core.embed.cache import EmbeddingCache
 
     return EmbeddingCache(args.cache_dir, backbone.key)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from .progress import ProgressBar
+from fewshot_gui.cli.progress import ProgressBar
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "resources" / "demo"
 
@@ -27,12 +27,12 @@ def run(args) -> int:
 
 
 def run_headless_demo(out: str | Path = "demo_labels.csv", cache_dir: str | Path | None = None) -> int:
-    from ..core.backbones import get_backbone
-    from ..core.cache import EmbeddingCache
-    from ..core.errors import DataError
-    from ..core.images import scan_folder
-    from ..core.labeling import label_folder, run_job, support_from_folder
-    from .label import print_summary
+    from fewshot_gui.core.embed.backbones import get_backbone
+    from fewshot_gui.core.embed.cache import EmbeddingCache
+    from fewshot_gui.core.errors import DataError
+    from fewshot_gui.core.io.images import scan_folder
+    from fewshot_gui.core.session.job import label_folder, run_job, support_from_folder
+    from fewshot_gui.cli.label import print_summary
 
     root = demo_dir()
     if not (root / "support").is_dir():

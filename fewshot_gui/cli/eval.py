@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import UsageError
-from .common import add_model_options, make_cache, resolve_model
-from .progress import ProgressBar
+from fewshot_gui.cli import UsageError
+from fewshot_gui.cli.common import add_model_options, make_cache, resolve_model
+from fewshot_gui.cli.progress import ProgressBar
 
 
 def add_parser(sub):
@@ -29,7 +29,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from ..core.evaluate import evaluate_dataset
+    from fewshot_gui.core.episodes.evaluate import evaluate_dataset
 
     if not args.data.exists():
         raise UsageError(f"{args.data}: no such data set; give a folder with one sub-folder per class")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import UsageError
-from .common import add_model_options, make_cache, resolve_model
-from .progress import ProgressBar
+from fewshot_gui.cli import UsageError
+from fewshot_gui.cli.common import add_model_options, make_cache, resolve_model
+from fewshot_gui.cli.progress import ProgressBar
 
 
 def add_parser(sub):
@@ -33,8 +33,8 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from ..core.images import scan_folder
-    from ..core.labeling import label_folder, run_job, support_from_folder
+    from fewshot_gui.core.io.images import scan_folder
+    from fewshot_gui.core.session.job import label_folder, run_job, support_from_folder
 
     if args.project:
         return _run_project(args)
@@ -63,14 +63,14 @@ def run(args) -> int:
 
 
 def _export(result, target, mode):
-    from ..core.export import export_class_folders
+    from fewshot_gui.core.io.export import export_class_folders
 
     counts = export_class_folders(target, result.query_root, result.rel_paths, result.labels, mode=mode)
     print(f"exported {sum(counts.values())} images into {len(counts)} class folders under {target} ({mode})")
 
 
 def _run_project(args) -> int:
-    from ..core.project import label_project
+    from fewshot_gui.core.session.project import label_project
 
     out = args.out or args.project.with_suffix(".csv")
     bar = ProgressBar()

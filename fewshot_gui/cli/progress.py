@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from ..core.jobs import Progress
+from fewshot_gui.core.jobs import Progress
 
 
 class ProgressBar:

@@ -23,7 +23,7 @@ import argparse
 import shlex
 import sys
 
-from ..core.errors import DataError
+from fewshot_gui.core.errors import DataError
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -85,7 +85,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def config_from_args(args):
-    from ..core.metatrain import TrainConfig
+    from fewshot_gui.core.training.metatrain import TrainConfig
 
     weights = None
     if args.weights:
@@ -118,9 +118,9 @@ def _argv_tail() -> list[str]:
 
 
 def run(args) -> int:
-    from ..core.jobs import run_job
-    from ..core.metatrain import ValidationResult, meta_train
-    from .progress import ProgressBar
+    from fewshot_gui.core.jobs import run_job
+    from fewshot_gui.core.training.metatrain import ValidationResult, meta_train
+    from fewshot_gui.cli.progress import ProgressBar
 
     bar = ProgressBar(enabled=None if not args.quiet else False)
 
@@ -142,7 +142,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:  # python -m fewshot_gui.cli.train ...
-    from . import main as cli_main
+    from fewshot_gui.cli import main as cli_main
 
     return cli_main(["train"] + list(sys.argv[1:] if argv is None else argv))
 

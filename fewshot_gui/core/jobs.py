@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Generator
 
-from .errors import Cancelled
+from fewshot_gui.core.errors import Cancelled
 
 
 class CancelToken:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 def demo_project():
     """The built-in demo (resources/demo: support/<class>/ and query/) as an unsaved project."""
-    from ..core.errors import DataError
-    from ..core.project import Project
+    from fewshot_gui.core.errors import DataError
+    from fewshot_gui.core.session.project import Project
 
     root = Path(__file__).resolve().parents[2] / "resources" / "demo"
     if not (root / "support").is_dir() or not (root / "query").is_dir():
@@ -52,15 +52,15 @@ def main(argv: list[str] | None = None) -> int:
               "Running the headless demo instead; use `fewshot label` for your own folders, or "
               "`fewshot-gui --screenshot out.png --demo` to render the window offscreen.", file=sys.stderr)
         try:
-            from ..cli.demo import run_headless_demo
+            from fewshot_gui.cli.demo import run_headless_demo
         except ImportError:
             return 1
         return int(run_headless_demo() or 0)
 
     from PySide6.QtWidgets import QApplication
 
-    from ..core.errors import FewShotError
-    from .main_window import MainWindow
+    from fewshot_gui.core.errors import FewShotError
+    from fewshot_gui.gui.main_window import MainWindow
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("fewshot-gui")

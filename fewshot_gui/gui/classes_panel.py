@@ -18,11 +18,11 @@ from PySide6.QtWidgets import (QColorDialog, QComboBox, QDialog, QDialogButtonBo
                                QMessageBox, QPushButton, QScrollArea, QSizePolicy, QToolButton,
                                QVBoxLayout, QWidget)
 
-from ..core.images import image_extensions, scan_folder
-from . import commands as cmd
-from .document import Document
-from .grid import MIME_ITEMS, text_color_for
-from .thumbs import BROKEN, ThumbnailCache
+from fewshot_gui.core.io.images import image_extensions, scan_folder
+from fewshot_gui.gui import commands as cmd
+from fewshot_gui.gui.document import Document
+from fewshot_gui.gui.grid import MIME_ITEMS, text_color_for
+from fewshot_gui.gui.thumbs import BROKEN, ThumbnailCache
 
 STRIP_THUMB = 44
 

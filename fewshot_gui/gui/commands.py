@@ -6,8 +6,8 @@ from pathlib import Path
 
 from PySide6.QtGui import QUndoCommand
 
-from ..core.project import ClassDef
-from .document import Document
+from fewshot_gui.core.session.project import ClassDef
+from fewshot_gui.gui.document import Document
 
 
 class AssignLabels(QUndoCommand):

@@ -16,10 +16,10 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 FLUSH_MS = 250
 
-from ..core.jobs import Progress
-from .document import Document, _key
-from .settings import AppSettings
-from .workers import JobRunner, LatestCall
+from fewshot_gui.core.jobs import Progress
+from fewshot_gui.gui.document import Document, _key
+from fewshot_gui.gui.settings import AppSettings
+from fewshot_gui.gui.workers import JobRunner, LatestCall
 
 
 class _ModelCache:
@@ -30,11 +30,11 @@ class _ModelCache:
         self.backbone = None
 
     def get(self, project, device):
-        from ..core.project import resolve_model
+        from fewshot_gui.core.session.project import resolve_model
 
         spec = (project.backbone, str(project.model_file) if project.model_file else None, project.method, device)
         if self.spec == spec and self.backbone is not None and project.model_file is None:
-            from ..core.methods import get_method
+            from fewshot_gui.core.fewshot import get_method
 
             return self.backbone, get_method(project.method)
         backbone, method = resolve_model(project, device=device)
@@ -98,13 +98,13 @@ class LabelController(QObject):
         return self.background.wait(ms) and ok
 
     def _cache(self, backbone):
-        from ..core.cache import EmbeddingCache
+        from fewshot_gui.core.embed.cache import EmbeddingCache
 
         return EmbeddingCache(self.cache_dir, backbone.key)
 
     # -- jobs ---------------------------------------------------------------------------------
     def scan(self, root: Path) -> bool:
-        from ..core.images import scan_folder
+        from fewshot_gui.core.io.images import scan_folder
 
         def make(_token):
             yield Progress("scanning", 0, 0, str(root))
@@ -116,7 +116,7 @@ class LabelController(QObject):
 
     def label(self) -> bool:
         """Label the query folder for the active label set. False (with an error) when not ready."""
-        from ..core.labeling import label_folder
+        from fewshot_gui.core.session.job import label_folder
 
         doc = self.doc
         if self.busy():
@@ -142,7 +142,7 @@ class LabelController(QObject):
         cache_dir = self.cache_dir
 
         def make(token):
-            from ..core.cache import EmbeddingCache
+            from fewshot_gui.core.embed.cache import EmbeddingCache
 
             yield Progress("loading model", 0, 0, project.model_file.name if project.model_file else project.backbone)
             # Loading a model (imports, torch modules) creates many long-lived objects: no
@@ -162,7 +162,7 @@ class LabelController(QObject):
             trust = getattr(result, "trust", None)  # set by the core's trust hooks when present
             if trust is None and result.features is not None:
                 try:
-                    from ..core.trust import compute_trust
+                    from fewshot_gui.core.trust.report import compute_trust
                 except ImportError:
                     compute_trust = None
                 if compute_trust is not None:
@@ -187,8 +187,8 @@ class LabelController(QObject):
         project, device, models, cache_dir = doc.project, self.settings.device_arg(), self.models, self.cache_dir
 
         def make(token):
-            from ..core.cache import EmbeddingCache
-            from ..core.embed import embed_paths
+            from fewshot_gui.core.embed.cache import EmbeddingCache
+            from fewshot_gui.core.embed.pipeline import embed_paths
 
             yield Progress("embedding new examples", 0, len(missing))
             backbone, _method = models.get(project, device)
@@ -237,7 +237,7 @@ class LabelController(QObject):
             result, backbone, method, trust = value
             factory = None
             if getattr(method, "input_kind", "features") == "features":
-                from ..core.methods import get_method
+                from fewshot_gui.core.fewshot import get_method
 
                 name, opts = method.name, dict(getattr(method, "options", {}))
                 factory = lambda: get_method(name, **opts)  # noqa: E731

@@ -9,9 +9,9 @@ from PySide6.QtCore import QRect, QSize, Qt
 from PySide6.QtGui import QColor, QImage, QPainter
 from PySide6.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
 
-from .document import Document
-from .grid import text_color_for
-from .thumbs import BROKEN, ThumbnailCache
+from fewshot_gui.gui.document import Document
+from fewshot_gui.gui.grid import text_color_for
+from fewshot_gui.gui.thumbs import BROKEN, ThumbnailCache
 
 BIG = 512
 

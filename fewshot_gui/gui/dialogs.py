@@ -6,7 +6,7 @@ from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDialog, QDia
                                QFormLayout, QLabel, QRadioButton, QSpinBox, QTableWidget, QTableWidgetItem,
                                QVBoxLayout)
 
-from .settings import AppSettings
+from fewshot_gui.gui.settings import AppSettings
 
 SHORTCUTS = [
     ("Ctrl+N", "New project"),

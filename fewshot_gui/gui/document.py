@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
-from ..core.project import ClassDef, LabelSet, Project, palette_color, repredict
+from fewshot_gui.core.session.project import ClassDef, LabelSet, Project, palette_color, repredict
 
 
 def _key(p: str | Path) -> str:
@@ -132,7 +132,7 @@ class Document(QObject):
 
     # ------------------------------------------------------------------ query images
     def set_query(self, root: Path | None, paths: list[Path]) -> None:
-        from ..core.export import relative_posix
+        from fewshot_gui.core.io.export import relative_posix
 
         if root is not None and self.project.query_folder != root:
             self.project.query_folder = root
@@ -417,7 +417,7 @@ class Document(QObject):
         if tr is None or tr.unknown is None or self.features is None or len(self.features) > 50000:
             return
         try:
-            from ..core.unknown import unknown_scores
+            from fewshot_gui.core.trust.unknown import unknown_scores
 
             tr.unknown = unknown_scores(xs, ys, self.features, n_classes, backbone=self.project.backbone,
                                         threshold=tr.unknown.default_threshold)
@@ -517,7 +517,7 @@ class Document(QObject):
         feats, method, backbone = self.features, self.method_factory(), (res.backbone or None)
 
         def work() -> np.ndarray:
-            from ..core.transductive import transductive_probs
+            from fewshot_gui.core.fewshot.refine import transductive_probs
 
             probs = transductive_probs(xs, ys, feats, len(names), backbone=backbone, method=method)
             if probs is None:

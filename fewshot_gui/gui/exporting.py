@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.export import LabelColumns, export_class_folders, write_csv
-from ..core.errors import ExportError
-from ..core.project import confirmed_overrides
-from .document import Document
+from fewshot_gui.core.io.export import LabelColumns, export_class_folders, write_csv
+from fewshot_gui.core.errors import ExportError
+from fewshot_gui.core.session.project import confirmed_overrides
+from fewshot_gui.gui.document import Document
 
 
 def label_columns(doc: Document) -> dict[str, LabelColumns]:

@@ -14,8 +14,8 @@ from PySide6.QtGui import QAction, QColor, QFont, QKeySequence, QPainter, QPen
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QLabel, QLineEdit, QListView, QMenu,
                                QSlider, QStyle, QStyledItemDelegate, QStyleOptionViewItem, QVBoxLayout, QWidget)
 
-from .document import Document
-from .thumbs import BROKEN, ThumbnailCache
+from fewshot_gui.gui.document import Document
+from fewshot_gui.gui.thumbs import BROKEN, ThumbnailCache
 
 ITEM_ROLE = Qt.ItemDataRole.UserRole + 1
 RESORT_MS = 2000  # while results stream in, re-sort/re-filter at most this often

@@ -11,17 +11,17 @@ from PySide6.QtGui import QAction, QActionGroup, QKeySequence, QUndoStack
 from PySide6.QtWidgets import (QApplication, QComboBox, QFileDialog, QLabel, QMainWindow, QMessageBox,
                                QProgressBar, QPushButton, QSplitter, QToolBar, QWidget)
 
-from ..core.errors import FewShotError
-from ..core.project import SUFFIX, Project
-from . import commands as cmd
-from .classes_panel import ClassesPanel
-from .controller import LabelController
-from .details import DetailsPanel
-from .dialogs import ExportFoldersDialog, HelpDialog, SettingsDialog, SummaryDialog
-from .document import Document
-from .grid import SORTS, GridPanel
-from .settings import AppSettings
-from .thumbs import ThumbnailCache
+from fewshot_gui.core.errors import FewShotError
+from fewshot_gui.core.session.project import SUFFIX, Project
+from fewshot_gui.gui import commands as cmd
+from fewshot_gui.gui.classes_panel import ClassesPanel
+from fewshot_gui.gui.controller import LabelController
+from fewshot_gui.gui.details import DetailsPanel
+from fewshot_gui.gui.dialogs import ExportFoldersDialog, HelpDialog, SettingsDialog, SummaryDialog
+from fewshot_gui.gui.document import Document
+from fewshot_gui.gui.grid import SORTS, GridPanel
+from fewshot_gui.gui.settings import AppSettings
+from fewshot_gui.gui.thumbs import ThumbnailCache
 
 PROJECT_FILTER = f"Few-shot projects (*{SUFFIX});;JSON files (*.json);;All files (*)"
 AUTOSAVE_MS = 60_000
@@ -40,7 +40,7 @@ class MainWindow(QMainWindow):
         self.undo = QUndoStack(self)
         thumb_root = None
         if self.settings.disk_thumbnails:
-            from ..core.cache import default_cache_dir
+            from fewshot_gui.core.embed.cache import default_cache_dir
 
             thumb_root = (Path(cache_dir) if cache_dir else default_cache_dir()) / "thumbnails"
         self.thumbs = ThumbnailCache(self, disk_root=thumb_root)
@@ -232,11 +232,11 @@ class MainWindow(QMainWindow):
         sb.addPermanentWidget(self.cancel_button)
 
     def _fill_model_boxes(self) -> None:
-        from ..core.methods import available_methods
+        from fewshot_gui.core.fewshot import available_methods
 
         self.backbone_box.clear()
         try:
-            from ..core.backbones import list_backbones
+            from fewshot_gui.core.embed.backbones import list_backbones
 
             infos = list_backbones()
         except Exception:
@@ -364,7 +364,7 @@ class MainWindow(QMainWindow):
         self.doc.project.method = self.method_box.currentData()
         self.doc.set_dirty()
         if self.doc.features is not None and self.doc.method_factory is not None:
-            from ..core.methods import get_method
+            from fewshot_gui.core.fewshot import get_method
 
             name = self.doc.project.method
             try:
@@ -542,7 +542,7 @@ class MainWindow(QMainWindow):
             self.export_csv(Path(f), show_summary=True)
 
     def export_csv(self, path: Path, show_summary: bool = False) -> Path | None:
-        from .exporting import export_csv
+        from fewshot_gui.gui.exporting import export_csv
 
         try:
             out, counts, notes = export_csv(self.doc, path)
@@ -555,7 +555,7 @@ class MainWindow(QMainWindow):
         return out
 
     def export_folders_dialog(self) -> None:
-        from .exporting import export_folders
+        from fewshot_gui.gui.exporting import export_folders
 
         if self.doc.state is None:
             self.show_error("Nothing to export yet: label the query folder first.")

@@ -38,7 +38,7 @@ class AppSettings:
 
     @property
     def default_backbone(self) -> str:
-        from ..core.project import default_backbone
+        from fewshot_gui.core.session.project import default_backbone
 
         return self._get("default_backbone", default_backbone(), str)
 

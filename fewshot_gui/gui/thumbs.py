@@ -8,7 +8,7 @@ from pathlib import Path
 from PySide6.QtCore import QObject, Signal, Slot
 from PySide6.QtGui import QImage
 
-from .workers import ThumbnailLoader
+from fewshot_gui.gui.workers import ThumbnailLoader
 
 BROKEN = object()  # marker: the image could not be read
 

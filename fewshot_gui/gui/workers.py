@@ -25,8 +25,8 @@ from typing import Any, Callable, Generator
 from PySide6.QtCore import QObject, QRunnable, QThread, QThreadPool, Qt, Signal, Slot
 from PySide6.QtGui import QImage
 
-from ..core.errors import Cancelled, FewShotError
-from ..core.jobs import CancelToken, Progress
+from fewshot_gui.core.errors import Cancelled, FewShotError
+from fewshot_gui.core.jobs import CancelToken, Progress
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ def make_thumbnail(path: str, size: int, disk_root: Path | None = None) -> QImag
     """A ``QImage`` (RGB888) fitting in ``size`` x ``size``; raises ``ImageLoadError`` on failure."""
     from PIL import Image
 
-    from ..core.images import load_image
+    from fewshot_gui.core.io.images import load_image
 
     cached = _thumb_disk_path(disk_root, path, size) if disk_root is not None else None
     if cached is not None and cached.exists():

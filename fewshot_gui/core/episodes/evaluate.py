@@ -1,0 +1,254 @@
+"""Episodic evaluation: mean accuracy over N-way K-shot Q-query episodes with a 95% CI.
+
+Protocol: ``episodes`` episodes drawn by :class:`~.episodes.EpisodeSampler` (seeded, deterministic);
+accuracy of an episode = fraction of its ``way * query`` queries labeled correctly; the result is
+the mean over episodes in %, with ``ci95 = 1.96 * std / sqrt(episodes)`` (``std`` = population
+standard deviation of the per-episode accuracies, ``np.std``).
+
+* :func:`evaluate_episodes` — the generic loop: a sampler plus ``run_episode(episode) -> accuracy``
+  (used by methods on images, e.g. MAML on Conv-4, and by meta-training validation).
+* :func:`evaluate_features` — episodes over precomputed embeddings with a feature method.
+* :func:`evaluate_dataset` — a folder (ImageFolder layout) or zip data set: embeds every image
+  once through the backbone (cached) and evaluates on the features; methods whose
+  ``input_kind == "images"`` get preprocessed images per episode instead.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from fewshot_gui.core.episodes.sampler import Episode, EpisodeSampler, LabelIndex
+from fewshot_gui.core.errors import DataError
+from fewshot_gui.core.jobs import CancelToken, Progress
+
+ProgressFn = Callable[[Progress], None]
+
+
+@dataclass
+class EvalResult:
+    """Mean accuracy and its 95% CI in %, over ``episodes`` episodes."""
+
+    accuracy: float
+    ci95: float
+    episodes: int
+    accuracies: np.ndarray  # per-episode accuracy in %
+    way: int = 0
+    shot: int = 0
+    query: int = 0
+    info: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return f"accuracy: {self.accuracy:.2f} ± {self.ci95:.2f} (95% CI, {self.episodes} episodes)"
+
+    def protocol(self) -> str:
+        return f"{self.way}-way {self.shot}-shot, {self.query} queries/class, {self.episodes} episodes"
+
+    def to_dict(self) -> dict:
+        return {"accuracy": float(self.accuracy), "ci95": float(self.ci95), "episodes": self.episodes,
+                "way": self.way, "shot": self.shot, "query": self.query, **self.info}
+
+
+def ci95(accuracies: Sequence[float]) -> float:
+    """``1.96 * std / sqrt(E)`` (population std), in the units of ``accuracies``."""
+    a = np.asarray(accuracies, dtype=np.float64)
+    return 0.0 if a.size == 0 else float(1.96 * a.std() / np.sqrt(a.size))
+
+
+def _result(accs: list[float], sampler: EpisodeSampler | None, **info: Any) -> EvalResult:
+    a = np.asarray(accs, dtype=np.float64) * 100.0
+    return EvalResult(accuracy=float(a.mean()) if a.size else float("nan"), ci95=ci95(a), episodes=int(a.size),
+                      accuracies=a, way=getattr(sampler, "way", 0), shot=getattr(sampler, "shot", 0),
+                      query=getattr(sampler, "query", 0), info=info)
+
+
+def evaluate_episodes(sampler: EpisodeSampler, run_episode: Callable[[Episode], float], episodes: int,
+                      progress: ProgressFn | None = None, cancel: CancelToken | None = None,
+                      stage: str = "evaluating", start: int = 0) -> EvalResult:
+    """Run ``run_episode`` on episodes ``start .. start+episodes-1``; it returns accuracy in [0, 1]."""
+    if episodes < 1:
+        raise DataError("need at least one episode")
+    accs: list[float] = []
+    for k, ep in enumerate(sampler.episodes(episodes, start=start)):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        accs.append(float(run_episode(ep)))
+        if progress is not None:
+            progress(Progress(stage, k + 1, episodes))
+    return _result(accs, sampler)
+
+
+def _factory(method: Any) -> Callable[[], Any]:
+    """A fresh-method factory from a name, an instance (deep-copied) or a factory."""
+    from fewshot_gui.core.fewshot import FewShotMethod, get_method
+
+    if method is None:
+        return lambda: get_method("protonet")
+    if isinstance(method, str):
+        get_method(method)  # fail early on an unknown name
+        return lambda: get_method(method)
+    if isinstance(method, FewShotMethod):
+        return lambda: copy.deepcopy(method)
+    if callable(method):
+        return method
+    raise DataError(f"not a few-shot method: {method!r}")
+
+
+def feature_episode_runner(features: np.ndarray, index: LabelIndex,
+                           method_factory: Callable[[], Any]) -> Callable[[Episode], float]:
+    """``run_episode`` for a feature method on a feature matrix (rows located by ``index``)."""
+
+    def run(ep: Episode) -> float:
+        s_rows, q_rows = index.episode_rows(ep)
+        m = method_factory()
+        m.fit(features[s_rows], ep.support_labels, ep.way)
+        q = features[q_rows]
+        if hasattr(m, "set_query_statistics"):  # whole-query-set statistics (transductive options)
+            m.set_query_statistics(q)
+        pred = np.asarray(m.predict_proba(q)).argmax(axis=1)
+        return float(np.mean(pred == ep.query_labels))
+
+    return run
+
+
+def evaluate_features(features: np.ndarray, labels: Sequence[Any], way: int, shot: int, query: int,
+                      episodes: int = 600, seed: int = 0, method_factory: Any = None,
+                      groups: Sequence[Any] | None = None, within_group: bool = False,
+                      progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> EvalResult:
+    """Episodic evaluation on embeddings ``features`` (N, D) with per-row ``labels``.
+
+    ``method_factory``: a method name, an instance (deep-copied per episode) or a callable
+    returning a fresh :class:`~.methods.FewShotMethod`; default ProtoNet. Rows with non-finite
+    features must be dropped by the caller (:func:`evaluate_dataset` does it).
+    """
+    features = np.asarray(features)
+    if features.ndim != 2 or len(features) != len(labels):
+        raise DataError(f"features {features.shape} and {len(labels)} labels do not match")
+    index = LabelIndex(labels, groups)
+    sampler = index.sampler(way, shot, query, seed=seed, within_group=within_group)
+    run = feature_episode_runner(features, index, _factory(method_factory))
+    res = evaluate_episodes(sampler, run, episodes, progress=progress, cancel=cancel)
+    res.info.update(seed=seed)
+    return res
+
+
+def image_episode_runner(dataset: Any, backbone: Any, method_factory: Callable[[], Any]
+                         ) -> Callable[[Episode], float]:
+    """``run_episode`` for methods with ``input_kind == "images"``: preprocessed (N, 3, S, S) batches.
+
+    Images are loaded from ``dataset`` (rotated for rotated classes) and preprocessed with
+    ``backbone.preprocess``; the method gets float32 arrays.
+    """
+    from fewshot_gui.core.episodes.sampler import rotate_image
+
+    def batch(items: list[tuple[int, int, int]]) -> np.ndarray:
+        return np.stack([np.asarray(backbone.preprocess(rotate_image(dataset.load(c, i), r)), np.float32)
+                         for c, i, r in items])
+
+    def run(ep: Episode) -> float:
+        m = method_factory()
+        m.fit(batch(ep.support_items()), ep.support_labels, ep.way)
+        pred = np.asarray(m.predict_proba(batch(ep.query_items()))).argmax(axis=1)
+        return float(np.mean(pred == ep.query_labels))
+
+    return run
+
+
+def embed_dataset(dataset: Any, backbone: Any, cache: Any = None, progress: ProgressFn | None = None,
+                  cancel: CancelToken | None = None, batch_size: int = 32
+                  ) -> tuple[np.ndarray, np.ndarray, dict[int, str], list]:
+    """Embed every image of a data set once.
+
+    Folder data sets go through :func:`~.embed.embed_paths` (decoding overlapped, cached); other
+    data sets (zips) are decoded with ``dataset.load`` and embedded in batches, uncached.
+    Returns ``(features, labels, errors, names)`` for all images; failed rows are NaN and listed
+    in ``errors`` (index -> message).
+    """
+    if hasattr(dataset, "paths"):
+        from fewshot_gui.core.embed.pipeline import embed_paths
+
+        paths, labels = dataset.paths()
+        feats, errors = embed_paths(paths, backbone, cache=cache, progress=progress, cancel=cancel)
+        return np.asarray(feats), labels, dict(errors), paths
+    from fewshot_gui.core.errors import ImageLoadError
+
+    pairs, labels = dataset.flat_items()
+    feats = np.full((len(pairs), backbone.dim), np.nan, np.float32)
+    errors: dict[int, str] = {}
+    for start in range(0, len(pairs), batch_size):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        rows, xs = [], []
+        for k in range(start, min(start + batch_size, len(pairs))):
+            try:
+                xs.append(backbone.preprocess(dataset.load(*pairs[k])))
+                rows.append(k)
+            except ImageLoadError as exc:
+                errors[k] = str(exc)
+        if xs:
+            feats[rows] = backbone.embed(np.stack(xs))
+        if progress is not None:
+            progress(Progress("embedding", min(start + batch_size, len(pairs)), len(pairs)))
+    return feats, labels, errors, [dataset.item_name(c, i) for c, i in pairs]
+
+
+def evaluate_dataset(dataset_dir: Any, backbone: Any = None, method: Any = None, way: int = 5,
+                     shot: int = 1, query: int = 15, episodes: int = 600, seed: int = 0,
+                     cache: Any = None, cache_dir: str | Path | None = None,
+                     progress: ProgressFn | None = None, cancel: CancelToken | None = None,
+                     method_name: str | None = None, use_cache: bool = True,
+                     within_group: bool = False, rotations: bool = False) -> EvalResult:
+    """Episodic evaluation over a labeled data set.
+
+    ``dataset_dir``: a folder with one sub-folder per class, one or several Omniglot-style zips
+    (see :mod:`.datasets`), or a data-set object. ``backbone``: a :class:`~.backbones.Backbone` or
+    a backbone name (default efficientnet-lite0). ``method`` / ``method_name``: a name, a method
+    instance or a factory (default ProtoNet). ``cache``: an ``EmbeddingCache``; else one is made
+    under ``cache_dir`` (or the default cache dir) unless ``use_cache=False`` (folders only).
+    ``within_group``: every class of an episode from one group (zips: one alphabet);
+    ``rotations``: rotated classes (image methods only). Images that fail to load are left out
+    (counted in ``result.info["failed"]``); a class then needs ``shot + query`` good images.
+    """
+    from fewshot_gui.core.io.datasets import open_dataset
+
+    if backbone is None or isinstance(backbone, str):
+        from fewshot_gui.core.embed.backbones import DEFAULT_BACKBONE, get_backbone
+
+        backbone = get_backbone(backbone or DEFAULT_BACKBONE)
+    factory = _factory(method if method is not None else method_name)
+    kind = getattr(factory(), "input_kind", "features")
+    dataset = dataset_dir if hasattr(dataset_dir, "load") else open_dataset(dataset_dir)
+    data_name = getattr(dataset, "root", None) or ", ".join(map(str, getattr(dataset, "zip_paths", [])))
+    info: dict[str, Any] = {"seed": seed, "backbone": getattr(backbone, "name", str(backbone)),
+                            "data": str(data_name or dataset_dir), "classes": len(dataset.classes),
+                            "images": int(sum(dataset.items_per_class)), "within_group": within_group}
+    if kind == "images":
+        sampler = EpisodeSampler.for_dataset(dataset, way, shot, query, seed=seed, within_group=within_group,
+                                             rotations=rotations)
+        res = evaluate_episodes(sampler, image_episode_runner(dataset, backbone, factory), episodes,
+                                progress=progress, cancel=cancel)
+        res.info.update(info)
+        return res
+    if rotations:
+        raise DataError("rotated classes are only supported for methods on images, not on cached features")
+
+    if cache is None and use_cache and hasattr(dataset, "paths"):
+        from fewshot_gui.core.embed.cache import EmbeddingCache
+
+        cache = EmbeddingCache(Path(cache_dir) if cache_dir is not None else None, backbone.key)
+    feats, labels, errors, _ = embed_dataset(dataset, backbone, cache=cache, progress=progress, cancel=cancel)
+    good = np.all(np.isfinite(feats), axis=1) if len(feats) else np.zeros(0, bool)
+    if errors:
+        good[list(errors)] = False
+    info["failed"] = int((~good).sum())
+    names = np.asarray(dataset.classes, dtype=object)[labels[good]]
+    groups = np.asarray(dataset.groups, dtype=object)[labels[good]]
+    res = evaluate_features(feats[good], names, way, shot, query, episodes=episodes, seed=seed,
+                            method_factory=factory, groups=groups, within_group=within_group,
+                            progress=progress, cancel=cancel)
+    res.info.update(info)
+    return res

@@ -1,0 +1,251 @@
+"""Episode (task) sampling for few-shot evaluation and meta-training.
+
+An *episode* is an N-way K-shot Q-query task: ``way`` classes, ``shot`` support items and
+``query`` query items per class, support and query drawn without replacement from the same class
+so they never share an item. Classes are identified by an index into ``class_sizes`` (the number
+of items per class); items by their index inside the class.
+
+Options:
+
+* ``groups`` + ``within_group=True``: every class of an episode comes from one group (e.g. one
+  Omniglot alphabet). The group is drawn uniformly among the groups that can host an episode;
+  groups with too few classes are skipped (listed in :attr:`EpisodeSampler.skipped_groups`).
+* ``rotations=True``: the standard Omniglot augmentation — each class rotated by 0/90/180/270
+  degrees is a class of its own, so a sampled class is the pair (class, rotation). With
+  ``one_rotation_per_class=True`` (default) an episode never holds two rotations of the same base
+  class, so no underlying image appears twice in one episode.
+
+Sampling is deterministic: episode ``i`` of a sampler with seed ``s`` depends only on ``(s, i)``
+(:meth:`EpisodeSampler.episode`), so a resumed meta-training run sees the same tasks.
+
+``materialize_episode`` turns an episode over a data set (``load(class, item) -> PIL.Image``) into
+tensors through a transform, for meta-training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from fewshot_gui.core.errors import DataError
+
+ROTATION_DEGREES = (0, 90, 180, 270)
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One task. Row ``j`` of ``support``/``query`` belongs to episode label ``j``."""
+
+    classes: np.ndarray  # (way,) base class indices
+    rotations: np.ndarray  # (way,) rotation index k: rotated by 90*k degrees (all 0 without rotations)
+    support: np.ndarray  # (way, shot) item indices inside each class
+    query: np.ndarray  # (way, query) item indices inside each class
+    group: int | None = None  # the group index in within-group mode
+    index: int = 0  # the episode number within its sampler
+
+    @property
+    def way(self) -> int:
+        return int(self.support.shape[0])
+
+    @property
+    def shot(self) -> int:
+        return int(self.support.shape[1])
+
+    @property
+    def n_query(self) -> int:
+        return int(self.query.shape[1])
+
+    @property
+    def support_labels(self) -> np.ndarray:
+        """Episode labels 0..way-1 of the flattened (class-major) support items."""
+        return np.repeat(np.arange(self.way), self.shot)
+
+    @property
+    def query_labels(self) -> np.ndarray:
+        return np.repeat(np.arange(self.way), self.n_query)
+
+    def support_items(self) -> list[tuple[int, int, int]]:
+        """Flattened support as (class, item, rotation) triples, class-major."""
+        return [(int(c), int(i), int(r)) for c, r, row in zip(self.classes, self.rotations, self.support)
+                for i in row]
+
+    def query_items(self) -> list[tuple[int, int, int]]:
+        return [(int(c), int(i), int(r)) for c, r, row in zip(self.classes, self.rotations, self.query)
+                for i in row]
+
+
+class EpisodeSampler:
+    """N-way K-shot Q-query episodes over classes with ``class_sizes[c]`` items each.
+
+    Raises :class:`DataError` up front when no episode can be formed (too few classes overall or
+    in every group, or classes with fewer than ``shot + query`` items unless
+    ``skip_small_classes=True``).
+    """
+
+    def __init__(self, class_sizes: Sequence[int], way: int, shot: int, query: int, seed: int = 0,
+                 groups: Sequence[Any] | None = None, within_group: bool = False,
+                 rotations: bool = False, one_rotation_per_class: bool = True,
+                 skip_small_classes: bool = False, class_names: Sequence[str] | None = None) -> None:
+        self.class_sizes = np.asarray(list(class_sizes), dtype=np.int64)
+        for name, v, lo in (("way", way, 1), ("shot", shot, 1), ("query", query, 0)):
+            if int(v) != v or v < lo:
+                raise DataError(f"{name} must be an integer >= {lo}; got {v}")
+        self.way, self.shot, self.query = int(way), int(shot), int(query)
+        self.seed = int(seed)
+        self.rotations = bool(rotations)
+        self.one_rotation_per_class = bool(one_rotation_per_class)
+        self.within_group = bool(within_group)
+        n = len(self.class_sizes)
+        names = list(class_names) if class_names is not None else [f"class {i}" for i in range(n)]
+        if groups is None:
+            if within_group:
+                raise DataError("within-group episodes need the group of every class")
+            groups = [0] * n
+        groups = list(groups)
+        if len(groups) != n:
+            raise DataError(f"{len(groups)} groups given for {n} classes")
+        self.group_names = list(dict.fromkeys(groups))
+        gidx = {g: i for i, g in enumerate(self.group_names)}
+        self.class_group = np.array([gidx[g] for g in groups], dtype=np.int64)
+
+        need = self.shot + self.query
+        small = np.where(self.class_sizes < need)[0]
+        if len(small) and not skip_small_classes:
+            listed = ", ".join(f"{names[i]} ({self.class_sizes[i]})" for i in small[:8])
+            more = f" and {len(small) - 8} more" if len(small) > 8 else ""
+            raise DataError(f"{len(small)} class(es) have fewer than shot + query = {need} images: "
+                            f"{listed}{more}. Lower --shot/--query or add images to those classes.")
+        self.usable = np.where(self.class_sizes >= need)[0]
+        self.skipped_classes = small.tolist()
+
+        per_variant = 4 if (self.rotations and not self.one_rotation_per_class) else 1
+        if self.within_group:
+            self.pools: list[np.ndarray] = []
+            self.pool_groups: list[int] = []
+            self.skipped_groups: list[Any] = []
+            for g in range(len(self.group_names)):
+                members = self.usable[self.class_group[self.usable] == g]
+                if len(members) * per_variant >= self.way:
+                    self.pools.append(members)
+                    self.pool_groups.append(g)
+                else:
+                    self.skipped_groups.append(self.group_names[g])
+            if not self.pools:
+                biggest = max((int(np.sum(self.class_group[self.usable] == g)) * per_variant
+                               for g in range(len(self.group_names))), default=0)
+                raise DataError(f"no group has {self.way} classes with at least {need} images for "
+                                f"within-group {self.way}-way episodes (largest group: {biggest}); "
+                                "lower --way or turn off within-group sampling")
+        else:
+            self.skipped_groups = []
+            if len(self.usable) * per_variant < self.way:
+                raise DataError(f"{self.way}-way episodes need {self.way} classes with at least {need} "
+                                f"images each; the data has {len(self.usable) * per_variant}. Lower --way.")
+            self.pools = [self.usable]
+            self.pool_groups = [None]  # type: ignore[list-item]
+
+    # ------------------------------------------------------------------------------ sampling
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng(np.random.SeedSequence([self.seed, int(index)]))
+
+    def episode(self, index: int) -> Episode:
+        """Episode number ``index``: depends only on the seed and the index."""
+        rng = self._rng(index)
+        p = int(rng.integers(len(self.pools)))
+        pool = self.pools[p]
+        if self.rotations and not self.one_rotation_per_class:
+            flat = rng.choice(len(pool) * 4, size=self.way, replace=False)
+            classes, rots = pool[flat // 4], flat % 4
+        else:
+            classes = pool[rng.choice(len(pool), size=self.way, replace=False)]
+            rots = rng.integers(4, size=self.way) if self.rotations else np.zeros(self.way, np.int64)
+        need = self.shot + self.query
+        sup = np.empty((self.way, self.shot), np.int64)
+        qry = np.empty((self.way, self.query), np.int64)
+        for j, c in enumerate(classes):
+            items = rng.choice(int(self.class_sizes[c]), size=need, replace=False)
+            sup[j], qry[j] = items[:self.shot], items[self.shot:]
+        group = self.pool_groups[p] if self.within_group else None
+        return Episode(np.asarray(classes, np.int64), np.asarray(rots, np.int64), sup, qry, group, int(index))
+
+    def episodes(self, n: int, start: int = 0) -> Iterator[Episode]:
+        """Episodes ``start .. start+n-1``."""
+        for i in range(start, start + n):
+            yield self.episode(i)
+
+    def __iter__(self) -> Iterator[Episode]:
+        i = 0
+        while True:
+            yield self.episode(i)
+            i += 1
+
+    # ------------------------------------------------------------------------------ builders
+    @classmethod
+    def for_dataset(cls, dataset: Any, way: int, shot: int, query: int, seed: int = 0,
+                    within_group: bool = False, rotations: bool = False, **kw: Any) -> "EpisodeSampler":
+        """A sampler over a data set exposing ``items_per_class``, ``groups`` and ``classes``."""
+        return cls(dataset.items_per_class, way, shot, query, seed=seed, groups=dataset.groups,
+                   within_group=within_group, rotations=rotations, class_names=dataset.classes, **kw)
+
+
+TaskSampler = EpisodeSampler  # the name used in docs/ARCHITECTURE.md
+
+
+class LabelIndex:
+    """Maps arbitrary per-row labels to classes 0..C-1 and each class's rows (for feature arrays)."""
+
+    def __init__(self, labels: Sequence[Any], groups: Sequence[Any] | None = None) -> None:
+        labels = np.asarray(labels)
+        self.names, inverse = np.unique(labels, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        counts = np.bincount(inverse, minlength=len(self.names))
+        self.rows: list[np.ndarray] = np.split(order, np.cumsum(counts)[:-1])
+        self.class_sizes = counts
+        self.groups = None
+        if groups is not None:
+            groups = np.asarray(groups)
+            self.groups = [groups[r[0]] for r in self.rows]
+
+    def sampler(self, way: int, shot: int, query: int, seed: int = 0, **kw: Any) -> EpisodeSampler:
+        return EpisodeSampler(self.class_sizes, way, shot, query, seed=seed, groups=self.groups,
+                              class_names=[str(n) for n in self.names], **kw)
+
+    def episode_rows(self, ep: Episode) -> tuple[np.ndarray, np.ndarray]:
+        """Row indices (support, query) of an episode, class-major like its labels."""
+        s = np.concatenate([self.rows[c][ep.support[j]] for j, c in enumerate(ep.classes)])
+        q = np.concatenate([self.rows[c][ep.query[j]] for j, c in enumerate(ep.classes)])
+        return s, q
+
+
+def rotate_image(img: Any, k: int) -> Any:
+    """Rotate a PIL image counter-clockwise by ``90 * k`` degrees (exact, no resampling)."""
+    from PIL import Image
+
+    k %= 4
+    if k == 0:
+        return img
+    return img.transpose({1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180,
+                          3: Image.Transpose.ROTATE_270}[k])
+
+
+def materialize_episode(dataset: Any, episode: Episode, transform: Callable[[Any], Any]):
+    """Load an episode's images and stack them as tensors for meta-training.
+
+    ``dataset.load(class_idx, item_idx) -> PIL.Image``; ``transform(PIL.Image)`` returns a tensor
+    (C, H, W) or an array. Rotated classes are rotated before the transform. Returns
+    ``(support_x, support_y, query_x, query_y)`` as torch tensors, class-major order.
+    """
+    import torch
+
+    def stack(items: list[tuple[int, int, int]]) -> "torch.Tensor":
+        xs = [transform(rotate_image(dataset.load(c, i), r)) for c, i, r in items]
+        xs = [x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x)) for x in xs]
+        return torch.stack(xs) if xs else torch.empty(0)
+
+    sx = stack(episode.support_items())
+    qx = stack(episode.query_items())
+    sy = torch.as_tensor(episode.support_labels, dtype=torch.long)
+    qy = torch.as_tensor(episode.query_labels, dtype=torch.long)
+    return sx, sy, qx, qy

@@ -1,0 +1,103 @@
+"""The one small interface every few-shot method implements.
+
+A method is fitted on a support set and then scores queries::
+
+    m = get_method("protonet")
+    m.fit(support_x, support_y, n_classes)      # support_y: int labels 0..n_classes-1
+    pred = m.predict(query_x)                   # Predictions: probs (Q, C), label, confidence, margin
+
+``support_x`` / ``query_x`` are float32 numpy arrays: embeddings (N, D) for methods with
+``input_kind == "features"`` (the default), or preprocessed image batches (N, 3, H, W) for
+methods with ``input_kind == "images"`` (e.g. MAML adapting a whole Conv-4).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fewshot_gui.core.errors import ConfigError, DataError
+
+
+@dataclass
+class Predictions:
+    """Per-query class probabilities (rows sum to 1) plus the derived fields the UI shows."""
+
+    probs: np.ndarray  # (Q, C) float
+
+    @property
+    def label(self) -> np.ndarray:
+        return self.probs.argmax(axis=1)
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.probs.max(axis=1)
+
+    @property
+    def margin(self) -> np.ndarray:
+        if self.probs.shape[1] < 2:
+            return np.ones(self.probs.shape[0], dtype=self.probs.dtype)
+        top2 = np.sort(self.probs, axis=1)[:, -2:]
+        return top2[:, 1] - top2[:, 0]
+
+
+class FewShotMethod(ABC):
+    """Base class: subclasses implement :meth:`fit` and :meth:`predict_proba`."""
+
+    name: ClassVar[str] = ""
+    input_kind: ClassVar[str] = "features"  # or "images"
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+        self.n_classes = 0
+
+    @abstractmethod
+    def fit(self, support: np.ndarray, labels: np.ndarray, n_classes: int) -> "FewShotMethod":
+        """Adapt to a support set. ``labels`` are ints in ``range(n_classes)``."""
+
+    @abstractmethod
+    def predict_proba(self, query: np.ndarray) -> np.ndarray:
+        """Return (Q, n_classes) probabilities."""
+
+    def predict(self, query: np.ndarray) -> Predictions:
+        return Predictions(np.asarray(self.predict_proba(query)))
+
+    @staticmethod
+    def check_support(support: np.ndarray, labels: np.ndarray, n_classes: int) -> None:
+        labels = np.asarray(labels)
+        if len(support) != len(labels):
+            raise DataError(f"support has {len(support)} items but {len(labels)} labels")
+        counts = np.bincount(labels.astype(int), minlength=n_classes) if len(labels) else np.zeros(n_classes, int)
+        empty = [i for i in range(n_classes) if counts[i] == 0]
+        if empty:
+            raise DataError(f"class index {empty} has no support example; add at least one image to every class")
+
+
+_REGISTRY: dict[str, type[FewShotMethod]] = {}
+
+
+def register(cls: type[FewShotMethod]) -> type[FewShotMethod]:
+    """Class decorator: ``@register`` adds a method under ``cls.name``."""
+    if not cls.name:
+        raise ValueError("method class needs a name")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available_methods() -> list[str]:
+    from fewshot_gui.core.fewshot import _load_all  # noqa: F401  (imports every method module once)
+
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str, **options: Any) -> FewShotMethod:
+    from fewshot_gui.core.fewshot import _load_all  # noqa: F401
+
+    try:
+        cls = _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}") from None
+    return cls(**options)

@@ -1,0 +1,218 @@
+"""Export labeling results: a CSV (one row per query image, failures included) and class folders.
+
+CSV columns, in order: ``path`` (relative to the query folder, ``/`` separators), ``label``
+(empty on failure), ``confidence`` (0-1), ``margin`` (top-1 minus top-2 probability), ``error``
+(empty when fine), one ``p_<class>`` column per class, then optional extra columns (for
+example ``unknown`` and ``review_rank``) when the result carries them. With several label sets
+(:func:`write_multi_csv`) each set contributes a ``<set>:label``/``<set>:confidence``/... group.
+
+Cells a spreadsheet would run as a formula (starting with ``= + - @`` or a tab/CR) are
+neutralised with a leading apostrophe. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from fewshot_gui.core.atomic import atomic_open
+from fewshot_gui.core.errors import ExportError
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")  # plain numbers stay numbers
+
+
+def neutralise(cell: object) -> str:
+    """Return ``cell`` as text that a spreadsheet will not evaluate as a formula."""
+    text = "" if cell is None else str(cell)
+    if text.startswith(_FORMULA_START) and not _NUMBER.fullmatch(text):
+        return "'" + text
+    return text
+
+
+def _fmt(x: float, digits: int = 6) -> str:
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return ""
+    return f"{float(x):.{digits}f}".rstrip("0").rstrip(".") if x != 0 else "0"
+
+
+@dataclass
+class LabelColumns:
+    """What one label set contributes to the CSV, row-aligned with the query paths."""
+
+    classes: Sequence[str]
+    probs: np.ndarray  # (N, C); NaN rows for failures
+    extra: dict[str, Sequence[object]] = field(default_factory=dict)
+    labels_override: dict[int, str] = field(default_factory=dict)  # confirmed/corrected labels
+
+    def label_of(self, i: int) -> str:
+        if i in self.labels_override:
+            return self.labels_override[i]
+        row = self.probs[i]
+        if np.isnan(row).any():
+            return ""
+        return str(self.classes[int(row.argmax())])
+
+
+def rows_for(rel_paths: Sequence[str], errors: dict[int, str], cols: LabelColumns,
+             prefix: str = "") -> tuple[list[str], list[list[str]]]:
+    header = [f"{prefix}label", f"{prefix}confidence", f"{prefix}margin"]
+    p_cols = [f"{prefix}p_{c}" for c in cols.classes]
+    extra_names = list(cols.extra)
+    rows: list[list[str]] = []
+    probs = np.asarray(cols.probs, dtype=np.float64)
+    for i in range(len(rel_paths)):
+        row = probs[i] if len(probs) else np.array([])
+        failed = i in errors or row.size == 0 or np.isnan(row).any()
+        if failed:
+            cells = [cols.labels_override.get(i, ""), "", ""] + [""] * len(p_cols)
+        else:
+            top = np.sort(row)[::-1]
+            margin = top[0] - top[1] if len(top) > 1 else 1.0
+            cells = [cols.label_of(i), _fmt(top[0]), _fmt(margin)] + [_fmt(p) for p in row]
+        cells += [_cell(cols.extra[name][i]) for name in extra_names]
+        rows.append(cells)
+    return header + p_cols + [f"{prefix}{n}" for n in extra_names], rows
+
+
+def _cell(v: object) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, (bool, np.bool_)):
+        return "1" if v else "0"
+    if isinstance(v, (float, np.floating)):
+        return _fmt(float(v))
+    return str(v)
+
+
+def write_csv(path: str | Path, rel_paths: Sequence[str], errors: dict[int, str],
+              label_sets: dict[str, LabelColumns] | LabelColumns) -> Path:
+    """Write the CSV atomically. ``label_sets`` is one set or ``{name: set}`` (grouped columns)."""
+    path = Path(path)
+    if isinstance(label_sets, LabelColumns):
+        groups = [("", label_sets)]
+    else:
+        groups = [(f"{name}:" if len(label_sets) > 1 else "", cols) for name, cols in label_sets.items()]
+    header = ["path"]
+    body: list[list[str]] = [[p] for p in rel_paths]
+    first = True
+    for prefix, cols in groups:
+        h, rows = rows_for(rel_paths, errors, cols, prefix)
+        # ``error`` sits right after the first group's label/confidence/margin, as documented
+        if first:
+            h = h[:3] + ["error"] + h[3:]
+            rows = [r[:3] + [errors.get(i, "")] + r[3:] for i, r in enumerate(rows)]
+            first = False
+        header += h
+        for b, r in zip(body, rows):
+            b.extend(r)
+    if not groups:
+        header.append("error")
+        for i, b in enumerate(body):
+            b.append(errors.get(i, ""))
+    try:
+        with atomic_open(path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow([neutralise(h) for h in header])
+            for b in body:
+                w.writerow([neutralise(c) for c in b])
+    except OSError as exc:
+        raise ExportError(f"cannot write {path}: {exc.strerror or exc}; choose another location") from exc
+    return path
+
+
+def read_csv(path: str | Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+_BAD_NAME = re.compile(r'[\x00-\x1f<>:"/\\|?*]')
+_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+
+
+def safe_folder_name(name: str) -> str:
+    """A folder name for class ``name`` that cannot escape its parent (no separators, no ``..``)."""
+    cleaned = _BAD_NAME.sub("_", name).strip().strip(".")
+    if not cleaned or cleaned.upper().split(".")[0] in _RESERVED:
+        cleaned = f"_{cleaned or 'class'}"
+    return cleaned[:120]
+
+
+def export_class_folders(target: str | Path, query_root: str | Path, rel_paths: Sequence[str],
+                         labels: Sequence[str | None], mode: str = "copy") -> dict[str, int]:
+    """Copy or link each labelled image into ``target/<class>/``. Returns counts per class.
+
+    ``labels[i]`` empty/None (failed images) are skipped. ``mode`` is "copy" or "link"
+    (a symbolic link; falls back to a hard link, then to a copy, where links are not allowed).
+    Existing files are never overwritten: a clashing name gets a ``_1``, ``_2``... suffix.
+    """
+    if mode not in ("copy", "link"):
+        raise ExportError(f"unknown export mode {mode!r}; use 'copy' or 'link'")
+    target = Path(target)
+    root = Path(query_root)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot create {target}: {exc.strerror or exc}") from exc
+    troot = target.resolve()
+    counts: dict[str, int] = {}
+    folder_of: dict[str, Path] = {}
+    for rel, label in zip(rel_paths, labels):
+        if not label:
+            continue
+        if label not in folder_of:
+            folder = (troot / safe_folder_name(label)).resolve()
+            if folder.parent != troot:  # paranoia: must be a direct child
+                raise ExportError(f"class name {label!r} cannot be used as a folder name")
+            folder.mkdir(exist_ok=True)
+            folder_of[label] = folder
+        src = root / rel
+        dst = _free_name(folder_of[label] / Path(rel).name)
+        try:
+            if mode == "copy":
+                shutil.copy2(src, dst)
+            else:
+                _link(src.resolve(), dst)
+        except OSError as exc:
+            raise ExportError(f"cannot export {src} to {dst}: {exc.strerror or exc}") from exc
+        counts[label] = counts.get(label, 0) + 1
+    return counts
+
+
+def _link(src: Path, dst: Path) -> None:
+    for fn in (os.symlink, os.link):
+        try:
+            fn(src, dst)
+            return
+        except OSError:
+            continue
+    shutil.copy2(src, dst)
+
+
+def _free_name(dst: Path) -> Path:
+    if not dst.exists() and not dst.is_symlink():
+        return dst
+    for k in range(1, 100000):
+        cand = dst.with_name(f"{dst.stem}_{k}{dst.suffix}")
+        if not cand.exists() and not cand.is_symlink():
+            return cand
+    raise ExportError(f"too many files named like {dst}")
+
+
+def relative_posix(paths: Iterable[Path], root: Path) -> list[str]:
+    """Paths relative to ``root`` with ``/`` separators (absolute when outside ``root``)."""
+    out = []
+    root = Path(root)
+    for p in paths:
+        try:
+            out.append(Path(p).relative_to(root).as_posix())
+        except ValueError:
+            out.append(Path(p).as_posix())
+    return out
