@@ -29,7 +29,7 @@ from fewshot_gui.core.training.metatrain import (EpisodeData, EpisodeSpec, Image
                                         check_data, load_feature_set, load_image_set, sample_episode,
                                         split_classes)
 from fewshot_gui.core.fewshot import get_method  # noqa: E402
-from fewshot_gui.core.models.modelfile import load_model  # noqa: E402
+from fewshot_gui.core.models.bundle import load_model  # noqa: E402
 
 DATA = ROOT / ".." / "shared" / "data"
 OMNI_TEST = f"{DATA / 'omniglot' / 'images_background_small2.zip'}::{','.join(OMNIGLOT_TEST_ALPHABETS)}"

@@ -12,7 +12,8 @@ from fewshot_gui.core.errors import Cancelled, DataError
 from fewshot_gui.core.jobs import CancelToken, Progress
 from fewshot_gui.core.training.metatrain import (EpisodeSpec, ImageSpec, TrainConfig, ValidationResult, check_data,
                                         load_image_set, meta_train, sample_episode, split_classes)
-from fewshot_gui.core.models.modelfile import load_model, read_model_file
+from fewshot_gui.core.models.bundle import load_model
+from fewshot_gui.core.models.format import read_model_file
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

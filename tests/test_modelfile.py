@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from fewshot_gui.core.errors import ModelFileError
-from fewshot_gui.core.models.modelfile import load_model, read_model_file, save_model
+from fewshot_gui.core.models.bundle import load_model
+from fewshot_gui.core.models.format import read_model_file, save_model
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

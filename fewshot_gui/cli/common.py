@@ -30,7 +30,7 @@ def resolve_model(args) -> tuple[object, object]:
 
     method = None
     if getattr(args, "model", None):
-        from fewshot_gui.core.models.modelfile import load_model
+        from fewshot_gui.core.models.bundle import load_model
 
         bundle = load_model(args.model)
         backbone = bundle.make_backbone(device=args.device)

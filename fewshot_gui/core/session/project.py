@@ -332,7 +332,7 @@ def resolve_model(project: Project, device: str | None = None, engine: str = "au
 
     method = None
     if project.model_file is not None:
-        from fewshot_gui.core.models.modelfile import load_model
+        from fewshot_gui.core.models.bundle import load_model
 
         bundle = load_model(project.model_file)
         backbone = bundle.make_backbone(device=device)

@@ -671,7 +671,7 @@ def load_training_data(cfg: TrainConfig, cancel: CancelToken | None = None
 
 def meta_train(cfg: TrainConfig, cancel: CancelToken | None = None) -> Iterator[Progress | ValidationResult]:
     """The training job (see the module docstring). Returns a :class:`TrainResult`."""
-    from fewshot_gui.core.models.modelfile import read_model_file, save_model
+    from fewshot_gui.core.models.format import read_model_file, save_model
 
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
