@@ -341,7 +341,7 @@ def test_support_diagnostics_and_unknown_slider(qtbot, win, data, tmp_path):
 
 
 def test_drag_tiles_onto_class_and_label_sets(qtbot, win, data, tmp_path):
-    from fewshot_gui.gui.grid import MIME_ITEMS
+    from fewshot_gui.gui.query_model import MIME_ITEMS
 
     support, query, _ = data
     setup_classes(win, support)

@@ -10,7 +10,6 @@ from PySide6.QtGui import QColor, QImage, QPainter
 from PySide6.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 from fewshot_gui.gui.document import Document
-from fewshot_gui.gui.grid import text_color_for
 from fewshot_gui.gui.thumbs import BROKEN, ThumbnailCache
 
 BIG = 512
