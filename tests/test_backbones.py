@@ -11,8 +11,8 @@ from PIL import Image
 
 from fewshot_gui.core.embed import backbones as bbm
 from fewshot_gui.core.embed import onnx_engine
-from fewshot_gui.core.embed.backbones import (Backbone, get_backbone, list_backbones,
-                                        register_backbone)
+from fewshot_gui.core.embed.backbones import Backbone, get_backbone, list_backbones, register_backbone
+from fewshot_gui.core.embed.hardware import default_device, physical_cores, usable_cpus
 from fewshot_gui.core.errors import ModelFileError, WeightsNotFoundError
 
 
@@ -206,6 +206,10 @@ def test_register_custom_backbone():
 
 def test_cuda_requested_without_cuda_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert bbm.default_device() == "cpu"
+    assert default_device() == "cpu"
     with pytest.raises(ValueError, match="no CUDA device"):
         get_backbone("efficientnet-lite0", device="cuda")
+
+
+def test_cpu_counts_are_positive_and_consistent():
+    assert 1 <= physical_cores() <= usable_cpus()

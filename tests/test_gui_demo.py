@@ -14,18 +14,22 @@ from fewshot_gui.gui import app as gui_app  # noqa: E402
 from fewshot_gui.gui.workers import running_threads  # noqa: E402
 
 
-def test_no_display_says_so_and_runs_headless_demo(monkeypatch, capsys):
-    import fewshot_gui.cli.demo as demo
+class _FinishedDemo:
+    def summary_lines(self):
+        return ["wrote demo_labels.csv"]
 
+
+def test_no_display_says_so_and_runs_headless_demo(monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(demo, "run_headless_demo", lambda *a, **k: calls.append(1) or 0)
+    monkeypatch.setattr(gui_app, "run_demo", lambda *a, **k: calls.append(1) or _FinishedDemo())
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")
     monkeypatch.setattr(gui_app.sys, "platform", "linux")
     assert gui_app.main([]) == 0
     assert calls == [1]
-    assert "no display" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "no display" in captured.err and "wrote demo_labels.csv" in captured.out
 
 
 def test_demo_project_has_classes_and_query():

@@ -8,17 +8,16 @@ Each sub-command lives in its own module exposing ``add_parser(subparsers)`` and
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 
 from fewshot_gui import __version__
+from fewshot_gui.cli import backbones, demo, label, train
+from fewshot_gui.cli import eval as evaluate
+from fewshot_gui.cli.common import UsageError
+from fewshot_gui.core.errors import Cancelled, FewShotError
 
-SUBCOMMANDS = ("label", "eval", "backbones", "train", "demo")
-
-
-class UsageError(Exception):
-    """Bad arguments detected after parsing (e.g. a folder that does not exist): exit code 2."""
+SUBCOMMANDS = (label, evaluate, backbones, train, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,21 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in SUBCOMMANDS:
-        try:
-            mod = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"{__name__}.{name}":
-                continue  # sub-command not available in this build
-            raise
-        p = mod.add_parser(sub)
-        p.set_defaults(_run=mod.run)
+    for command in SUBCOMMANDS:
+        command.add_parser(sub).set_defaults(_run=command.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fewshot_gui.core.errors import Cancelled, FewShotError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

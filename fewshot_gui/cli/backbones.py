@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from fewshot_gui.core.embed.backbones import list_backbones
+
 
 def add_parser(sub):
-    return sub.add_parser("backbones", help="list backbones and whether their weights are available offline")
+    return sub.add_parser("backbones", help="list backbones and whether their weights are available offline",
+                          description="List the pretrained backbones (--backbone NAME), whether their "
+                                      "weights are on this machine, and where they are read from.")
 
 
 def run(args) -> int:
-    from fewshot_gui.core.embed.backbones import list_backbones
-
     infos = list_backbones()
     w = max((len(i.name) for i in infos), default=10)
     for info in infos:

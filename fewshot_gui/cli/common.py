@@ -1,54 +1,70 @@
-"""Options shared by sub-commands: backbone / model file / method / cache selection."""
+"""What the sub-commands share: the usage error, and the backbone / model file / method / cache
+options with what they resolve to."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from fewshot_gui.core.embed.backbones import DEFAULT_BACKBONE, get_backbone
+from fewshot_gui.core.embed.cache import EmbeddingCache
+from fewshot_gui.core.fewshot import get_method
 
-def add_model_options(p: argparse.ArgumentParser, method_default: str | None = None) -> None:
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--backbone", metavar="NAME", help="feature extractor (default: efficientnet-lite0); "
-                   "see `fewshot backbones`")
-    g.add_argument("--model", metavar="FILE", type=Path, help="a model file made by `fewshot train` "
-                   "(e.g. resources/models/*.pt)")
-    p.add_argument("--weights", metavar="FILE", type=Path, help="weights file for a torchvision backbone "
-                   "(instead of the torch cache)")
-    p.add_argument("--method", metavar="NAME", default=method_default,
-                   help="few-shot method: protonet (default), maml, relation, ...")
-    p.add_argument("--device", metavar="DEV", default=None, help="cpu or cuda (default: cuda when present)")
+METHOD_NAMES = ("protonet", "protonet-transductive", "maml", "relation")
+DEFAULT_METHOD = "protonet"
+
+
+class UsageError(Exception):
+    """Bad arguments found after parsing (e.g. a folder that does not exist): exit code 2."""
+
+
+def add_cache_dir_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", metavar="DIR", type=Path, default=None,
-                   help="embedding cache folder (default: $FEWSHOT_CACHE_DIR or the user cache dir)")
-    p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
-    p.add_argument("--batch-size", type=int, default=32, metavar="N")
+                   help="embedding cache folder (default: $FEWSHOT_CACHE_DIR, else the user cache folder)")
 
 
-def resolve_model(args) -> tuple[object, object]:
-    """(backbone, method) from --backbone/--model/--method/--weights/--device."""
-    from fewshot_gui.core.embed.backbones import DEFAULT_BACKBONE, get_backbone
-    from fewshot_gui.core.fewshot import get_method
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """--backbone | --model, --weights, --method, --device, --cache-dir, --no-cache, --batch-size."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--backbone", metavar="NAME",
+                   help=f"pretrained feature extractor (default: {DEFAULT_BACKBONE}); see `fewshot backbones`")
+    g.add_argument("--model", metavar="FILE", type=Path,
+                   help="a model file made by `fewshot train` (.safetensors; older .fsm files also load), "
+                        "e.g. resources/models/omniglot-conv4-protonet.safetensors")
+    p.add_argument("--weights", metavar="FILE", type=Path,
+                   help="checkpoint of the --backbone network (a PyTorch state dict such as torchvision's "
+                        "resnet18-f37072fd.pth), read instead of the torch hub cache; not used with --model")
+    p.add_argument("--method", metavar="NAME", default=None,
+                   help=f"few-shot method: {', '.join(METHOD_NAMES)} (default: the model file's own "
+                        f"method with --model, else {DEFAULT_METHOD})")
+    p.add_argument("--device", metavar="DEV", default=None,
+                   help="torch device: cpu or cuda (default: cuda when present)")
+    add_cache_dir_option(p)
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N",
+                   help="images embedded at once (default: 32)")
 
+
+def resolve_model(args: argparse.Namespace) -> tuple[object, object]:
+    """(backbone, method) from --backbone / --model / --method / --weights / --device."""
     method = None
-    if getattr(args, "model", None):
-        from fewshot_gui.core.models.bundle import load_model
+    if args.model:
+        from fewshot_gui.core.models.bundle import load_model  # lazy: torch, for the model file's networks
 
         bundle = load_model(args.model)
         backbone = bundle.make_backbone(device=args.device)
-        if not args.method:
-            method = bundle.make_method()
-        elif args.method == bundle.meta.get("method"):
+        if not args.method or args.method == bundle.meta.get("method"):
             method = bundle.make_method()
     else:
         backbone = get_backbone(args.backbone or DEFAULT_BACKBONE, weights=args.weights, device=args.device,
-                                cache_dir=getattr(args, "cache_dir", None))
+                                cache_dir=args.cache_dir)
     if method is None:
-        method = get_method(args.method or "protonet")
+        method = get_method(args.method or DEFAULT_METHOD)
     return backbone, method
 
 
-def make_cache(args, backbone):
-    if getattr(args, "no_cache", False):
+def make_cache(args: argparse.Namespace, backbone) -> EmbeddingCache | None:
+    """The embedding cache for ``backbone`` under --cache-dir, or None with --no-cache."""
+    if args.no_cache:
         return None
-    from fewshot_gui.core.embed.cache import EmbeddingCache
-
     return EmbeddingCache(args.cache_dir, backbone.key)

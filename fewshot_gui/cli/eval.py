@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fewshot_gui.cli import UsageError
+from fewshot_gui.cli.common import UsageError
 from fewshot_gui.cli.common import add_model_options, make_cache, resolve_model
 from fewshot_gui.cli.progress import ProgressBar
 

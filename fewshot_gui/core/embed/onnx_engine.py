@@ -1,6 +1,8 @@
 """ONNX Runtime engine for frozen backbones on the CPU.
 
-The torch module is exported once (dynamic batch axis) to
+:func:`attach_onnx` takes a :class:`~fewshot_gui.core.embed.backbones.Backbone` (anything with
+the attributes of :class:`TorchFeatureExtractor`) and, on success, makes it run through ONNX
+Runtime. The torch module is exported once (dynamic batch axis) to
 ``<cache dir>/onnx/<backbone>-<hash>.onnx``, the hash covering the backbone key and the torch,
 onnx-exporter and ONNX Runtime versions; the file is written atomically. Any failure (export,
 loading, a first test run that disagrees with torch) logs a warning and leaves the backbone on
@@ -10,17 +12,20 @@ torch.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import re
 import threading
+import warnings
 from pathlib import Path
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
 from fewshot_gui.core.atomic import atomic_write_bytes
-from fewshot_gui.core.embed.backbones import Backbone, physical_cores
 from fewshot_gui.core.embed.cache import default_cache_dir
+from fewshot_gui.core.embed.hardware import physical_cores
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +36,22 @@ EXPORT_VERSION = 1
 MAX_ORT_BATCH = 8
 
 
-def onnx_file(backbone: Backbone, cache_dir: str | Path | None = None) -> Path:
+class TorchFeatureExtractor(Protocol):
+    """What the ONNX engine needs of a backbone: its torch module, input size and cache key, a
+    torch reference run to check the export against, and a way to switch its runner."""
+
+    name: str
+    key: str
+    input_size: int
+    device: str
+    module: Any
+
+    def embed_torch(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def use_runner(self, runner: Callable[[np.ndarray], np.ndarray] | None, engine: str) -> None: ...
+
+
+def onnx_file(backbone: TorchFeatureExtractor, cache_dir: str | Path | None = None) -> Path:
     import onnxruntime as ort
     import torch
 
@@ -41,11 +61,8 @@ def onnx_file(backbone: Backbone, cache_dir: str | Path | None = None) -> Path:
     return root / "onnx" / f"{slug}-{hashlib.sha1(tag.encode()).hexdigest()[:16]}.onnx"
 
 
-def export_onnx(backbone: Backbone, path: Path) -> None:
+def export_onnx(backbone: TorchFeatureExtractor, path: Path) -> None:
     """Export ``backbone.module`` (on CPU) to ``path`` atomically."""
-    import io
-    import warnings
-
     import torch
 
     module = backbone.module
@@ -92,7 +109,7 @@ class OrtRunner:
                                    for s in range(0, len(batch), m)])
 
 
-def attach_onnx(backbone: Backbone, cache_dir: str | Path | None = None,
+def attach_onnx(backbone: TorchFeatureExtractor, cache_dir: str | Path | None = None,
                 threads: int | None = None, verify: bool = True) -> bool:
     """Run ``backbone`` through ONNX Runtime; returns False (and keeps torch) on any failure."""
     if backbone.device != "cpu":

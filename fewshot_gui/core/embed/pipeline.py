@@ -10,7 +10,6 @@ abort a batch. The cancel token is checked between batches.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import os
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,10 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from fewshot_gui.core.embed.cache import file_identities
+from fewshot_gui.core.embed.hardware import usable_cpus
 from fewshot_gui.core.errors import Cancelled, FewShotError, ImageLoadError
+from fewshot_gui.core.io.images import load_image
 from fewshot_gui.core.jobs import CancelToken, Progress
 
 CACHED_CHUNK = 1024  # cached vectors are yielded in chunks of this size
@@ -42,19 +44,8 @@ class EmbedBatch:
     from_cache: int = 0
 
 
-def _default_loader():
-    from fewshot_gui.core.io.images import load_image
-
-    return load_image
-
-
 def _decode_workers() -> int:
-    n = os.cpu_count() or 1
-    try:
-        n = len(os.sched_getaffinity(0)) or n
-    except (AttributeError, OSError):
-        pass
-    return max(2, min(8, n))
+    return max(2, min(8, usable_cpus()))
 
 
 def _min_side(backbone) -> int:
@@ -101,13 +92,11 @@ def iter_embeddings(paths: Sequence[str | Path], backbone, cache=None, batch_siz
     ``loader(path, min_side=...)`` defaults to :func:`fewshot_gui.core.io.images.load_image`.
     Raises :class:`Cancelled` when ``cancel`` is set (checked between batches).
     """
-    from fewshot_gui.core.embed.cache import file_identities
-
     paths = [p if isinstance(p, Path) else Path(p) for p in paths]
     total = len(paths)
     batch_size = max(1, int(batch_size))
     dim = int(backbone.dim)
-    loader = loader or _default_loader()
+    loader = loader or load_image
     done = 0
 
     def check() -> None:

@@ -4,7 +4,8 @@ CSV columns, in order: ``path`` (relative to the query folder, ``/`` separators)
 (empty on failure), ``confidence`` (0-1), ``margin`` (top-1 minus top-2 probability), ``error``
 (empty when fine), one ``p_<class>`` column per class, then optional extra columns (for
 example ``unknown`` and ``review_rank``) when the result carries them. With several label sets
-(:func:`write_multi_csv`) each set contributes a ``<set>:label``/``<set>:confidence``/... group.
+(a ``{name: LabelColumns}`` dict given to :func:`write_csv`) each set contributes a
+``<set>:label``/``<set>:confidence``/... group.
 
 Cells a spreadsheet would run as a formula (starting with ``= + - @`` or a tab/CR) are
 neutralised with a leading apostrophe. Files are written atomically.
