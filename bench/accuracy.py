@@ -294,7 +294,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
 
-    files = sorted(args.models.glob("*.fsm"))
+    files = sorted(args.models.glob("*.safetensors"))
     if args.only:
         for p in files:
             if args.only in p.name and load_model(p).meta.get("backbone") == "conv4":
