@@ -347,7 +347,7 @@ class MainWindow(QMainWindow):
         data = self.backbone_box.itemData(k)
         p = self.doc.project
         if data == "__file__":
-            f, _ = QFileDialog.getOpenFileName(self, "Choose a model file", "", "Model files (*.pt *.pth *.safetensors);;All files (*)")
+            f, _ = QFileDialog.getOpenFileName(self, "Choose a model file", "", "Model files (*.safetensors *.fsm);;All files (*)")
             if f:
                 p.model_file = Path(f).resolve()
             self._sync_run_controls()
