@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,8 +15,8 @@ from fewshot_gui.cli import main
 from fewshot_gui.core.embed.backbones import Backbone, register_backbone
 from fewshot_gui.core.embed.cache import EmbeddingCache
 from fewshot_gui.core.errors import Cancelled, DataError
-from fewshot_gui.core.jobs import CancelToken, Progress
-from fewshot_gui.core.session.job import LabelBatch, label_folder, run_job, support_from_folder
+from fewshot_gui.core.jobs import CancelToken, Progress, run_job
+from fewshot_gui.core.session.job import LabelBatch, label_folder, support_from_folder
 from fewshot_gui.core.io.images import scan_folder
 
 TINY = "tiny-test-pool"
@@ -207,3 +209,44 @@ def test_cli_unknown_names_fail_cleanly(sets, tmp_path, capsys, flag, value):
         args += ["--backbone", TINY]
     assert main(args) == 1
     assert value in capsys.readouterr().err
+
+
+def test_method_help_names_every_registered_method():
+    from fewshot_gui.cli.common import METHOD_NAMES
+    from fewshot_gui.core.fewshot import available_methods
+
+    assert sorted(METHOD_NAMES) == available_methods()
+
+
+def _option_helps(command: str) -> dict[str, str | None]:
+    import argparse
+
+    from fewshot_gui.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {o: a.help for a in sub.choices[command]._actions for o in a.option_strings}
+
+
+@pytest.mark.parametrize("command", ["label", "eval"])
+def test_model_option_help_names_the_model_file_format(command):
+    assert _option_helps(command)["--model"] == (
+        "a model file made by `fewshot train` (.safetensors; older .fsm files also load), "
+        "e.g. resources/models/omniglot-conv4-protonet.safetensors")
+
+
+@pytest.mark.parametrize("command", ["label", "demo", "backbones"])
+def test_every_option_says_what_it_is(command):
+    assert [o for o, h in _option_helps(command).items() if not h] == []
+
+
+def test_help_does_not_load_torch():
+    code = ("import sys\n"
+            "from fewshot_gui.cli import main\n"
+            "for args in (['--help'], ['label', '--help'], ['demo', '--help']):\n"
+            "    try:\n"
+            "        main(args)\n"
+            "    except SystemExit:\n"
+            "        pass\n"
+            "sys.exit(3 if 'torch' in sys.modules else 0)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

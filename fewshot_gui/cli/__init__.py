@@ -23,7 +23,7 @@ SUBCOMMANDS = (label, evaluate, backbones, train, demo)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fewshot", description="Label images from a few examples per class.")
     parser.add_argument("--version", action="version", version=f"fewshot_gui {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also print informational log messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for command in SUBCOMMANDS:

@@ -33,7 +33,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                         "e.g. resources/models/omniglot-conv4-protonet.safetensors")
     p.add_argument("--weights", metavar="FILE", type=Path,
                    help="checkpoint of the --backbone network (a PyTorch state dict such as torchvision's "
-                        "resnet18-f37072fd.pth), read instead of the torch hub cache; not used with --model")
+                        "resnet18-f37072fd.pth), read instead of the torch hub cache (for efficientnet-lite0: "
+                        "instead of its bundled weights); not used with --model")
     p.add_argument("--method", metavar="NAME", default=None,
                    help=f"few-shot method: {', '.join(METHOD_NAMES)} (default: the model file's own "
                         f"method with --model, else {DEFAULT_METHOD})")
