@@ -2,13 +2,14 @@
 
 import io
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from fewshot_gui.core.io.datasets import ImageFolderDataset, ZipDataset, open_dataset, split_classes
-from fewshot_gui.core.episodes.sampler import EpisodeSampler, LabelIndex, materialize_episode, rotate_image
+from fewshot_gui.core.episodes.sampler import EpisodeSampler, LabelIndex, rotate_image
 from fewshot_gui.core.errors import DataError, ImageLoadError
 
 
@@ -209,19 +210,17 @@ def test_zip_dataset_errors(tmp_path):
         ZipDataset(bad)
 
 
-def test_zip_dataset_with_sampler_and_materialize(tiny_zips):
-    import torch
-
+def test_zip_dataset_with_sampler_and_rotated_images(tiny_zips):
     ds = ZipDataset(tiny_zips[0], mode="L")
     s = EpisodeSampler.for_dataset(ds, way=2, shot=1, query=2, seed=0, within_group=True, rotations=True)
     ep = s.episode(0)
-    sx, sy, qx, qy = materialize_episode(ds, ep, lambda im: torch.from_numpy(np.asarray(im, np.float32))[None])
-    assert sx.shape == (2, 1, 8, 8) and qx.shape == (4, 1, 8, 8)
-    assert sy.tolist() == [0, 1] and qy.tolist() == [0, 0, 1, 1]
-    # pixel value identifies the item: support row j is class ep.classes[j], item ep.support[j,0]
-    for j in range(2):
-        expected = np.asarray(ds.load(int(ep.classes[j]), int(ep.support[j, 0])), np.float32)
-        np.testing.assert_array_equal(sx[j, 0].numpy(), np.rot90(expected, int(ep.rotations[j])))
+    assert ep.support_labels.tolist() == [0, 1] and ep.query_labels.tolist() == [0, 0, 1, 1]
+    assert len({ds.groups[c] for c in ep.classes}) == 1
+    # the image of support row j: class ep.classes[j], item ep.support[j, 0], rotated by its class's rotation
+    for j, (c, i, r) in enumerate(ep.support_items()):
+        assert (c, i, r) == (int(ep.classes[j]), int(ep.support[j, 0]), int(ep.rotations[j]))
+        img = np.asarray(rotate_image(ds.load(c, i), r))
+        np.testing.assert_array_equal(img, np.rot90(np.asarray(ds.load(c, i)), r))
 
 
 def test_image_folder_dataset(tmp_path):
@@ -284,3 +283,39 @@ def test_real_omniglot_zips_if_present():
     s = EpisodeSampler.for_dataset(ds, way=20, shot=1, query=5, seed=0, within_group=True)
     ep = s.episode(0)
     assert len({ds.groups[c] for c in ep.classes}) == 1
+
+
+def test_open_data_spec_layouts_and_selection(tmp_path):
+    from fewshot_gui.core.io.datasets import open_data_spec, parse_data_spec
+
+    assert parse_data_spec("a/b.zip::X, Y") == (Path("a/b.zip"), ["X", "Y"])
+    assert parse_data_spec("a/b") == (Path("a/b"), None)
+    flat = tmp_path / "flat"
+    for c in ("cat", "dog", "emu"):
+        (flat / c).mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(flat / c / "0.png")
+    ds = open_data_spec(flat)
+    assert isinstance(ds, ImageFolderDataset) and ds.classes == ["cat", "dog", "emu"]
+    assert open_data_spec(f"{flat}::emu,cat").classes == ["cat", "emu"]  # one level: names are classes
+    with pytest.raises(DataError, match="no class named 'cow'"):
+        open_data_spec(f"{flat}::cow")
+    nested = tmp_path / "nested"
+    for g in ("Greek", "Latin"):
+        for c in ("c1", "c2"):
+            (nested / g / c).mkdir(parents=True)
+            Image.new("L", (4, 4)).save(nested / g / c / "0.png")
+    ds = open_data_spec(nested, mode="L")
+    assert ds.classes == ["Greek/c1", "Greek/c2", "Latin/c1", "Latin/c2"] and ds.mode == "L"
+    assert open_data_spec(f"{nested}::Latin").groups == ["Latin", "Latin"]  # two levels: names are groups
+    with pytest.raises(DataError, match="data set not found"):
+        open_data_spec(tmp_path / "missing")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="not a zip file or folder"):
+        open_data_spec(tmp_path / "notes.txt")
+
+
+def test_open_data_spec_zip_groups(tiny_zips):
+    from fewshot_gui.core.io.datasets import open_data_spec
+
+    ds = open_data_spec(f"{tiny_zips[0]}::Beta")
+    assert isinstance(ds, ZipDataset) and ds.classes == ["Beta/character01", "Beta/character02"]

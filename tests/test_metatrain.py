@@ -8,12 +8,15 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from fewshot_gui.core.embed.conv4 import ImageSpec
 from fewshot_gui.core.errors import Cancelled, DataError
-from fewshot_gui.core.jobs import CancelToken, Progress
-from fewshot_gui.core.training.metatrain import (EpisodeSpec, ImageSpec, TrainConfig, ValidationResult, check_data,
-                                        load_image_set, meta_train, sample_episode, split_classes)
+from fewshot_gui.core.jobs import CancelToken, Progress, run_job
 from fewshot_gui.core.models.bundle import load_model
 from fewshot_gui.core.models.format import read_model_file
+from fewshot_gui.core.training.augment import augment
+from fewshot_gui.core.training.config import TrainConfig
+from fewshot_gui.core.training.data import episode_tensors, load_images
+from fewshot_gui.core.training.loop import ValidationResult, meta_train
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -70,49 +73,49 @@ def _run(cfg, cancel=None, stop_after=None):
             cancel.cancel()
 
 
-def test_sampler_disjoint_within_group_and_checks(dataset):
-    data = load_image_set(str(dataset), ImageSpec(28, 1, True))
-    assert data.n_classes == 12 and data.group_names == ["alpha0", "alpha1"]
-    ep = EpisodeSpec(4, 2, 3, within_group=True, rotations=True)
+def test_training_episodes_disjoint_within_group_and_rotated(dataset):
+    data = run_job(load_images(str(dataset), ImageSpec(28, 1, True)))
+    assert len(data.classes) == 12 and sorted(set(data.groups)) == ["alpha0", "alpha1"]
+    assert data.items.shape == (60, 1, 28, 28) and data.items.dtype == torch.uint8
+    sampler = data.sampler(4, 2, 3, seed=0, within_group=True, rotations=True)
+    spec = ImageSpec(28, 1, True)
     for i in range(30):
-        si, sr, sy, qi, qr, qy = sample_episode(data, ep, np.random.default_rng(i))
-        assert len(si) == 8 and len(qi) == 12
-        assert not set(si) & set(qi)  # never one image in both support and query
-        groups = {(data.class_group[data.labels[k]], r) for k, r in zip(np.r_[si, qi], np.r_[sr, qr])}
-        assert len(groups) == 1  # one alphabet (and one rotation) per episode
-        for k in range(4):  # each episode class = one (character, rotation)
-            assert len({(data.labels[j], r) for j, r, y in zip(np.r_[si, qi], np.r_[sr, qr], np.r_[sy, qy]) if y == k}) == 1
-    with pytest.raises(DataError, match="shot\\+query"):
-        check_data(data, EpisodeSpec(13, 1, 1))
-    with pytest.raises(DataError, match="within-group"):
-        check_data(data, EpisodeSpec(7, 1, 1, within_group=True))
-    with pytest.raises(DataError, match="at least shot\\+query"):
-        check_data(data, EpisodeSpec(2, 3, 3))
+        ep = sampler.episode(i)
+        s_rows, q_rows = data.index.episode_rows(ep)
+        assert len(s_rows) == 8 and len(q_rows) == 12
+        assert not set(s_rows) & set(q_rows)  # never one image in both support and query
+        assert len({data.groups[c] for c in ep.classes}) == 1  # one alphabet per episode
+        assert len(set(ep.classes.tolist())) == 4  # 4 characters, each with its own rotation
+        xs, ys, xq, yq = episode_tensors(data, ep, spec)
+        assert xs.shape == (8, 1, 28, 28) and ys.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+        assert xq.shape == (12, 1, 28, 28) and yq.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+        # row j of the support is its class's image, rotated by that class's rotation
+        expected = torch.rot90(spec.normalise(data.items[s_rows[:1]])[0], int(ep.rotations[0]), dims=(1, 2))
+        assert torch.equal(xs[0], expected)
+        assert all(data.labels[r] == ep.classes[j // 2] for j, r in enumerate(s_rows))
+    with pytest.raises(DataError, match="13-way"):
+        data.sampler(13, 1, 1, seed=0, within_group=False, rotations=False)
+    with pytest.raises(DataError, match="no group has 7 classes"):
+        data.sampler(7, 1, 1, seed=0, within_group=True, rotations=False)
+    with pytest.raises(DataError, match="at least 6 images"):
+        data.sampler(2, 3, 3, seed=0, within_group=False, rotations=False)
 
 
 def test_zip_with_group_selection(zipped):
-    d = load_image_set(f"{zipped}::alpha1", ImageSpec(28, 1, True))
-    assert d.group_names == ["alpha1"] and d.n_classes == 6 and len(d.labels) == 30
+    d = run_job(load_images(f"{zipped}::alpha1", ImageSpec(28, 1, True)))
+    assert set(d.groups) == {"alpha1"} and len(d.classes) == 6 and len(d.labels) == 30
     # inverted: background 0, strokes bright
     assert d.items.float().mean() < 60
-    with pytest.raises(DataError, match="no group named nope"):
-        load_image_set(f"{zipped}::nope", ImageSpec())
-
-
-def test_split_classes_is_seeded_and_disjoint():
-    names = [f"c{i}" for i in range(20)]
-    a, b = split_classes(names, 0.25, 0)
-    assert len(b) == 5 and not set(a) & set(b) and sorted(a + b) == list(range(20))
-    assert split_classes(names, 0.25, 0) == (a, b)
-    assert split_classes(names, 0.25, 1) != (a, b)
+    with pytest.raises(DataError, match="no group named 'nope'"):
+        run_job(load_images(f"{zipped}::nope", ImageSpec()))
 
 
 def test_protonet_training_deterministic_resumable_and_loadable(dataset, tmp_path):
-    r1, items = _run(_cfg(dataset, tmp_path / "a.fsm", val_data=[f"{dataset}::alpha1"]))
+    r1, items = _run(_cfg(dataset, tmp_path / "a.safetensors", val_data=[f"{dataset}::alpha1"]))
     assert any(isinstance(i, ValidationResult) for i in items)
-    r2, _ = _run(_cfg(dataset, tmp_path / "b.fsm", val_data=[f"{dataset}::alpha1"]))
-    _, ta = read_model_file(tmp_path / "a.fsm")
-    _, tb = read_model_file(tmp_path / "b.fsm")
+    r2, _ = _run(_cfg(dataset, tmp_path / "b.safetensors", val_data=[f"{dataset}::alpha1"]))
+    _, ta = read_model_file(tmp_path / "a.safetensors")
+    _, tb = read_model_file(tmp_path / "b.safetensors")
     for k in ta:
         np.testing.assert_array_equal(ta[k], tb[k])
 
@@ -120,14 +123,16 @@ def test_protonet_training_deterministic_resumable_and_loadable(dataset, tmp_pat
     ck = tmp_path / "c.ckpt"
     cancel = CancelToken()
     with pytest.raises(Cancelled):
-        _run(_cfg(dataset, tmp_path / "c.fsm", val_data=[f"{dataset}::alpha1"], checkpoint=str(ck)), cancel, stop_after=4)
-    assert ck.exists() and not (tmp_path / "c.fsm").exists()
-    _run(_cfg(dataset, tmp_path / "c.fsm", val_data=[f"{dataset}::alpha1"], checkpoint=str(ck), resume=str(ck)))
-    _, tc = read_model_file(tmp_path / "c.fsm")
+        _run(_cfg(dataset, tmp_path / "c.safetensors", val_data=[f"{dataset}::alpha1"], checkpoint=str(ck)),
+             cancel, stop_after=4)
+    assert ck.exists() and not (tmp_path / "c.safetensors").exists()
+    _run(_cfg(dataset, tmp_path / "c.safetensors", val_data=[f"{dataset}::alpha1"], checkpoint=str(ck),
+              resume=str(ck)))
+    _, tc = read_model_file(tmp_path / "c.safetensors")
     for k in ta:
         np.testing.assert_array_equal(ta[k], tc[k])
 
-    b = load_model(tmp_path / "a.fsm")
+    b = load_model(tmp_path / "a.safetensors")
     assert b.meta["validation"]["episodes"] == 3 and "ci95" in b.meta["validation"]
     assert b.meta["input"]["size"] == 28 and b.meta["training"]["seed"] == 3
     bb = b.make_backbone()
@@ -144,9 +149,9 @@ def test_protonet_training_deterministic_resumable_and_loadable(dataset, tmp_pat
 @pytest.mark.parametrize("method", ["maml", "relation"])
 def test_other_methods_train_and_load(dataset, tmp_path, method):
     extra = {"steps": 1, "meta_batch": 2, "episodes": 4} if method == "maml" else {}
-    res, _ = _run(_cfg(dataset, tmp_path / "m.fsm", method=method, holdout=0.5, rotations=False,
+    res, _ = _run(_cfg(dataset, tmp_path / "m.safetensors", method=method, holdout=0.5, rotations=False,
                        within_group=False, **extra))
-    b = load_model(tmp_path / "m.fsm")
+    b = load_model(tmp_path / "m.safetensors")
     assert b.meta["method"] == method and b.meta["validation"] is not None
     assert b.meta["training"]["held_out_classes"]
     bb, m = b.make_backbone(), b.make_method()
@@ -160,25 +165,27 @@ def test_other_methods_train_and_load(dataset, tmp_path, method):
 
 
 def test_training_lowers_loss_protonet(dataset, tmp_path):
-    res, _ = _run(_cfg(dataset, tmp_path / "l.fsm", episodes=60, val_data=None, lr=3e-3, rotations=False))
+    res, _ = _run(_cfg(dataset, tmp_path / "l.safetensors", episodes=60, val_data=None, lr=3e-3, rotations=False))
     hist = [h for h in res.history if "loss" in h]
     assert hist[-1]["loss"] < hist[0]["loss"]
 
 
 def test_multitask_weights_and_errors(dataset, zipped, tmp_path):
-    res, _ = _run(_cfg(dataset, tmp_path / "mt.fsm", data=[f"{dataset}::alpha0", f"{zipped}::alpha1"],
-                       weights=[3, 1], episodes=3, val_data=None, invert=True))
-    assert res.meta["training"]["weights"] == [0.75, 0.25]
-    with pytest.raises(DataError, match="--weights"):
-        _run(_cfg(dataset, tmp_path / "x.fsm", weights=[1, 2]))
+    res, _ = _run(_cfg(dataset, tmp_path / "mt.safetensors", data=[f"{dataset}::alpha0", f"{zipped}::alpha1"],
+                       data_weights=[3, 1], episodes=3, val_data=None, invert=True))
+    assert res.meta["training"]["data_weights"] == [0.75, 0.25]
+    with pytest.raises(DataError, match="--data-weights"):
+        _run(_cfg(dataset, tmp_path / "x.safetensors", data_weights=[1, 2]))
     with pytest.raises(DataError, match="not found"):
-        _run(_cfg(dataset, tmp_path / "x.fsm", data=[str(tmp_path / "nothing")]))
+        _run(_cfg(dataset, tmp_path / "x.safetensors", data=[str(tmp_path / "nothing")]))
+    with pytest.raises(DataError, match="needs no training"):
+        _run(_cfg(dataset, tmp_path / "x.safetensors", backbone="efficientnet-lite0"))
 
 
 def test_cli_train(dataset, tmp_path, capsys):
     from fewshot_gui.cli import main
 
-    out = tmp_path / "cli.fsm"
+    out = tmp_path / "cli.safetensors"
     rc = main(["train", "--method", "protonet", "--data", str(dataset), "--way", "3", "--shot", "1", "--query", "2",
                "--episodes", "3", "--hidden", "8", "--val-data", f"{dataset}::alpha1", "--val-episodes", "2",
                "--quiet", "--out", str(out)])
@@ -188,9 +195,7 @@ def test_cli_train(dataset, tmp_path, capsys):
 
 
 def test_augment_is_seeded_and_keeps_background(dataset):
-    from fewshot_gui.core.training.metatrain import augment
-
-    data = load_image_set(str(dataset), ImageSpec(28, 1, True))
+    data = run_job(load_images(str(dataset), ImageSpec(28, 1, True)))
     x = ImageSpec().normalise(data.items[:6])
     a = augment(x, np.random.default_rng(5))
     b = augment(x, np.random.default_rng(5))
@@ -198,3 +203,23 @@ def test_augment_is_seeded_and_keeps_background(dataset):
     assert not torch.allclose(a, x)
     assert float(a.min()) >= -1e-6  # zero background stays zero
     assert abs(float(a.mean()) - float(x.mean())) < 0.3 * float(x.mean())
+
+
+def test_loading_a_model_file_does_not_import_training(dataset, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "tiny.safetensors"
+    _run(_cfg(dataset, out, method="relation", episodes=2, val_data=None, rotations=False))
+    code = (
+        "import sys\n"
+        "from fewshot_gui.core.models.bundle import load_model\n"
+        f"b = load_model({str(out)!r})\n"
+        "bb, m = b.make_backbone(), b.make_method()\n"
+        "assert bb.dim > 0 and m is not None\n"
+        "print(sorted(n for n in sys.modules if n.startswith('fewshot_gui.core.training')))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

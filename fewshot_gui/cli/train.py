@@ -6,15 +6,16 @@ Examples::
     fewshot train --method protonet --backbone conv4 \\
         --data ../shared/data/omniglot/images_background_small1.zip --rotations --within-group \\
         --val-data "../shared/data/omniglot/images_background_small2.zip::Japanese_(katakana),Sanskrit,Tagalog" \\
-        --way 20 --shot 1 --query 5 --episodes 3000 --out omniglot-conv4-protonet.fsm
+        --way 20 --shot 1 --query 5 --episodes 3000 --out omniglot-conv4-protonet.safetensors
 
     # Proto-MAML head on EfficientNet-Lite0 features of Caltech-101, 40% of classes held out
     fewshot train --method maml --backbone efficientnet-lite0 --data ../shared/data/caltech101 \\
-        --holdout 0.4 --way 5 --shot 5 --query 10 --out caltech-lite0-maml.fsm
+        --holdout 0.4 --way 5 --shot 5 --query 10 --out caltech-lite0-maml.safetensors
 
 ``--data`` takes an ImageFolder directory (one sub-folder per class, or group/class) or an
-Omniglot-style zip; append ``::NAME1,NAME2`` to keep only those groups (alphabets). Repeat
-``--data`` for multi-task training, with ``--weights w1,w2`` as sampling weights.
+Omniglot-style zip; append ``::NAME1,NAME2`` to keep only those groups (alphabets) or, for a
+one-level folder, those classes. Repeat ``--data`` for multi-task training, with
+``--data-weights W1,W2`` as the share of episodes drawn from each.
 """
 
 from __future__ import annotations
@@ -23,81 +24,104 @@ import argparse
 import shlex
 import sys
 
+from fewshot_gui.cli.progress import ProgressBar
 from fewshot_gui.core.errors import DataError
+from fewshot_gui.core.jobs import run_job
+from fewshot_gui.core.training.config import TrainConfig
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("train", help="meta-train a model (protonet, maml, relation) into a model file",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", choices=("protonet", "maml", "relation"), default="protonet")
+    p.add_argument("--method", choices=("protonet", "maml", "relation"), default="protonet",
+                   help="what to meta-train (protonet: a Conv-4 only; default: protonet)")
     p.add_argument("--backbone", default="conv4",
-                   help="conv4 (trained from scratch on images) or a registered frozen backbone such as "
-                        "efficientnet-lite0 (a head is trained on its features)")
+                   help="conv4 (trained from scratch on images; default) or a registered frozen backbone such "
+                        "as efficientnet-lite0 (a maml or relation head is trained on its features; see "
+                        "`fewshot backbones`)")
     p.add_argument("--data", action="append", required=True, metavar="PATH",
                    help="training data (repeatable): ImageFolder dir or zip, optionally PATH::GROUP1,GROUP2")
-    p.add_argument("--weights", metavar="W1,W2", help="sampling weights, one per --data")
-    p.add_argument("--val-data", action="append", metavar="PATH", help="validation data (repeatable)")
+    p.add_argument("--data-weights", dest="data_weights", metavar="W1,W2",
+                   help="how often each --data set is drawn for an episode: one weight per --data "
+                        "(default: equal)")
+    p.add_argument("--weights", dest="data_weights", help=argparse.SUPPRESS)  # the option's former name
+    p.add_argument("--val-data", action="append", metavar="PATH",
+                   help="validation data (repeatable), same forms as --data")
     p.add_argument("--holdout", type=float, default=0.0, metavar="FRACTION",
                    help="hold out this fraction of each --data set's classes (seeded split); "
                         "validate on them when no --val-data")
-    p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--way", type=int, default=20)
-    p.add_argument("--shot", type=int, default=1)
-    p.add_argument("--query", type=int, default=5, help="queries per class")
-    p.add_argument("--episodes", type=int, default=2000, help="training episodes (tasks) in all")
-    p.add_argument("--meta-batch", type=int, default=None, help="episodes per update (default 1; MAML 4)")
-    p.add_argument("--within-group", action="store_true", help="every class of an episode from one group (alphabet)")
-    p.add_argument("--rotations", action="store_true", help="rotate whole classes by 90/180/270 degrees as new classes")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the --holdout class split (default: 0)")
+    p.add_argument("--way", type=int, default=20, help="classes per training episode (default: 20)")
+    p.add_argument("--shot", type=int, default=1, help="support images per class (default: 1)")
+    p.add_argument("--query", type=int, default=5, help="query images per class (default: 5)")
+    p.add_argument("--episodes", type=int, default=2000, help="training episodes (tasks) in all (default: 2000)")
+    p.add_argument("--meta-batch", type=int, default=None,
+                   help="episodes per update (default: 4 for MAML on conv4, else 1)")
+    p.add_argument("--within-group", action="store_true",
+                   help="every class of an episode from one group (e.g. one alphabet)")
+    p.add_argument("--rotations", action="store_true",
+                   help="training classes rotated by 90/180/270 degrees are classes of their own "
+                        "(at most one rotation of a class per episode)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the initial weights, the episodes and the augmentation (default: 0)")
     p.add_argument("--augment", type=float, default=0.0, metavar="STRENGTH",
                    help="random affine distortion of training images (1 = +-10 deg, +-10%% scale, +-2 px); 0 = off")
     p.add_argument("--lr", type=float, default=1e-3, help="outer (Adam) learning rate, cosine-annealed")
-    p.add_argument("--val-every", type=int, default=500, metavar="EPISODES")
-    p.add_argument("--val-episodes", type=int, default=100)
-    p.add_argument("--val-way", type=int)
-    p.add_argument("--val-shot", type=int)
-    p.add_argument("--val-query", type=int)
-    p.add_argument("--val-random", action="store_true", help="validate on random (not within-group) episodes")
-    p.add_argument("--size", type=int, default=28, help="Conv-4 input size (pixels)")
+    p.add_argument("--val-every", type=int, default=500, metavar="EPISODES",
+                   help="validate every EPISODES training episodes, and at the end (default: 500)")
+    p.add_argument("--val-episodes", type=int, default=100, help="episodes per validation (default: 100)")
+    p.add_argument("--val-way", type=int, help="classes per validation episode (default: --way)")
+    p.add_argument("--val-shot", type=int, help="support images per class in validation (default: --shot)")
+    p.add_argument("--val-query", type=int, help="query images per class in validation (default: --query)")
+    p.add_argument("--val-random", action="store_true",
+                   help="validate on episodes mixing groups even with --within-group")
+    p.add_argument("--size", type=int, default=28, help="Conv-4 input size: images are squashed to SIZE x SIZE "
+                   "pixels (default: 28)")
     p.add_argument("--rgb", action="store_true", help="Conv-4 on colour images (default: greyscale)")
-    p.add_argument("--no-invert", action="store_true", help="do not invert grey images (default: invert for zips)")
-    p.add_argument("--hidden", type=int, default=64, help="Conv-4 channels")
+    p.add_argument("--no-invert", action="store_true",
+                   help="do not invert images (default: invert when every --data is a zip, as for Omniglot)")
+    p.add_argument("--hidden", type=int, default=64, help="Conv-4 channels per block (default: 64)")
     g = p.add_argument_group("MAML")
-    g.add_argument("--steps", type=int, default=5, help="inner-loop gradient steps")
+    g.add_argument("--steps", type=int, default=5, help="inner-loop gradient steps (default: 5)")
     g.add_argument("--test-steps", type=int, help="inner steps at test time (default: --steps)")
-    g.add_argument("--inner-lr", type=float, default=0.1)
-    g.add_argument("--first-order", action="store_true")
+    g.add_argument("--inner-lr", type=float, default=0.1,
+                   help="inner-loop learning rate (the starting value with --learn-lr; default: 0.1)")
+    g.add_argument("--first-order", action="store_true", help="first-order MAML (no second derivatives)")
     g.add_argument("--learn-lr", action="store_true", help="learned per-parameter inner rates (Meta-SGD)")
     g.add_argument("--head-init", choices=("zero", "proto"),
                    help="head initialisation per task (default: zero for conv4, proto = Proto-MAML for heads)")
     g.add_argument("--neck-rank", type=int, default=0,
                    help="head mode: rank of the meta-learned low-rank feature transform (0: per-dimension gains only)")
     g = p.add_argument_group("Relation Network")
-    g.add_argument("--loss", choices=("mse", "ce"), default="mse")
-    p.add_argument("--checkpoint", metavar="FILE", help="checkpoint file (default: OUT.ckpt)")
-    p.add_argument("--checkpoint-every", type=int, metavar="EPISODES")
-    p.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its checkpoint")
-    p.add_argument("--cache-dir", metavar="DIR", help="embedding cache for frozen backbones")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--out", required=True, metavar="MODEL", help="model file to write (.fsm)")
+    g.add_argument("--loss", choices=("mse", "ce"), default="mse",
+                   help="mse: sigmoid relation scores against one-hot targets (as Sung et al.); "
+                        "ce: cross-entropy over the scores (default: mse)")
+    p.add_argument("--checkpoint", metavar="FILE", help="checkpoint file (default: OUT.ckpt; removed at the end)")
+    p.add_argument("--checkpoint-every", type=int, metavar="EPISODES",
+                   help="write the checkpoint every EPISODES training episodes (default: --val-every)")
+    p.add_argument("--resume", metavar="CHECKPOINT",
+                   help="continue an interrupted run from its checkpoint (give the same options)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="embedding cache for frozen backbones (default: $FEWSHOT_CACHE_DIR or the user cache dir)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", required=True, metavar="MODEL",
+                   help="model file to write, e.g. my-model.safetensors (load it with --model)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
-def config_from_args(args):
-    from fewshot_gui.core.training.metatrain import TrainConfig
-
+def config_from_args(args) -> TrainConfig:
     weights = None
-    if args.weights:
+    if args.data_weights:
         try:
-            weights = [float(w) for w in args.weights.split(",")]
+            weights = [float(w) for w in args.data_weights.split(",")]
         except ValueError:
-            raise DataError(f"--weights {args.weights!r}: give numbers separated by commas") from None
+            raise DataError(f"--data-weights {args.data_weights!r}: give numbers separated by commas") from None
         if len(weights) != len(args.data):
-            raise DataError(f"--weights has {len(weights)} numbers for {len(args.data)} --data sets")
+            raise DataError(f"--data-weights has {len(weights)} numbers for {len(args.data)} --data sets")
     meta_batch = args.meta_batch or (4 if args.method == "maml" and args.backbone == "conv4" else 1)
     return TrainConfig(
-        method=args.method, backbone=args.backbone, data=list(args.data), weights=weights,
+        method=args.method, backbone=args.backbone, data=list(args.data), data_weights=weights,
         val_data=args.val_data, holdout=args.holdout, split_seed=args.split_seed, way=args.way,
         shot=args.shot, query=args.query, episodes=args.episodes, within_group=args.within_group,
         rotations=args.rotations, seed=args.seed, val_every=args.val_every, val_episodes=args.val_episodes,
@@ -118,9 +142,7 @@ def _argv_tail() -> list[str]:
 
 
 def run(args) -> int:
-    from fewshot_gui.core.jobs import run_job
-    from fewshot_gui.core.training.metatrain import ValidationResult, meta_train
-    from fewshot_gui.cli.progress import ProgressBar
+    from fewshot_gui.core.training.loop import ValidationResult, meta_train  # lazy: torch, only when training
 
     bar = ProgressBar(enabled=None if not args.quiet else False)
 
@@ -139,13 +161,3 @@ def run(args) -> int:
         print(f"validation accuracy: {v['accuracy']:.2f} ± {v['ci95']:.2f} (95% CI, {v['episodes']} episodes, "
               f"{v['protocol']})")
     return 0
-
-
-def main(argv=None) -> int:  # python -m fewshot_gui.cli.train ...
-    from fewshot_gui.cli import main as cli_main
-
-    return cli_main(["train"] + list(sys.argv[1:] if argv is None else argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,13 +15,19 @@ Batch norm has two modes:
 
 The module holds no state besides parameters and (in "running" mode) BN buffers, so
 ``functional_call(model, params, (x,))`` with a dict of (possibly non-leaf) tensors works.
+
+:class:`ImageSpec` says how an image becomes a Conv-4 input (stored in model files);
+:class:`Conv4Backbone` wraps a trained Conv-4 as a Backbone for labeling and evaluation.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 
@@ -98,3 +104,87 @@ def build_conv4(config: dict) -> Conv4:
     return Conv4(in_channels=int(config.get("in_channels", 1)), hidden=int(config.get("hidden", 64)),
                  pools=tuple(config.get("pools", (True,) * 4)), bn=str(config.get("bn", "running")),
                  flatten=bool(config.get("flatten", True)))
+
+
+@dataclass
+class ImageSpec:
+    """How images become Conv-4 inputs: squash-resize to ``size`` (Lanczos), grey (1 channel) or
+    RGB, optional inversion (Omniglot: strokes become bright), then ``(x - mean) / std`` per
+    channel. Stored in a model file's ``meta["input"]``."""
+
+    size: int = 28
+    channels: int = 1
+    invert: bool = True
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"size": self.size, "channels": self.channels, "invert": self.invert,
+                "mean": list(self.mean), "std": list(self.std), "resize": "squash-lanczos"}
+
+    @classmethod
+    def from_meta(cls, m: dict[str, Any]) -> "ImageSpec":
+        return cls(int(m["size"]), int(m["channels"]), bool(m["invert"]), tuple(m["mean"]), tuple(m["std"]))
+
+    def to_uint8(self, img: Image.Image) -> np.ndarray:
+        """(channels, size, size) uint8, resized and (optionally) inverted, not yet normalised."""
+        img = img.convert("L" if self.channels == 1 else "RGB")
+        img = img.resize((self.size, self.size), Image.LANCZOS)
+        a = np.array(img, dtype=np.uint8)
+        a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+        return 255 - a if self.invert else a
+
+    def normalise(self, u8: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S) uint8 -> float32 model input."""
+        x = u8.float() / 255.0
+        m = torch.tensor(self.mean, dtype=x.dtype).reshape(1, -1, 1, 1)
+        s = torch.tensor(self.std, dtype=x.dtype).reshape(1, -1, 1, 1)
+        return (x - m) / s
+
+    def preprocess(self, img: Image.Image) -> np.ndarray:
+        return self.normalise(torch.from_numpy(self.to_uint8(img))[None])[0].numpy()
+
+
+class Conv4Backbone:
+    """A meta-trained Conv-4 with the Backbone surface of :mod:`fewshot_gui.core.embed.backbones`:
+    ``preprocess(PIL) -> (3, S, S)`` float32 (grey images replicated to 3 channels, as that
+    surface asks), ``embed((B, 3, S, S)) -> (B, dim)`` (channels averaged back for 1-channel
+    models), ``key`` for the embedding cache."""
+
+    frozen = True
+    engine = "torch"
+
+    def __init__(self, module: nn.Module, spec: ImageSpec, name: str, key: str, device: str | None = None):
+        self.module = module.eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.spec = spec
+        self.name = name
+        self.key = key
+        self.input_size = spec.size
+        self.mean = tuple(spec.mean) * (3 // len(spec.mean))
+        self.std = tuple(spec.std) * (3 // len(spec.std))
+        self.device = device or "cpu"
+        self.module.to(self.device)
+        with torch.no_grad():
+            self.dim = int(self.module(torch.zeros(2, spec.channels, spec.size, spec.size,
+                                                   device=self.device)).flatten(1).shape[1])
+
+    def preprocess(self, img: Image.Image) -> np.ndarray:
+        x = self.spec.preprocess(img)
+        return np.repeat(x, 3, axis=0) if x.shape[0] == 1 else x
+
+    def to_model_input(self, batch: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        if x.shape[1] != self.spec.channels and self.spec.channels == 1:
+            x = x.mean(1, keepdim=True)
+        return x
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        if len(batch) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        with torch.no_grad():
+            return self.module(self.to_model_input(batch).to(self.device)).flatten(1).cpu().numpy()
+
+    def __repr__(self) -> str:
+        return f"Conv4Backbone({self.name!r}, dim={self.dim}, input={self.input_size})"

@@ -1,12 +1,15 @@
 """Episodic evaluation: mean accuracy over N-way K-shot Q-query episodes with a 95% CI.
 
-Protocol: ``episodes`` episodes drawn by :class:`~.episodes.EpisodeSampler` (seeded, deterministic);
-accuracy of an episode = fraction of its ``way * query`` queries labeled correctly; the result is
-the mean over episodes in %, with ``ci95 = 1.96 * std / sqrt(episodes)`` (``std`` = population
-standard deviation of the per-episode accuracies, ``np.std``).
+Protocol: ``episodes`` episodes drawn by
+:class:`~fewshot_gui.core.episodes.sampler.EpisodeSampler` (seeded, deterministic); accuracy of an
+episode = fraction of its ``way * query`` queries labeled correctly; the result is the mean over
+episodes in %, with ``ci95 = 1.96 * std / sqrt(episodes)`` (``std`` = population standard
+deviation of the per-episode accuracies, ``np.std``).
 
-* :func:`evaluate_episodes` — the generic loop: a sampler plus ``run_episode(episode) -> accuracy``
-  (used by methods on images, e.g. MAML on Conv-4, and by meta-training validation).
+* :func:`iter_evaluate_episodes` — the generic loop as a job: a sampler plus
+  ``run_episode(episode) -> accuracy``; yields :class:`~fewshot_gui.core.jobs.Progress` and returns
+  the result (meta-training validation runs it inside the training job);
+  :func:`evaluate_episodes` runs it with a progress callback.
 * :func:`evaluate_features` — episodes over precomputed embeddings with a feature method.
 * :func:`evaluate_dataset` — a folder (ImageFolder layout) or zip data set: embeds every image
   once through the backbone (cached) and evaluates on the features; methods whose
@@ -18,13 +21,18 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
 
-from fewshot_gui.core.episodes.sampler import Episode, EpisodeSampler, LabelIndex
-from fewshot_gui.core.errors import DataError
-from fewshot_gui.core.jobs import CancelToken, Progress
+from fewshot_gui.core.embed.backbones import DEFAULT_BACKBONE, get_backbone
+from fewshot_gui.core.embed.cache import EmbeddingCache
+from fewshot_gui.core.embed.pipeline import embed_paths
+from fewshot_gui.core.episodes.sampler import Episode, EpisodeSampler, LabelIndex, rotate_image
+from fewshot_gui.core.errors import DataError, ImageLoadError
+from fewshot_gui.core.fewshot import FewShotMethod, get_method
+from fewshot_gui.core.io.datasets import open_dataset
+from fewshot_gui.core.jobs import CancelToken, Progress, run_job
 
 ProgressFn = Callable[[Progress], None]
 
@@ -66,10 +74,11 @@ def _result(accs: list[float], sampler: EpisodeSampler | None, **info: Any) -> E
                       query=getattr(sampler, "query", 0), info=info)
 
 
-def evaluate_episodes(sampler: EpisodeSampler, run_episode: Callable[[Episode], float], episodes: int,
-                      progress: ProgressFn | None = None, cancel: CancelToken | None = None,
-                      stage: str = "evaluating", start: int = 0) -> EvalResult:
-    """Run ``run_episode`` on episodes ``start .. start+episodes-1``; it returns accuracy in [0, 1]."""
+def iter_evaluate_episodes(sampler: EpisodeSampler, run_episode: Callable[[Episode], float], episodes: int,
+                           cancel: CancelToken | None = None, stage: str = "evaluating", start: int = 0
+                           ) -> Generator[Progress, None, EvalResult]:
+    """Run ``run_episode`` (accuracy in [0, 1]) on episodes ``start .. start+episodes-1``;
+    yields a :class:`Progress` after each episode and returns the :class:`EvalResult`."""
     if episodes < 1:
         raise DataError("need at least one episode")
     accs: list[float] = []
@@ -77,15 +86,19 @@ def evaluate_episodes(sampler: EpisodeSampler, run_episode: Callable[[Episode], 
         if cancel is not None:
             cancel.raise_if_cancelled()
         accs.append(float(run_episode(ep)))
-        if progress is not None:
-            progress(Progress(stage, k + 1, episodes))
+        yield Progress(stage, k + 1, episodes)
     return _result(accs, sampler)
+
+
+def evaluate_episodes(sampler: EpisodeSampler, run_episode: Callable[[Episode], float], episodes: int,
+                      progress: ProgressFn | None = None, cancel: CancelToken | None = None,
+                      stage: str = "evaluating", start: int = 0) -> EvalResult:
+    """:func:`iter_evaluate_episodes` with a ``progress`` callback."""
+    return run_job(iter_evaluate_episodes(sampler, run_episode, episodes, cancel, stage, start), progress)
 
 
 def _factory(method: Any) -> Callable[[], Any]:
     """A fresh-method factory from a name, an instance (deep-copied) or a factory."""
-    from fewshot_gui.core.fewshot import FewShotMethod, get_method
-
     if method is None:
         return lambda: get_method("protonet")
     if isinstance(method, str):
@@ -122,8 +135,8 @@ def evaluate_features(features: np.ndarray, labels: Sequence[Any], way: int, sho
     """Episodic evaluation on embeddings ``features`` (N, D) with per-row ``labels``.
 
     ``method_factory``: a method name, an instance (deep-copied per episode) or a callable
-    returning a fresh :class:`~.methods.FewShotMethod`; default ProtoNet. Rows with non-finite
-    features must be dropped by the caller (:func:`evaluate_dataset` does it).
+    returning a fresh :class:`~fewshot_gui.core.fewshot.FewShotMethod`; default ProtoNet. Rows
+    with non-finite features must be dropped by the caller (:func:`evaluate_dataset` does it).
     """
     features = np.asarray(features)
     if features.ndim != 2 or len(features) != len(labels):
@@ -143,8 +156,6 @@ def image_episode_runner(dataset: Any, backbone: Any, method_factory: Callable[[
     Images are loaded from ``dataset`` (rotated for rotated classes) and preprocessed with
     ``backbone.preprocess``; the method gets float32 arrays.
     """
-    from fewshot_gui.core.episodes.sampler import rotate_image
-
     def batch(items: list[tuple[int, int, int]]) -> np.ndarray:
         return np.stack([np.asarray(backbone.preprocess(rotate_image(dataset.load(c, i), r)), np.float32)
                          for c, i, r in items])
@@ -163,19 +174,16 @@ def embed_dataset(dataset: Any, backbone: Any, cache: Any = None, progress: Prog
                   ) -> tuple[np.ndarray, np.ndarray, dict[int, str], list]:
     """Embed every image of a data set once.
 
-    Folder data sets go through :func:`~.embed.embed_paths` (decoding overlapped, cached); other
-    data sets (zips) are decoded with ``dataset.load`` and embedded in batches, uncached.
+    Folder data sets go through :func:`~fewshot_gui.core.embed.pipeline.embed_paths` (decoding
+    overlapped, cached); other data sets (zips) are decoded with ``dataset.load`` and embedded in
+    batches, uncached.
     Returns ``(features, labels, errors, names)`` for all images; failed rows are NaN and listed
     in ``errors`` (index -> message).
     """
     if hasattr(dataset, "paths"):
-        from fewshot_gui.core.embed.pipeline import embed_paths
-
         paths, labels = dataset.paths()
         feats, errors = embed_paths(paths, backbone, cache=cache, progress=progress, cancel=cancel)
         return np.asarray(feats), labels, dict(errors), paths
-    from fewshot_gui.core.errors import ImageLoadError
-
     pairs, labels = dataset.flat_items()
     feats = np.full((len(pairs), backbone.dim), np.nan, np.float32)
     errors: dict[int, str] = {}
@@ -205,19 +213,15 @@ def evaluate_dataset(dataset_dir: Any, backbone: Any = None, method: Any = None,
     """Episodic evaluation over a labeled data set.
 
     ``dataset_dir``: a folder with one sub-folder per class, one or several Omniglot-style zips
-    (see :mod:`.datasets`), or a data-set object. ``backbone``: a :class:`~.backbones.Backbone` or
-    a backbone name (default efficientnet-lite0). ``method`` / ``method_name``: a name, a method
+    (see :mod:`fewshot_gui.core.io.datasets`), or a data-set object. ``backbone``: a
+    :class:`~fewshot_gui.core.embed.backbones.Backbone` or a backbone name (default efficientnet-lite0). ``method`` / ``method_name``: a name, a method
     instance or a factory (default ProtoNet). ``cache``: an ``EmbeddingCache``; else one is made
     under ``cache_dir`` (or the default cache dir) unless ``use_cache=False`` (folders only).
     ``within_group``: every class of an episode from one group (zips: one alphabet);
     ``rotations``: rotated classes (image methods only). Images that fail to load are left out
     (counted in ``result.info["failed"]``); a class then needs ``shot + query`` good images.
     """
-    from fewshot_gui.core.io.datasets import open_dataset
-
     if backbone is None or isinstance(backbone, str):
-        from fewshot_gui.core.embed.backbones import DEFAULT_BACKBONE, get_backbone
-
         backbone = get_backbone(backbone or DEFAULT_BACKBONE)
     factory = _factory(method if method is not None else method_name)
     kind = getattr(factory(), "input_kind", "features")
@@ -237,8 +241,6 @@ def evaluate_dataset(dataset_dir: Any, backbone: Any = None, method: Any = None,
         raise DataError("rotated classes are only supported for methods on images, not on cached features")
 
     if cache is None and use_cache and hasattr(dataset, "paths"):
-        from fewshot_gui.core.embed.cache import EmbeddingCache
-
         cache = EmbeddingCache(Path(cache_dir) if cache_dir is not None else None, backbone.key)
     feats, labels, errors, _ = embed_dataset(dataset, backbone, cache=cache, progress=progress, cancel=cancel)
     good = np.all(np.isfinite(feats), axis=1) if len(feats) else np.zeros(0, bool)

@@ -18,16 +18,17 @@ Options:
 Sampling is deterministic: episode ``i`` of a sampler with seed ``s`` depends only on ``(s, i)``
 (:meth:`EpisodeSampler.episode`), so a resumed meta-training run sees the same tasks.
 
-``materialize_episode`` turns an episode over a data set (``load(class, item) -> PIL.Image``) into
-tensors through a transform, for meta-training.
+:class:`LabelIndex` locates an episode's rows in an array of per-row labels (feature matrices,
+in-memory image sets).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
+from PIL import Image
 
 from fewshot_gui.core.errors import DataError
 
@@ -190,9 +191,6 @@ class EpisodeSampler:
                    within_group=within_group, rotations=rotations, class_names=dataset.classes, **kw)
 
 
-TaskSampler = EpisodeSampler  # the name used in docs/ARCHITECTURE.md
-
-
 class LabelIndex:
     """Maps arbitrary per-row labels to classes 0..C-1 and each class's rows (for feature arrays)."""
 
@@ -221,31 +219,8 @@ class LabelIndex:
 
 def rotate_image(img: Any, k: int) -> Any:
     """Rotate a PIL image counter-clockwise by ``90 * k`` degrees (exact, no resampling)."""
-    from PIL import Image
-
     k %= 4
     if k == 0:
         return img
     return img.transpose({1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180,
                           3: Image.Transpose.ROTATE_270}[k])
-
-
-def materialize_episode(dataset: Any, episode: Episode, transform: Callable[[Any], Any]):
-    """Load an episode's images and stack them as tensors for meta-training.
-
-    ``dataset.load(class_idx, item_idx) -> PIL.Image``; ``transform(PIL.Image)`` returns a tensor
-    (C, H, W) or an array. Rotated classes are rotated before the transform. Returns
-    ``(support_x, support_y, query_x, query_y)`` as torch tensors, class-major order.
-    """
-    import torch
-
-    def stack(items: list[tuple[int, int, int]]) -> "torch.Tensor":
-        xs = [transform(rotate_image(dataset.load(c, i), r)) for c, i, r in items]
-        xs = [x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x)) for x in xs]
-        return torch.stack(xs) if xs else torch.empty(0)
-
-    sx = stack(episode.support_items())
-    qx = stack(episode.query_items())
-    sy = torch.as_tensor(episode.support_labels, dtype=torch.long)
-    qy = torch.as_tensor(episode.query_labels, dtype=torch.long)
-    return sx, sy, qx, qy

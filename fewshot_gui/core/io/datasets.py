@@ -1,7 +1,7 @@
 """Labeled data sets for episodic evaluation and meta-training.
 
-Every data set exposes the same small surface, which :class:`~.episodes.EpisodeSampler` and
-meta-training use:
+Every data set exposes the same small surface, which
+:class:`~fewshot_gui.core.episodes.sampler.EpisodeSampler` and meta-training use:
 
 * ``classes: list[str]`` — class names (``"accordion"``, ``"Greek/character01"``)
 * ``groups: list[str]`` — the group (parent folder) of every class, e.g. the Omniglot alphabet
@@ -15,6 +15,8 @@ meta-training use:
 background sets (``<set>/<Alphabet>/<characterNN>/<id>_<drawer>.png``): class =
 ``<Alphabet>/<characterNN>``, group = alphabet. Classes with the same name in several zips are
 the same class and read once (the two small Omniglot background sets share Greek and Latin).
+:func:`open_data_spec` opens either from a ``PATH::GROUP1,GROUP2`` string (the form the
+command line takes), keeping only the named groups.
 
 :func:`split_classes` makes a seeded class split (e.g. Caltech-101 classes for meta-training vs
 evaluation), so evaluation classes are never training classes.
@@ -106,8 +108,8 @@ class _Base:
 class ImageFolderDataset(_Base):
     """``root/<class>/…images…`` (``depth=1``) or ``root/<group>/<class>/…`` (``depth=2``).
 
-    With ``depth=1`` the group of every class is ``""`` (one group) unless ``groups`` maps class
-    names to groups. ``include_groups`` / ``exclude_groups`` filter classes by group.
+    With ``depth=1`` the group of every class is ``""`` (one group). ``include_groups`` /
+    ``exclude_groups`` filter classes by group.
     """
 
     def __init__(self, root: str | Path, depth: int = 1, mode: str = "RGB",
@@ -296,6 +298,54 @@ def open_dataset(path: str | Path | Sequence[str | Path], **kw) -> ImageFolderDa
     if p.suffix.lower() == ".zip":
         return ZipDataset(p, **kw)
     return ImageFolderDataset(p, **kw)
+
+
+def parse_data_spec(spec: str | Path) -> tuple[Path, list[str] | None]:
+    """``"PATH"`` or ``"PATH::NAME1,NAME2"`` -> (path, names or None)."""
+    path, sep, names = str(spec).partition("::")
+    return Path(path), ([n.strip() for n in names.split(",") if n.strip()] if sep else None)
+
+
+def _folder_depth(root: Path) -> int:
+    """2 when no sub-folder of ``root`` holds images directly but some hold folders
+    (``<group>/<class>/`` layout), else 1."""
+    exts = image_extensions()
+    nested = False
+    for sub in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        for entry in sub.iterdir():
+            if entry.name.startswith("."):
+                continue
+            if entry.is_file() and entry.suffix.lower() in exts:
+                return 1
+            nested = nested or entry.is_dir()
+    return 2 if nested else 1
+
+
+def open_data_spec(spec: str | Path, mode: str = "RGB") -> ImageFolderDataset | ZipDataset:
+    """The data set a ``PATH[::NAME1,NAME2]`` string names.
+
+    ``PATH`` is an ImageFolder folder (``<class>/`` or ``<group>/<class>/``, found out from the
+    folder) or an Omniglot-style zip (``<set>/<group>/<class>/``). The names after ``::`` keep
+    only those groups (e.g. alphabets) or, for a one-level folder, those classes.
+    """
+    path, names = parse_data_spec(spec)
+    if not path.exists():
+        raise DataError(f"{path}: data set not found; give an ImageFolder directory or an Omniglot-style zip")
+    if path.is_file():
+        if not zipfile.is_zipfile(path):
+            raise DataError(f"{path}: not a zip file or folder; give an ImageFolder directory or a zip")
+        return ZipDataset(path, mode=mode, include_groups=names)
+    if _folder_depth(path) == 2:
+        return ImageFolderDataset(path, depth=2, mode=mode, include_groups=names)
+    ds = ImageFolderDataset(path, mode=mode)
+    if names is None:
+        return ds
+    missing = [n for n in names if n not in ds.classes]
+    if missing:
+        raise DataError(f"{path}: no class named {', '.join(map(repr, missing))}; "
+                        f"available: {', '.join(ds.classes)}")
+    keep = set(names)
+    return ds.subset([c for c in ds.classes if c in keep])
 
 
 @dataclass(frozen=True)

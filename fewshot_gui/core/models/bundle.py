@@ -4,13 +4,15 @@
 
 * ``make_backbone(device=None)``: a Backbone (``name``, ``key``, ``input_size``, ``mean``,
   ``std``, ``dim``, ``device``, ``preprocess(PIL) -> (3, S, S) float32``, ``embed(batch) ->
-  (B, D)``) for Conv-4 models, or the named large backbone (via
-  :func:`fewshot_gui.core.embed.backbones.get_backbone`) for heads trained on its features;
-* ``make_method(**opts)``: the meta-trained :class:`FewShotMethod` (MAML, Relation) or, for a
+  (B, D)``): a :class:`~fewshot_gui.core.embed.conv4.Conv4Backbone` for Conv-4 models, or the
+  named large backbone (via :func:`fewshot_gui.core.embed.backbones.get_backbone`) for heads
+  trained on its features;
+* ``make_method()``: the meta-trained :class:`FewShotMethod` (MAML, Relation) or, for a
   ProtoNet-trained backbone, a ProtoNet configured like training (squared Euclidean, no
   normalisation); None when the method is unknown.
 
-The file format itself is :mod:`fewshot_gui.core.models.format`.
+The file format is :mod:`fewshot_gui.core.models.format`; the networks are
+:mod:`fewshot_gui.core.models.nets`.
 """
 
 from __future__ import annotations
@@ -20,15 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from fewshot_gui.core.embed.backbones import get_backbone
+from fewshot_gui.core.embed.conv4 import Conv4Backbone, ImageSpec
 from fewshot_gui.core.errors import ModelFileError
+from fewshot_gui.core.fewshot import FewShotMethod, get_method
 from fewshot_gui.core.models.format import file_digest, read_model_file
-
-
-def _sub(tensors: dict[str, np.ndarray], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: torch.from_numpy(v.copy()) for k, v in tensors.items() if k.startswith(prefix)}
-
+from fewshot_gui.core.models.nets import embedding_module, load_net
 
 
 @dataclass
@@ -45,35 +45,18 @@ class ModelBundle:
     def make_backbone(self, device: str | None = None):
         kind = self.meta.get("backbone")
         if kind == "conv4":
-            from fewshot_gui.core.training.metatrain import Conv4Backbone, ImageSpec, build_model_from_meta
-
-            model = build_model_from_meta(self.meta, self.tensors)
-            spec = ImageSpec.from_meta(self.meta["input"])
+            net = load_net(self.meta, self.tensors, self.path)
             name = Path(self.path).stem
-            return Conv4Backbone(model.embedding_module(), spec, name=name,
+            return Conv4Backbone(embedding_module(net), ImageSpec.from_meta(self.meta["input"]), name=name,
                                  key=f"conv4-{name}-{self.digest}", device=device)
-        from fewshot_gui.core.embed.backbones import get_backbone
+        return get_backbone(kind, device=device)
 
-        try:
-            return get_backbone(kind, device=device)
-        except TypeError:
-            return get_backbone(kind)
-
-    def make_method(self, **opts: Any):
-        from fewshot_gui.core.training.metatrain import build_model_from_meta
-        from fewshot_gui.core.fewshot import get_method
-
+    def make_method(self) -> FewShotMethod | None:
         method = self.method
         if method == "protonet":
-            try:
-                return get_method("protonet", normalize="none", temperature=1.0, **opts)
-            except Exception:  # ProtoNet not available or different options
-                return None
+            return get_method("protonet", normalize="none", temperature=1.0)
         if method in ("maml", "relation"):
-            model = build_model_from_meta(self.meta, self.tensors)
-            if method == "maml":
-                return get_method("maml", net=model.net, **opts)
-            return get_method("relation", net=model.net, **opts)
+            return get_method(method, net=load_net(self.meta, self.tensors, self.path))
         return None
 
 
