@@ -15,7 +15,7 @@ after the other (interleaved, so that a shared CPU slows all of them alike):
 
 It prints medians over the runs in images/s and the ratios e2e/naive, e2e/model-only and
 warm/cold, then the peak RSS of a separate process that labels ``--rss-images`` images with
-``core.labeling.label_folder`` (cold cache). Startup (building the backbone, exporting ONNX)
+``fewshot_gui.core.session.job.label_folder`` (cold cache). Startup (building the backbone, exporting ONNX)
 is reported apart and not part of the throughput figures.
 """
 
@@ -121,7 +121,8 @@ def rss_child(folder: Path, n: int, backbone_name: str, engine: str) -> None:
     from fewshot_gui.core.embed.backbones import get_backbone
     from fewshot_gui.core.embed.cache import EmbeddingCache
     from fewshot_gui.core.io.images import scan_class_folders
-    from fewshot_gui.core.session.job import label_folder, run_job
+    from fewshot_gui.core.jobs import run_job
+    from fewshot_gui.core.session.job import label_folder
 
     classes = scan_class_folders(folder)
     support = {c: ps[:1] for c, ps in list(classes.items())[:5]}
@@ -175,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
     import torch
 
-    from fewshot_gui.core.embed.backbones import get_backbone, physical_cores
+    from fewshot_gui.core.embed.backbones import get_backbone
+    from fewshot_gui.core.embed.hardware import physical_cores
     from fewshot_gui.core.io.images import load_image, scan_folder
 
     all_paths = scan_folder(folder)

@@ -18,7 +18,7 @@ import sqlite3
 import stat
 import threading
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -291,7 +291,3 @@ class EmbeddingCache:
 
         with self._lock:
             return self._guard(run, 0)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._guard(lambda c: c.execute("DELETE FROM vec"), None)
