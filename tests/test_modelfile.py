@@ -78,6 +78,22 @@ def test_the_file_is_plain_safetensors_with_the_metadata_as_json_text(tmp_path):
     _assert_same_tensors(dict(sorted(load_file(str(p)).items())), _tensors())
 
 
+@pytest.mark.parametrize("header_len", [0x0280, 0x0380, 0x0480, 0x0580])
+def test_header_lengths_that_start_like_a_pickle_still_load(tmp_path, header_len):
+    # 640 bytes is b"\x80\x02" little-endian, the start of a protocol-2 pickle
+    p = tmp_path / "m.safetensors"
+
+    def write(pad: int) -> int:
+        save_model(p, {"w": np.ones(3, np.float32)}, {**MODEL_META, "pad": "x" * pad})
+        return struct.unpack("<Q", p.read_bytes()[:8])[0]
+
+    first = max(0, header_len - write(0) - 8)
+    next(pad for pad in range(first, first + 24) if write(pad) >= header_len)
+    assert struct.unpack("<Q", p.read_bytes()[:8])[0] == header_len
+    meta, tensors = read_model_file(p)
+    assert meta["method"] == "protonet" and tensors["w"].tolist() == [1, 1, 1]
+
+
 def test_write_is_atomic_and_refuses_unsupported_dtypes(tmp_path):
     p = tmp_path / f"m{EXTENSION}"
     save_model(p, {"w": torch.ones(3)}, MODEL_META)

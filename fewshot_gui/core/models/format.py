@@ -22,7 +22,7 @@ dtypes are F32, F16, F64, I64, I32, U8 and BOOL.
 Reading
 -------
 :func:`read_model_file` returns ``(meta, tensors)``; tensors are numpy arrays, in name order. The
-bytes are parsed by the safetensors library (never by pickle). It refuses, with a
+bytes are parsed by the safetensors library (never by pickle). Reading refuses, with a
 :class:`ModelFileError` that names the file and says what to do:
 
 * a Python pickle, or a ``torch.save`` checkpoint (a zip archive of pickles, or a bare pickle in
@@ -30,7 +30,7 @@ bytes are parsed by the safetensors library (never by pickle). It refuses, with 
   bytes and never opened further;
 * a file too short to hold a header, a header length of 0, a header length over
   :data:`MAX_HEADER_BYTES`, or a header length that runs past the end of the file: checked here
-  before anything is read or allocated;
+  from the first bytes, before the header is read;
 * a header that is not JSON, tensors whose byte ranges are out of range, overlap, leave gaps or do
   not match their shape and dtype, a size that overflows, a truncated or padded data section:
   checked by the safetensors library when it opens the file (it maps the file and allocates
@@ -102,11 +102,11 @@ def read_model_file(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndar
     path = Path(path)
     with _open_model_file(path) as fh:
         size = os.fstat(fh.fileno()).st_size
-        lead = _read(path, fh, 8)
-    if lead == LEGACY_MAGIC:
+        lead = _read(path, fh, 9)
+    if lead[:8] == LEGACY_MAGIC:
         return read_legacy_model_file(path)
     _refuse_foreign(path, lead, size)
-    (header_len,) = struct.unpack("<Q", lead)
+    (header_len,) = struct.unpack("<Q", lead[:8])
     _check_header_length(path, header_len, 8, size)
     try:
         with safe_open(str(path), framework="numpy") as f:
@@ -159,8 +159,13 @@ def _read(path: Path, fh: IO[bytes], n: int) -> bytes:
 
 
 def _refuse_foreign(path: Path, lead: bytes, size: int) -> None:
-    """Refuse pickles, torch.save checkpoints and files too short to be model files."""
-    if lead[:2] in _PICKLE_PROTOCOLS or lead[:4] == _ZIP_MAGIC:
+    """Refuse pickles, torch.save checkpoints and files too short to be model files, from the
+    first 9 bytes. A safetensors header length can begin with a pickle's first two bytes (640
+    bytes is 0x0280), so a file whose start reads as a plausible header length followed by
+    ``{`` is left to the safetensors checks."""
+    header_len = int.from_bytes(lead[:8], "little")
+    plausible_safetensors = 0 < header_len <= MAX_HEADER_BYTES and lead[8:9] == b"{"
+    if not plausible_safetensors and (lead[:2] in _PICKLE_PROTOCOLS or lead[:4] == _ZIP_MAGIC):
         kind = "a torch.save checkpoint (a zip archive of pickles)" if lead[:4] == _ZIP_MAGIC else \
             "a Python pickle (or a torch.save checkpoint)"
         raise ModelFileError(f"{path}: this is {kind}; loading a pickle can run arbitrary code, so it is "
