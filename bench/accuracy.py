@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -25,13 +24,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fewshot_gui.core.training.metatrain import (EpisodeData, EpisodeSpec, ImageSpec, OMNIGLOT_TEST_ALPHABETS,  # noqa: E402
-                                        check_data, load_feature_set, load_image_set, sample_episode,
-                                        split_classes)
+from fewshot_gui.core.embed.backbones import get_backbone  # noqa: E402
+from fewshot_gui.core.embed.conv4 import ImageSpec  # noqa: E402
+from fewshot_gui.core.episodes.evaluate import embed_dataset, evaluate_episodes  # noqa: E402
 from fewshot_gui.core.fewshot import get_method  # noqa: E402
+from fewshot_gui.core.io.datasets import open_data_spec, split_classes  # noqa: E402
+from fewshot_gui.core.jobs import run_job  # noqa: E402
 from fewshot_gui.core.models.bundle import load_model  # noqa: E402
+from fewshot_gui.core.training.data import EpisodeSet, load_features, load_images  # noqa: E402
 
 DATA = ROOT / ".." / "shared" / "data"
+OMNIGLOT_TEST_ALPHABETS = ("Japanese_(katakana)", "Sanskrit", "Tagalog")
 OMNI_TEST = f"{DATA / 'omniglot' / 'images_background_small2.zip'}::{','.join(OMNIGLOT_TEST_ALPHABETS)}"
 CALTECH = DATA / "caltech101"
 
@@ -51,19 +54,19 @@ PUBLISHED = {
 }
 
 
-def ci(accs: np.ndarray) -> tuple[float, float]:
-    return 100 * accs.mean(), 100 * 1.96 * accs.std() / math.sqrt(len(accs))
+def run_episodes(data: EpisodeSet, way: int, shot: int, within: bool, episodes: int, seed: int,
+                 fit_predict) -> tuple[float, float]:
+    """(accuracy %, 95% CI) over ``episodes`` seeded episodes of ``data``; ``fit_predict(support
+    rows, support labels, query rows, way) -> probabilities``."""
+    sampler = data.sampler(way, shot, QUERY, seed=seed, within_group=within, rotations=False)
 
+    def run(ep) -> float:
+        s_rows, q_rows = data.index.episode_rows(ep)
+        probs = fit_predict(s_rows, ep.support_labels, q_rows, ep.way)
+        return float(np.mean(np.asarray(probs).argmax(1) == ep.query_labels))
 
-def run_episodes(data: EpisodeData, ep: EpisodeSpec, episodes: int, seed: int, fit_predict) -> np.ndarray:
-    check_data(data, ep)
-    accs = np.zeros(episodes)
-    for i in range(episodes):
-        rng = np.random.default_rng([seed, 424242, i])
-        si, _, sy, qi, _, qy = sample_episode(data, ep, rng)
-        probs = fit_predict(si, sy, qi, ep.way)
-        accs[i] = (probs.argmax(1) == qy).mean()
-    return accs
+    res = evaluate_episodes(sampler, run, episodes)
+    return res.accuracy, res.ci95
 
 
 class ResultStore:
@@ -103,7 +106,7 @@ def eval_omniglot_model(path: Path, episodes: int, seed: int, log, transductive:
     backbone = bundle.make_backbone()
     method = bundle.make_method() or get_method("protonet", normalize="none", temperature=1.0)
     spec = ImageSpec.from_meta(bundle.meta["input"])
-    data = load_image_set(OMNI_TEST, spec)
+    data = run_job(load_images(OMNI_TEST, spec))
     x = spec.normalise(data.items).numpy()
     x3 = np.repeat(x, 3, axis=1) if x.shape[1] == 1 else x  # what backbone.preprocess hands out
     if method.input_kind == "features":
@@ -127,8 +130,7 @@ def eval_omniglot_model(path: Path, episodes: int, seed: int, log, transductive:
         if STORE.get(keys[(way, shot, within)]):
             out[(way, shot, within)] = STORE.get(keys[(way, shot, within)])
             continue
-        accs = run_episodes(data, EpisodeSpec(way, shot, QUERY, within), episodes, seed, fit_predict)
-        out[(way, shot, within)] = ci(accs)
+        out[(way, shot, within)] = run_episodes(data, way, shot, within, episodes, seed, fit_predict)
         STORE.put(keys[(way, shot, within)], out[(way, shot, within)])
         log(f"  {path.name} {way}-way {shot}-shot {'within' if within else 'random'}: "
             f"{out[(way, shot, within)][0]:.2f} ± {out[(way, shot, within)][1]:.2f} ({time.time() - t:.0f}s)")
@@ -137,23 +139,13 @@ def eval_omniglot_model(path: Path, episodes: int, seed: int, log, transductive:
 
 def eval_omniglot_backbone(name: str, episodes: int, seed: int, log) -> dict:
     """Reference row: the default ProtoNet on a frozen ImageNet backbone (no meta-training)."""
-    from fewshot_gui.core.embed.backbones import get_backbone
-    from fewshot_gui.core.training.metatrain import list_entries
-
     keys = {c: f"{name}+protonet|omniglot|{c[0]}w{c[1]}s{'W' if c[2] else 'R'}|{episodes}|{seed}" for c in OMNI_COLS}
     if all(STORE.get(k) for k in keys.values()):
         return {c: STORE.get(k) for c, k in keys.items()}
-    data = load_image_set(OMNI_TEST, ImageSpec())  # same items, labels and order as the Conv-4 rows
-    entries, _, opener = list_entries(OMNI_TEST)
-    bb = get_backbone(name)
-    feats = []
-    for i in range(0, len(entries), 32):
-        batch = []
-        for _, _, ref in entries[i:i + 32]:
-            with opener(ref) as im:
-                batch.append(bb.preprocess(im.convert("RGB")))
-        feats.append(bb.embed(np.stack(batch)))
-    feats = np.concatenate(feats)
+    data = run_job(load_images(OMNI_TEST, ImageSpec()))  # same items, labels and order as the Conv-4 rows
+    feats, _, errors, _ = embed_dataset(open_data_spec(OMNI_TEST), get_backbone(name))
+    if errors:
+        raise SystemExit(f"{len(errors)} Omniglot images failed to load, first: {next(iter(errors.values()))}")
     method = get_method("protonet")
 
     def fit_predict(si, sy, qi, way):
@@ -162,24 +154,19 @@ def eval_omniglot_backbone(name: str, episodes: int, seed: int, log) -> dict:
 
     out = {}
     for c in OMNI_COLS:
-        out[c] = ci(run_episodes(data, EpisodeSpec(c[0], c[1], QUERY, c[2]), episodes, seed, fit_predict))
+        out[c] = run_episodes(data, c[0], c[1], c[2], episodes, seed, fit_predict)
         STORE.put(keys[c], out[c])
         log(f"  {name} protonet {c}: {out[c][0]:.2f} ± {out[c][1]:.2f}")
     return out
 
 
-def caltech_features(backbone_name: str) -> EpisodeData:
-    data = None
-    for item in load_feature_set(str(CALTECH), backbone_name):
-        if isinstance(item, EpisodeData):
-            data = item
-    return data
-
-
-def eval_caltech(models: list[Path], episodes: int, seed: int, holdout: float, split_seed: int, log) -> dict:
-    feats = caltech_features("efficientnet-lite0")
-    _, test = split_classes(feats.class_names, holdout, split_seed)
-    data = feats.subset_classes(test)
+def eval_caltech(models: list[Path], episodes: int, seed: int, holdout: float, split_seed: int,
+                 held_out: list[str] | None, log) -> dict:
+    """Caltech-101 classes not used to meta-train the heads: ``held_out`` (as the heads' model
+    files record them), else a ``split_classes`` split."""
+    feats = run_job(load_features(str(CALTECH), "efficientnet-lite0"))
+    test = held_out or split_classes(feats.classes, test=holdout, seed=split_seed).test
+    data = feats.subset(test, "caltech101 (held-out classes)")
     x = data.items.numpy()
     rows = {}
 
@@ -189,7 +176,7 @@ def eval_caltech(models: list[Path], episodes: int, seed: int, holdout: float, s
             return method.predict_proba(x[qi])
         rows[name] = {}
         for way, shot in CALTECH_COLS:
-            rows[name][(way, shot)] = ci(run_episodes(data, EpisodeSpec(way, shot, QUERY), episodes, seed, fp))
+            rows[name][(way, shot)] = run_episodes(data, way, shot, False, episodes, seed, fp)
             log(f"  {name} caltech {way}-way {shot}-shot: {rows[name][(way, shot)][0]:.2f} ± "
                 f"{rows[name][(way, shot)][1]:.2f}")
 
@@ -197,7 +184,7 @@ def eval_caltech(models: list[Path], episodes: int, seed: int, holdout: float, s
     for p in models:
         b = load_model(p)
         tr = b.meta["training"]
-        if tr.get("holdout") != holdout or tr.get("split_seed") != split_seed:
+        if sorted(tr.get("held_out_classes") or []) != sorted(data.classes):
             log(f"  skip {p.name}: trained with another class split")
             continue
         label = {"maml": "Proto-MAML head (ANIL)", "relation": "Relation module"}[b.method]
@@ -321,12 +308,13 @@ def main(argv=None) -> int:
         log("omniglot: efficientnet-lite0 reference")
         omni_rows["ProtoNet × efficientnet-lite0, ImageNet features, no meta-training (reference)"] = \
             eval_omniglot_backbone("efficientnet-lite0", args.episodes, args.seed, log)
-    holdout, split_seed = 0.4, 0
+    holdout, split_seed, held_out = 0.4, 0, None
     if heads:
         tr = load_model(heads[0]).meta["training"]
         holdout, split_seed = tr.get("holdout", 0.4), tr.get("split_seed", 0)
+        held_out = tr.get("held_out_classes")
     log("caltech")
-    cal_rows, cal_data = eval_caltech(heads, args.episodes, args.seed, holdout, split_seed, log)
+    cal_rows, cal_data = eval_caltech(heads, args.episodes, args.seed, holdout, split_seed, held_out, log)
 
     L = []
     L.append("# Accuracy report\n")
@@ -357,8 +345,8 @@ def main(argv=None) -> int:
              "136 characters from 5 alphabets, so lower figures are expected. Within-alphabet 20-way "
              "1-shot is the Lake et al. (2015) task (people: 4.5% error).\n")
     L.append("## Caltech-101: classes not used to meta-train the head\n")
-    L.append(f"EfficientNet-Lite0 (ImageNet) features. Classes split with `split_classes(holdout={holdout}, "
-             f"seed={split_seed})`: {len(cal_data.class_names)} held-out classes for evaluation, the rest for "
+    L.append(f"EfficientNet-Lite0 (ImageNet) features. Classes held out when the heads were trained "
+             f"(`--holdout {holdout} --split-seed {split_seed}`): {len(cal_data.classes)} held-out classes for evaluation, the rest for "
              "meta-training the heads. ProtoNet = the default `protonet` method (centring + L2, no training).\n")
     hdr = ["Method × backbone"] + [f"{w}-way {s}-shot" for w, s in CALTECH_COLS]
     L.append("| " + " | ".join(hdr) + " |")
@@ -366,7 +354,7 @@ def main(argv=None) -> int:
     for name, r in cal_rows.items():
         L.append("| " + " | ".join([name] + [fmt(r.get(c)) for c in CALTECH_COLS]) + " |")
     L.append("")
-    L.append("Held-out classes: " + ", ".join(cal_data.class_names) + ".\n")
+    L.append("Held-out classes: " + ", ".join(cal_data.classes) + ".\n")
     L.append("## Targets of issue 3\n")
     for label, keep in (("inductive (each query scored alone)", lambda n: "transductive" not in n),
                         ("transductive (refined with the episode's unlabeled queries, as `fewshot label` "
@@ -401,7 +389,7 @@ def main(argv=None) -> int:
             omni_r = next((r for n, r in omni_rows.items() if n.endswith(f"({p.name})")), None)
             cal_r = next((r for n, r in cal_rows.items() if n.endswith(f"({p.name})")), None)
             atomic_write_text(p.with_suffix(".md"), model_card(p, omni_r, cal_r, args.episodes, args.seed,
-                                                               cal_rows, len(cal_data.class_names)))
+                                                               cal_rows, len(cal_data.classes)))
 
     atomic_write_text(args.out, "\n".join(L) + "\n")
     if args.json:
