@@ -1,11 +1,14 @@
-"""Calibration: temperature/scale fits recover a known answer; ECE; the shipped rule."""
+"""Calibration: scale fits recover a known answer; ECE; the per-backbone rule."""
 
 import numpy as np
 import pytest
 
-from fewshot_gui.core.fewshot.calibration import (DEFAULT_SCALE, calibrated_scale, ece_from_confidence,
-                                          expected_calibration_error, fit_scale, fit_temperature,
-                                          loo_support_scores, nll, shipped_scale, softmax)
+from fewshot_gui.core.fewshot.calibration import (UNCALIBRATED_SCALE, Calibration, ece_from_confidence,
+                                                  expected_calibration_error, fit_scale, loo_support_scores, nll)
+from fewshot_gui.core.fewshot.features import softmax
+
+LITE0 = Calibration.for_backbone("efficientnet-lite0")
+OTHER = Calibration.for_backbone("some-other-backbone")
 
 
 def _sample_labels(rng, probs):
@@ -25,11 +28,13 @@ def test_fit_scale_recovers_known_scale(true_scale):
     assert nll(scores * s, labels) <= nll(scores * s / 1.3, labels)
 
 
-def test_fit_temperature_is_the_inverse_convention():
+def test_fit_scale_stays_in_its_range():
     rng = np.random.default_rng(1)
-    logits = rng.normal(size=(8000, 4)) * 3
-    labels = _sample_labels(rng, softmax(logits / 2.0))
-    assert fit_temperature(logits, labels) == pytest.approx(2.0, rel=0.08)
+    scores = rng.normal(size=(2000, 4))
+    labels = scores.argmin(1)  # anti-correlated: the NLL wants the smallest scale allowed
+    assert fit_scale(scores, labels, lo=0.5, hi=50) == pytest.approx(0.5, rel=1e-6)
+    with pytest.raises(ValueError):
+        fit_scale(scores[:, 0], labels)
 
 
 def test_ece_hand_example():
@@ -60,12 +65,16 @@ def _clusters(rng, n_classes, shot, dim=24, spread=0.35):
 def test_calibrated_scale_sources():
     rng = np.random.default_rng(3)
     x5, y5 = _clusters(rng, 4, 5)
-    s, src = calibrated_scale("efficientnet-lite0", "transductive", x5, y5, 4)
-    assert src == "fitted" and s == shipped_scale("efficientnet-lite0", "transductive", 5)
-    s, src = calibrated_scale("some-other-backbone", "inductive", x5, y5, 4)
+    s, src = LITE0.scale("transductive", x5, y5, 4)
+    assert src == "fitted" and s == LITE0.fitted_scale("transductive", 5)
+    s, src = OTHER.scale("inductive", x5, y5, 4)
     assert src == "leave-one-out" and 1.0 <= s <= 100.0
+    s_t, src = OTHER.scale("transductive", x5, y5, 4)
+    ratio = LITE0.fitted_scale("transductive", 5) / LITE0.fitted_scale("inductive", 5)
+    assert src == "leave-one-out" and s_t == pytest.approx(np.clip(s * ratio, 1.0, 100.0))
     x1, y1 = _clusters(rng, 4, 1)
-    assert calibrated_scale("some-other-backbone", "inductive", x1, y1, 4) == (DEFAULT_SCALE, "default")
+    assert OTHER.scale("inductive", x1, y1, 4) == (UNCALIBRATED_SCALE, "default")
+    assert Calibration().scale("inductive") == (UNCALIBRATED_SCALE, "default")
 
 
 def test_loo_scores_use_the_other_images_of_the_class():
@@ -80,10 +89,11 @@ def test_loo_scores_use_the_other_images_of_the_class():
     assert sc.shape == (0, 3) and len(lab) == 0
 
 
-def test_shipped_scale_interpolates_and_rejects_unknown_mode():
-    a, b = shipped_scale("efficientnet-lite0", "inductive", 1), shipped_scale("efficientnet-lite0", "inductive", 5)
-    mid = shipped_scale("efficientnet-lite0", "inductive", 2.5)
+def test_fitted_scale_interpolates_and_rejects_unknown_mode():
+    a, b = LITE0.fitted_scale("inductive", 1), LITE0.fitted_scale("inductive", 5)
+    mid = LITE0.fitted_scale("inductive", 2.5)
     assert min(a, b) <= mid <= max(a, b)
-    assert shipped_scale("no-such-backbone") is None
+    assert Calibration.for_backbone("no-such-backbone").fitted_scale() is None
+    assert Calibration.for_backbone(None) == Calibration()
     with pytest.raises(ValueError):
-        shipped_scale("efficientnet-lite0", "bogus", 1)
+        LITE0.fitted_scale("bogus", 1)

@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 
 from fewshot_gui.core.trust.diagnostics import diagnose_support
+from fewshot_gui.core.trust.profile import TrustProfile
 from fewshot_gui.core.errors import DataError
+
+LITE0 = TrustProfile.for_backbone("efficientnet-lite0")
 
 
 def _support(rng, n_classes=5, shot=5, dim=40, spread=0.5):
@@ -17,7 +20,7 @@ def _support(rng, n_classes=5, shot=5, dim=40, spread=0.5):
 def test_clean_support_has_no_suspects():
     rng = np.random.default_rng(0)
     x, y, _, _ = _support(rng)
-    d = diagnose_support(x, y, 5, class_names=list("abcde"))
+    d = diagnose_support(x, y, 5, LITE0, class_names=list("abcde"))
     assert d.suspects == [] and d.duplicates == []
     assert np.allclose(d.loo_accuracy, 1.0) and d.overall_loo_accuracy == 1.0
     assert any("no problems" in line for line in d.summary_lines())
@@ -27,7 +30,7 @@ def test_planted_mislabel_is_flagged_with_the_right_suggestion():
     rng = np.random.default_rng(1)
     x, y, centres, off = _support(rng)
     x[7] = centres[3] + 0.5 * rng.normal(size=x.shape[1]) + off   # filed under class 1, is class 3
-    d = diagnose_support(x, y, 5, class_names=list("abcde"), paths=[f"img{i}.jpg" for i in range(25)])
+    d = diagnose_support(x, y, 5, LITE0, class_names=list("abcde"), paths=[f"img{i}.jpg" for i in range(25)])
     assert d.suspect_indices == [7]
     assert d.suspects[0].label == 1 and d.suspects[0].suggested == 3
     assert d.loo_accuracy[1] == pytest.approx(0.8)
@@ -41,7 +44,7 @@ def test_duplicates_and_cross_class_duplicates():
     x, y, _, _ = _support(rng, shot=3)
     x[1] = x[0] * 1.0001            # same class duplicate
     x[10] = x[4] + 1e-4             # class 1 image copied into class 3
-    d = diagnose_support(x, y, 5)
+    d = diagnose_support(x, y, 5, LITE0)
     pairs = {(p.i, p.j) for p in d.duplicates}
     assert (0, 1) in pairs and (4, 10) in pairs
     first = d.duplicates[0]
@@ -57,7 +60,7 @@ def test_one_shot_classes_and_query_confusion():
     mid = (centres[0] + centres[1]) / 2
     q = np.concatenate([mid + 0.02 * rng.normal(size=(10, dim)),
                         np.repeat(centres, 10, 0) + 0.5 * rng.normal(size=(30, dim))])
-    d = diagnose_support(x, y, 3, query=q)
+    d = diagnose_support(x, y, 3, LITE0, query=q)
     assert np.isnan(d.loo_accuracy).all() and (d.loo_prediction == -1).all() and d.suspects == []
     assert any({p.a, p.b} == {0, 1} and p.hesitating_queries >= 3 for p in d.confused_pairs)
     assert not any(2 in (p.a, p.b) for p in d.confused_pairs)
@@ -66,9 +69,9 @@ def test_one_shot_classes_and_query_confusion():
 
 def test_bad_input():
     with pytest.raises(DataError):
-        diagnose_support(np.zeros((3, 4)), [0, 1], 2)
+        diagnose_support(np.zeros((3, 4)), [0, 1], 2, LITE0)
     with pytest.raises(DataError):
-        diagnose_support(np.zeros((2, 4)), [0, 5], 2)
+        diagnose_support(np.zeros((2, 4)), [0, 5], 2, LITE0)
 
 
 def test_image_of_no_class_is_flagged_as_outlier():
@@ -79,8 +82,8 @@ def test_image_of_no_class_is_flagged_as_outlier():
     y = np.repeat(np.arange(5), 5)
     # nearest to its own class, but far from everything: an image of a class not in the project
     x[12] = 0.15 * c[2] + 5 * np.eye(dim)[20] + 0.3 * rng.normal(size=dim)
-    d = diagnose_support(x, y, 5, class_names=list("abcde"))
+    d = diagnose_support(x, y, 5, LITE0, class_names=list("abcde"))
     assert d.suspect_indices == [12] and d.suspects[0].kind == "outlier"
     assert d.loo_prediction[12] == 2                       # not nearer another class
     assert "unlike the other images" in "\n".join(d.summary_lines())
-    assert diagnose_support(x, y, 5, outliers=False).suspects == []
+    assert diagnose_support(x, y, 5, LITE0, outliers=False).suspects == []

@@ -18,15 +18,15 @@ def _softmax2(a, b):
 
 def test_registered():
     assert "protonet" in available_methods()
-    m = get_method("protonet", temperature=3.0)
-    assert isinstance(m, ProtoNet) and m.input_kind == "features" and m.temperature == 3.0
+    m = get_method("protonet", scale=3.0)
+    assert isinstance(m, ProtoNet) and m.input_kind == "features" and m.scale == 3.0
 
 
 def test_hand_example_raw_features():
     # class 0: (2,0), (4,0) -> prototype (3,0); class 1: (0,2) -> prototype (0,2)
     s = np.array([[2.0, 0.0], [4.0, 0.0], [0.0, 2.0]])
     y = np.array([0, 0, 1])
-    m = ProtoNet(normalize="none", temperature=1.0).fit(s, y, 2)
+    m = ProtoNet(normalize="none", scale=1.0).fit(s, y, 2)
     np.testing.assert_allclose(m.prototypes, [[3.0, 0.0], [0.0, 2.0]])
     q = np.array([[1.0, 1.0]])
     # squared distances: to (3,0): 4+1 = 5; to (0,2): 1+1 = 2
@@ -43,7 +43,7 @@ def test_hand_example_center_l2():
     # support (3,1) -> class 0, (1,3) -> class 1; support mean (2,2)
     # centred: (1,-1), (-1,1) -> normalised (1,-1)/sqrt2, (-1,1)/sqrt2
     s = np.array([[3.0, 1.0], [1.0, 3.0]])
-    m = ProtoNet(normalize="center_l2", center="support", pre_l2=False, temperature=2.0).fit(s, [0, 1], 2)
+    m = ProtoNet(normalize="center_l2", center="support", pre_l2=False, scale=2.0).fit(s, [0, 1], 2)
     r = 1 / math.sqrt(2)
     np.testing.assert_allclose(m.centre, [2.0, 2.0])
     np.testing.assert_allclose(m.prototypes, [[r, -r], [-r, r]], atol=1e-12)
@@ -59,7 +59,7 @@ def test_hand_example_center_l2_with_pre_l2():
     # support (3,0) -> class 0, (0,4) -> class 1; L2 first: (1,0), (0,1); centre (.5,.5)
     # centred (.5,-.5), (-.5,.5) -> prototypes (r,-r), (-r,r) with r = 1/sqrt2
     s = np.array([[3.0, 0.0], [0.0, 4.0]])
-    m = ProtoNet(center="support", pre_l2=True, temperature=1.0).fit(s, [0, 1], 2)
+    m = ProtoNet(center="support", pre_l2=True, scale=1.0).fit(s, [0, 1], 2)
     r = 1 / math.sqrt(2)
     np.testing.assert_allclose(m.centre, [0.5, 0.5])
     np.testing.assert_allclose(m.prototypes, [[r, -r], [-r, r]], atol=1e-12)
@@ -70,7 +70,7 @@ def test_hand_example_center_l2_with_pre_l2():
     np.testing.assert_allclose(m.scores(q), [[-d0, -d1]], atol=1e-12)
     np.testing.assert_allclose(m.predict_proba(q), [_softmax2(-d0, -d1)], atol=1e-12)
     # without pre-L2 the centre is the raw mean (1.5, 2) and the answer differs
-    raw = ProtoNet(center="support", pre_l2=False, temperature=1.0).fit(s, [0, 1], 2)
+    raw = ProtoNet(center="support", pre_l2=False, scale=1.0).fit(s, [0, 1], 2)
     np.testing.assert_allclose(raw.centre, [1.5, 2.0])
 
 
@@ -79,23 +79,23 @@ def test_hand_example_l2_prototype_renormalisation():
     s = np.array([[2.0, 0.0], [0.0, 2.0], [-3.0, 0.0]])
     y = [0, 0, 1]
     q = np.array([[0.0, -5.0]])  # -> (0,-1)
-    plain = ProtoNet(normalize="l2", renorm=False, temperature=1.0).fit(s, y, 2)
+    plain = ProtoNet(normalize="l2", renorm=False, scale=1.0).fit(s, y, 2)
     np.testing.assert_allclose(plain.prototypes, [[0.5, 0.5], [-1.0, 0.0]])
     # d0 = .25 + 2.25 = 2.5, d1 = 1 + 1 = 2
     np.testing.assert_allclose(plain.scores(q), [[-2.5, -2.0]], atol=1e-12)
-    ren = ProtoNet(normalize="l2", renorm=True, temperature=1.0).fit(s, y, 2)
+    ren = ProtoNet(normalize="l2", renorm=True, scale=1.0).fit(s, y, 2)
     r = 1 / math.sqrt(2)
     np.testing.assert_allclose(ren.prototypes, [[r, r], [-1.0, 0.0]], atol=1e-12)
     # d0 = 2 - 2 cos = 2 - 2 * (-r) = 2 + sqrt2
     np.testing.assert_allclose(ren.scores(q), [[-(2 + math.sqrt(2)), -2.0]], atol=1e-12)
 
 
-def test_cosine_equals_euclidean_with_double_temperature_when_renormalised():
+def test_cosine_equals_euclidean_with_double_scale_when_renormalised():
     rng = np.random.default_rng(0)
     s, q = rng.normal(size=(10, 8)), rng.normal(size=(7, 8))
     y = np.arange(10) % 5
-    e = ProtoNet(metric="euclidean", renorm=True, temperature=4.0).fit(s, y, 5)
-    c = ProtoNet(metric="cosine", renorm=True, temperature=8.0).fit(s, y, 5)
+    e = ProtoNet(metric="euclidean", renorm=True, scale=4.0).fit(s, y, 5)
+    c = ProtoNet(metric="cosine", renorm=True, scale=8.0).fit(s, y, 5)
     np.testing.assert_allclose(e.predict_proba(q), c.predict_proba(q), atol=1e-10)
 
 
@@ -112,12 +112,12 @@ def test_outputs_are_probabilities(normalize, metric):
     assert m.predict_proba(np.zeros((0, 16))).shape == (0, 3)
 
 
-def test_temperature_sharpens_without_changing_labels():
+def test_scale_sharpens_without_changing_labels():
     rng = np.random.default_rng(2)
     s, q = rng.normal(size=(8, 6)), rng.normal(size=(20, 6))
     y = np.arange(8) % 4
-    lo = ProtoNet(temperature=1.0).fit(s, y, 4).predict(q)
-    hi = ProtoNet(temperature=30.0).fit(s, y, 4).predict(q)
+    lo = ProtoNet(scale=1.0).fit(s, y, 4).predict(q)
+    hi = ProtoNet(scale=30.0).fit(s, y, 4).predict(q)
     assert lo.label.tolist() == hi.label.tolist()
     assert np.all(hi.confidence >= lo.confidence - 1e-12)
     assert hi.confidence.mean() > lo.confidence.mean()
@@ -181,6 +181,6 @@ def test_errors():
         m.predict_proba(np.ones((1, 3)))
     with pytest.raises(DataError):
         ProtoNet().fit(s, [0, 2], 2)  # label out of range
-    for bad in ({"normalize": "zscore"}, {"center": "x"}, {"metric": "l1"}, {"temperature": 0}):
+    for bad in ({"normalize": "zscore"}, {"center": "x"}, {"metric": "l1"}, {"scale": 0}):
         with pytest.raises(DataError):
             ProtoNet(**bad)

@@ -5,7 +5,7 @@ import pytest
 
 from fewshot_gui.core.trust.review import (STRATEGIES, review_order, review_priority, review_rank,
                                      simulate_review)
-from fewshot_gui.core.fewshot.refine import l2_normalise, normalise_episode, sq_scores, support_prototypes
+from fewshot_gui.core.fewshot.features import centre_normalise, prototypes, softmax, sq_distance_scores
 
 
 def _probs():
@@ -49,9 +49,8 @@ def test_rank_is_a_permutation_and_failed_rows_get_zero():
 
 
 def _predict(s, y, q, n):
-    zs, zq, _ = normalise_episode(s, q, "all")
-    return np.exp(10 * sq_scores(zq, l2_normalise(support_prototypes(zs, y, n)))) \
-        / np.exp(10 * sq_scores(zq, l2_normalise(support_prototypes(zs, y, n)))).sum(1, keepdims=True)
+    zs, zq, _ = centre_normalise(s, q, "all")
+    return softmax(10 * sq_distance_scores(zq, prototypes(zs, y, n)))
 
 
 def test_simulation_reaches_full_accuracy_and_queue_beats_random():

@@ -9,10 +9,14 @@ A method is fitted on a support set and then scores queries::
 ``support_x`` / ``query_x`` are float32 numpy arrays: embeddings (N, D) for methods with
 ``input_kind == "features"`` (the default), or preprocessed image batches (N, 3, H, W) for
 methods with ``input_kind == "images"`` (e.g. MAML adapting a whole Conv-4).
+
+Methods are listed by name in :data:`METHODS`; :func:`get_method` imports a method's module only
+when it is asked for.
 """
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -76,28 +80,30 @@ class FewShotMethod(ABC):
             raise DataError(f"class index {empty} has no support example; add at least one image to every class")
 
 
-_REGISTRY: dict[str, type[FewShotMethod]] = {}
-
-
-def register(cls: type[FewShotMethod]) -> type[FewShotMethod]:
-    """Class decorator: ``@register`` adds a method under ``cls.name``."""
-    if not cls.name:
-        raise ValueError("method class needs a name")
-    _REGISTRY[cls.name] = cls
-    return cls
+# Method name -> "module:Class". Adding a method is one module and one line here; a method's module
+# is imported only when the method is asked for (so ProtoNet alone never imports torch).
+METHODS: dict[str, str] = {
+    "protonet": "fewshot_gui.core.fewshot.protonet:ProtoNet",
+    "protonet-transductive": "fewshot_gui.core.fewshot.transductive:TransductiveProtoNet",
+    "maml": "fewshot_gui.core.fewshot.maml:MAML",
+    "relation": "fewshot_gui.core.fewshot.relation:Relation",
+}
 
 
 def available_methods() -> list[str]:
-    from fewshot_gui.core.fewshot import _load_all  # noqa: F401  (imports every method module once)
+    """Names :func:`get_method` accepts."""
+    return sorted(METHODS)
 
-    return sorted(_REGISTRY)
+
+def method_class(name: str) -> type[FewShotMethod]:
+    """The class listed under ``name`` in :data:`METHODS` (imports its module)."""
+    try:
+        module, cls = METHODS[name].split(":")
+    except KeyError:
+        raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(available_methods())}") from None
+    return getattr(importlib.import_module(module), cls)
 
 
 def get_method(name: str, **options: Any) -> FewShotMethod:
-    from fewshot_gui.core.fewshot import _load_all  # noqa: F401
-
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}") from None
-    return cls(**options)
+    """A new method ``name`` built with ``options``."""
+    return method_class(name)(**options)

@@ -43,7 +43,8 @@ from torch import nn
 from torch.func import functional_call
 
 from fewshot_gui.core.errors import DataError
-from fewshot_gui.core.fewshot.base import FewShotMethod, register
+from fewshot_gui.core.fewshot.base import FewShotMethod
+from fewshot_gui.core.fewshot.features import centre_normalise, class_means, l2_normalise, softmax
 
 Params = dict[str, torch.Tensor]
 
@@ -98,14 +99,6 @@ class FeatureNeck(nn.Module):
         if self.u is None:
             return x * self.gain
         return x * self.gain + (x @ self.u) @ self.v
-
-
-def normalise_features(support: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
-    """L2-normalise, centre on the (normalised) support mean, L2-normalise again - the same
-    "center_l2" normalisation as the ProtoNet method - for the support and any other sets."""
-    sets = [F.normalize(t, dim=1) for t in (support,) + others]
-    c = sets[0].mean(0, keepdim=True)
-    return [F.normalize(t - c, dim=1) for t in sets]
 
 
 class MAMLNet(nn.Module):
@@ -173,7 +166,7 @@ class MAMLNet(nn.Module):
         if self.mode == "head":
             # ANIL: features computed once; only the head adapts.
             raw_s = xs
-            fs = self.body(normalise_features(raw_s)[0])
+            fs = self.body(centre_normalise(raw_s, None, "support")[0])
         else:
             fs = None
 
@@ -185,10 +178,9 @@ class MAMLNet(nn.Module):
         # head initialisation (per task: the class count varies)
         if self.head_init == "proto":
             f0 = support_feats({"body." + n: v for n, v in body.items()})
-            onehot = F.one_hot(ys, n_classes).to(f0.dtype)
-            protos = (onehot.t() @ f0) / onehot.sum(0).clamp_min(1).unsqueeze(1)
+            protos = class_means(f0, ys, n_classes)
             if self.mode == "head":  # features live on the unit sphere: so do the prototypes
-                protos = F.normalize(protos, dim=1)
+                protos = l2_normalise(protos)
             w0 = 2 * protos
             b0 = -(protos ** 2).sum(1)
         else:
@@ -224,7 +216,7 @@ class MAMLNet(nn.Module):
 
         def logits(xq: torch.Tensor) -> torch.Tensor:
             if self.mode == "head":
-                fq = self.body(normalise_features(raw_s, xq)[1])
+                fq = self.body(centre_normalise(raw_s, xq, "support")[1])
             else:
                 fq = self._features({n: fast["body." + n] for n in body}, xq)
             return self._head_logits(fq, fast["head_w"], fast["head_b"])
@@ -236,7 +228,6 @@ class MAMLNet(nn.Module):
 
 
 # --------------------------------------------------------------------------- FewShotMethod
-@register
 class MAML(FewShotMethod):
     """MAML behind the :class:`FewShotMethod` interface.
 
@@ -295,7 +286,7 @@ class MAML(FewShotMethod):
         if len(q) == 0:
             return np.zeros((0, self.n_classes), dtype=np.float32)
         with torch.no_grad():
-            return torch.softmax(self._logits(q), dim=1).numpy()
+            return softmax(self._logits(q), axis=1).numpy()
 
     def _images(self, x: torch.Tensor) -> torch.Tensor:
         # Backbones hand out (N, 3, S, S) (grey replicated); a 1-channel Conv-4 takes the mean.

@@ -24,11 +24,12 @@ labels :math:`y_i \in \{0..C-1\}` and :math:`c \in \mathbb{R}^D` a centre (see `
    * ``"euclidean"`` (default): :math:`s_k(q) = -\lVert z_q - p_k \rVert_2^2`
    * ``"cosine"``: :math:`s_k(q) = \cos(z_q, p_k)`
 
-4. Logits :math:`\ell_k = T \cdot s_k` with the temperature :math:`T` (``temperature``; larger =
-   sharper) and probabilities :math:`P(k \mid q) = \mathrm{softmax}_k(\ell)`.
+4. Probabilities :math:`P(k \mid q) = \mathrm{softmax}_k(s \cdot s_k(q))` with the scale
+   :math:`s` (``scale``, a multiplier; larger = sharper).
 
 With L2-normalised features and prototypes, :math:`\lVert z - p \rVert^2 = 2 - 2\cos(z, p)`, so
-``euclidean`` with temperature :math:`T` equals ``cosine`` with :math:`2T`.
+``euclidean`` with scale :math:`s` equals ``cosine`` with :math:`2s`. The formulas are those of
+:mod:`fewshot_gui.core.fewshot.features`.
 
 Centring ``center`` (only used by ``"center_l2"``):
 
@@ -42,7 +43,7 @@ Centring ``center`` (only used by ``"center_l2"``):
   of the L2-normalised embeddings of a base set).
 
 Defaults (``center_l2``, ``center="support"``, ``pre_l2=True``, ``renorm=True``, ``euclidean``,
-``temperature=12``) were chosen by measurement with ``bench/protonet_normalisation.py`` on
+``scale=12``) were chosen by measurement with ``bench/protonet_normalisation.py`` on
 Caltech-101 (all 100 classes, EfficientNet-Lite0 ImageNet features, 15 queries per class, 600
 episodes, seed 0, mean ± 95% CI):
 
@@ -58,10 +59,10 @@ raw features (``none``)                81.46 ± 0.98  69.87 ± 0.55   97.92 ± 0
 
 Transductive centring (``center="query"``) is best when the whole query set is known up front;
 the default needs only the support, so streamed and whole-folder labeling agree with ``fewshot
-eval``. With ``temperature=12`` the confidences are close to calibrated (expected calibration
-error 0.8 % / 1.7 % / 0.4 % in the three settings above; T in 10..12 minimises the NLL).
-:meth:`scores` returns the unscaled scores :math:`s` and :meth:`logits` returns :math:`T s`, for a
-later temperature fit (calibration).
+eval``. With ``scale=12`` the confidences are close to calibrated (expected calibration
+error 0.8 % / 1.7 % / 0.4 % in the three settings above; scales in 10..12 minimise the NLL).
+:meth:`scores` returns the unscaled scores and :meth:`logits` returns ``scale * scores``, for a
+later scale fit (:func:`fewshot_gui.core.fewshot.calibration.fit_scale`).
 """
 
 from __future__ import annotations
@@ -71,26 +72,17 @@ from typing import Any
 import numpy as np
 
 from fewshot_gui.core.errors import DataError
-from fewshot_gui.core.fewshot.base import FewShotMethod, register
-
-_EPS = 1e-8
+from fewshot_gui.core.fewshot.base import FewShotMethod
+from fewshot_gui.core.fewshot.features import (apply_centre, class_means, cosine_scores, l2_normalise, mean_centre,
+                                               softmax, sq_distance_scores)
 
 NORMALIZATIONS = ("center_l2", "l2", "none")
 CENTERS = ("support", "query", "transductive", "base")
 METRICS = ("euclidean", "cosine")
 
-# Chosen by measurement (bench/protonet_normalisation.py): see the module docstring.
-DEFAULT_TEMPERATURE = 12.0
-
-
-def _l2(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), _EPS)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+# Scale of inductive ProtoNet on centred, L2-normalised embeddings, chosen by measurement on
+# Lite0 features (bench/protonet_normalisation.py): see the module docstring.
+DEFAULT_SCALE = 12.0
 
 
 def _as_features(x: np.ndarray, what: str) -> np.ndarray:
@@ -103,13 +95,12 @@ def _as_features(x: np.ndarray, what: str) -> np.ndarray:
     return x
 
 
-@register
 class ProtoNet(FewShotMethod):
     """Prototypical Networks classifier on embeddings (see the module docstring for the math).
 
     Options: ``normalize`` ("center_l2" | "l2" | "none"), ``center`` ("support" | "query" |
     "base"), ``base_mean`` (array, for ``center="base"``), ``metric`` ("euclidean" | "cosine"),
-    ``temperature`` (float > 0), ``renorm`` (bool, re-normalise prototypes), ``pre_l2`` (bool,
+    ``scale`` (float > 0, multiplies the scores), ``renorm`` (bool, re-normalise prototypes), ``pre_l2`` (bool,
     L2-normalise before centring).
     """
 
@@ -117,7 +108,7 @@ class ProtoNet(FewShotMethod):
     input_kind = "features"
 
     def __init__(self, normalize: str = "center_l2", center: str = "support",
-                 metric: str = "euclidean", temperature: float | None = None,
+                 metric: str = "euclidean", scale: float | None = None,
                  renorm: bool = True, pre_l2: bool = True, base_mean: Any = None, **options: Any) -> None:
         if normalize not in NORMALIZATIONS:
             raise DataError(f"unknown normalize {normalize!r}; choose one of {', '.join(NORMALIZATIONS)}")
@@ -125,24 +116,23 @@ class ProtoNet(FewShotMethod):
             raise DataError(f"unknown center {center!r}; choose one of {', '.join(CENTERS)}")
         if metric not in METRICS:
             raise DataError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
-        temperature = DEFAULT_TEMPERATURE if temperature is None else float(temperature)
-        if not np.isfinite(temperature) or temperature <= 0:
-            raise DataError(f"temperature must be a positive number; got {temperature}")
+        scale = DEFAULT_SCALE if scale is None else float(scale)
+        if not np.isfinite(scale) or scale <= 0:
+            raise DataError(f"scale must be a positive number; got {scale}")
         if center == "base" and normalize == "center_l2" and base_mean is None:
             raise DataError('center="base" needs base_mean (the mean embedding of a base set)')
         super().__init__(normalize=normalize, center=center, metric=metric,
-                         temperature=temperature, renorm=renorm, pre_l2=pre_l2, **options)
+                         scale=scale, renorm=renorm, pre_l2=pre_l2, **options)
         self.normalize = normalize
         self.center = "query" if center == "transductive" else center
         self.metric = metric
-        self.temperature = temperature
+        self.scale = scale
         self.renorm = bool(renorm)
         self.pre_l2 = bool(pre_l2)
         self.base_mean = None if base_mean is None else np.asarray(base_mean, dtype=np.float64).ravel()
         self._support: np.ndarray | None = None
         self._labels: np.ndarray | None = None
-        self._query_sum: np.ndarray | None = None
-        self._query_count = 0
+        self._query_u: np.ndarray | None = None  # query rows in the centre's space (set_query_statistics)
         self.centre: np.ndarray | None = None
         self.prototypes: np.ndarray | None = None  # (C, D) in the normalised space
 
@@ -171,11 +161,9 @@ class ProtoNet(FewShotMethod):
         batches are scored independently of each other. ``None`` forgets the statistics.
         """
         if query is None:
-            self._query_sum, self._query_count = None, 0
+            self._query_u = None
         else:
-            q = _as_features(query, "query")
-            self._query_sum = self._pre(q).sum(axis=0)
-            self._query_count = int(q.shape[0])
+            self._query_u = self._pre(_as_features(query, "query"))
         if self._support is not None:
             self._rebuild()
         return self
@@ -184,33 +172,28 @@ class ProtoNet(FewShotMethod):
         s = self._support
         if self.center == "base":
             return self.base_mean
-        if self.center == "query" and self._query_count and self._query_sum is not None:
-            if self._query_sum.shape[0] != s.shape[1]:
-                raise DataError(f"query embeddings have {self._query_sum.shape[0]} dims but support has {s.shape[1]}")
-            return (self._pre(s).sum(axis=0) + self._query_sum) / (s.shape[0] + self._query_count)
-        return self._pre(s).mean(axis=0)
+        if self.center == "query" and self._query_u is not None and len(self._query_u):
+            if self._query_u.shape[1] != s.shape[1]:
+                raise DataError(f"query embeddings have {self._query_u.shape[1]} dims but support has {s.shape[1]}")
+            return mean_centre(self._pre(s), self._query_u)
+        return mean_centre(self._pre(s))
 
     def _rebuild(self) -> None:
         assert self._support is not None and self._labels is not None
         self.centre = self._compute_centre() if self.normalize == "center_l2" else None
-        z = self._transform(self._support)
-        protos = np.zeros((self.n_classes, z.shape[1]))
-        np.add.at(protos, self._labels, z)
-        protos /= np.bincount(self._labels, minlength=self.n_classes)[:, None]
-        if self.renorm and self.normalize != "none":
-            protos = _l2(protos)
-        self.prototypes = protos
+        protos = class_means(self._transform(self._support), self._labels, self.n_classes)
+        self.prototypes = l2_normalise(protos) if self.renorm and self.normalize != "none" else protos
 
     def _pre(self, x: np.ndarray) -> np.ndarray:
         """The space the centre lives in: L2-normalised embeddings when ``pre_l2``."""
-        return _l2(x) if self.pre_l2 else x
+        return l2_normalise(x) if self.pre_l2 else x
 
     def _transform(self, x: np.ndarray) -> np.ndarray:
         if self.normalize == "none":
             return x
         if self.normalize == "center_l2":
-            x = self._pre(x) - self.centre
-        return _l2(x)
+            return apply_centre(x, self.centre, self.pre_l2)
+        return l2_normalise(x)
 
     # ----------------------------------------------------------------------------- scoring
     def _check_query(self, query: np.ndarray) -> np.ndarray:
@@ -228,15 +211,13 @@ class ProtoNet(FewShotMethod):
         if q.shape[0] == 0:
             return np.zeros((0, self.n_classes))
         z = self._transform(q)
-        p = self.prototypes
         if self.metric == "cosine":
-            return _l2(z) @ _l2(p).T
-        d2 = (z * z).sum(1)[:, None] + (p * p).sum(1)[None, :] - 2.0 * z @ p.T
-        return -np.maximum(d2, 0.0)
+            return cosine_scores(z, self.prototypes)
+        return sq_distance_scores(z, self.prototypes)
 
     def logits(self, query: np.ndarray) -> np.ndarray:
-        """Temperature-scaled logits (Q, C): ``temperature * scores(query)``."""
-        return self.temperature * self.scores(query)
+        """Scaled scores (Q, C): ``scale * scores(query)``."""
+        return self.scale * self.scores(query)
 
     def predict_proba(self, query: np.ndarray) -> np.ndarray:
-        return _softmax(self.logits(query))
+        return softmax(self.logits(query), axis=1)

@@ -2,7 +2,7 @@ r"""Transductive refinement: use the unlabeled query images to refine the class 
 
 Labeling a whole folder at once, the query images themselves tell where each class lies. We run
 a robust soft k-means (Ren et al., 2018) in the normalised embedding space of ProtoNet
-(centring + L2, see :mod:`fewshot_gui.core.fewshot.protonet`):
+(centring + L2, see :mod:`fewshot_gui.core.fewshot.features`):
 
 1. Centre :math:`c` = mean of the support *and* all query embeddings; :math:`z = (x-c)/\lVert x-c\rVert`.
 2. Start from the support prototypes :math:`p_k = \mathrm{mean}\{z_i : y_i = k\}`.
@@ -17,14 +17,11 @@ a robust soft k-means (Ren et al., 2018) in the normalised embedding space of Pr
      -- the support images keep their labels and their weight :math:`\alpha` each (a support label
      never moves); each class has its own normaliser, so unbalanced classes are fine.
 
-Scores are ProtoNet's ``euclidean`` scores :math:`s_k(q) = -\lVert z_q - p_k \rVert^2` and the
-output probabilities are ``softmax(scale * s)`` with the calibrated scale of
-:mod:`fewshot_gui.core.fewshot.calibration`.
+Scores are ProtoNet's ``euclidean`` scores :math:`s_k(q) = -\lVert z_q - p_k \rVert^2`
+(:func:`fewshot_gui.core.fewshot.features.sq_distance_scores`).
 
-Public API: :func:`normalise_episode`, :func:`support_prototypes`, :func:`sq_scores`,
-:func:`refine_prototypes` (-> :class:`Refined`), and the method
-``TransductiveProtoNet`` registered as ``"protonet-transductive"`` in
-``core/methods/transductive.py``.
+Public API: :func:`support_prototypes`, :func:`refine_prototypes` (-> :class:`Refined`). The method
+built on it is ``"protonet-transductive"`` (:mod:`fewshot_gui.core.fewshot.transductive`).
 """
 
 from __future__ import annotations
@@ -34,61 +31,23 @@ from dataclasses import dataclass
 import numpy as np
 
 from fewshot_gui.core.errors import DataError
-
-_EPS = 1e-8
+from fewshot_gui.core.fewshot.features import centre_normalise, class_means, l2_normalise, softmax, sq_distance_scores
 
 # Defaults chosen by measurement on the Caltech-101 *base* half (bench/quality.py); see docs/quality.md.
 DEFAULT_ITERATIONS = 3
-DEFAULT_BETA = 10.0          # sharpness of the responsibilities (ProtoNet-scale convention)
+DEFAULT_BETA = 10.0          # scale of the responsibilities: softmax(beta * scores)
 DEFAULT_SUPPORT_WEIGHT = 1.0  # alpha: weight of one support image relative to one query
 DEFAULT_DISTRACTOR = -1.6    # delta: fixed distractor score (squared distance 1.6 ~ cosine 0.2 to a unit prototype)
 DEFAULT_GAMMA = 1.0          # confidence down-weighting exponent
 
 
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), _EPS)
-
-
-def normalise_episode(support: np.ndarray, query: np.ndarray | None = None,
-                      centre: str = "all", pre_l2: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """L2, centre, L2 again -- exactly ProtoNet's ``normalize="center_l2"`` with ``pre_l2=True``.
-
-    ``centre="all"``: mean of support and query (ProtoNet ``center="query"``);
-    ``"support"``: mean of the support only (ProtoNet's default). Returns ``(zs, zq, c)``.
-    """
-    s = np.asarray(support, dtype=np.float64)
-    q = np.zeros((0, s.shape[1])) if query is None else np.asarray(query, dtype=np.float64)
-    if pre_l2:
-        s, q = l2_normalise(s), l2_normalise(q)
-    if centre == "all" and len(q):
-        c = (s.sum(0) + q.sum(0)) / (len(s) + len(q))
-    elif centre in ("all", "support"):
-        c = s.mean(0)
-    else:
-        raise ValueError(f"unknown centre {centre!r}")
-    return l2_normalise(s - c), l2_normalise(q - c), c
-
-
 def support_prototypes(zs: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
-    labels = np.asarray(labels, dtype=int)
-    p = np.zeros((n_classes, zs.shape[1]))
-    np.add.at(p, labels, zs)
-    n = np.bincount(labels, minlength=n_classes)
+    """(C, D) class means of the normalised support rows (not re-normalised); every class needs
+    at least one row."""
+    n = np.bincount(np.asarray(labels, dtype=int), minlength=n_classes)
     if np.any(n == 0):
         raise DataError(f"class index {np.where(n == 0)[0].tolist()} has no support example")
-    return p / n[:, None]
-
-
-def sq_scores(z: np.ndarray, protos: np.ndarray) -> np.ndarray:
-    """ProtoNet ``euclidean`` scores: ``-||z - p||^2`` (Q, C)."""
-    d2 = (z * z).sum(1)[:, None] + (protos * protos).sum(1)[None, :] - 2.0 * z @ protos.T
-    return -np.maximum(d2, 0.0)
-
-
-def _softmax(a: np.ndarray) -> np.ndarray:
-    a = a - a.max(axis=1, keepdims=True)
-    e = np.exp(a)
-    return e / e.sum(axis=1, keepdims=True)
+    return class_means(zs, labels, n_classes)
 
 
 @dataclass
@@ -123,7 +82,7 @@ def refine_prototypes(support_feats: np.ndarray, support_labels: np.ndarray, que
     if normalised:
         zs, zq = s, q
     else:
-        zs, zq, _ = normalise_episode(s, q, centre)
+        zs, zq, _ = centre_normalise(s, q, centre)
     p0 = support_prototypes(zs, y, n_classes)
     s_sum = p0 * np.bincount(y, minlength=n_classes)[:, None]
     n_s = np.bincount(y, minlength=n_classes).astype(np.float64)
@@ -135,59 +94,16 @@ def refine_prototypes(support_feats: np.ndarray, support_labels: np.ndarray, que
     for _ in range(max(0, int(iterations))):
         if len(zq) == 0:
             break
-        sc = sq_scores(zq, protos)
+        sc = sq_distance_scores(zq, protos)
         if distractor is not None:
-            ext = _softmax(beta * np.concatenate([sc, np.full((len(zq), 1), float(distractor))], axis=1))
+            ext = softmax(beta * np.concatenate([sc, np.full((len(zq), 1), float(distractor))], axis=1))
             resp = ext[:, :n_classes]
         else:
-            resp = _softmax(beta * sc)
+            resp = softmax(beta * sc)
         w = resp.max(axis=1) ** gamma if gamma else np.ones(len(zq))
         r = resp * w[:, None]
         protos = (support_weight * s_sum + r.T @ zq) / (support_weight * n_s + r.sum(0))[:, None]
         if renorm:
             protos = l2_normalise(protos)
-    return Refined(prototypes=protos, scores=sq_scores(zq, protos), responsibilities=resp,
+    return Refined(prototypes=protos, scores=sq_distance_scores(zq, protos), responsibilities=resp,
                    query_weights=w, support_prototypes=p0)
-
-
-# Measured on the Caltech-101 evaluation half (docs/quality.md): refinement helps at 1-shot
-# (+4 to +8 points) and is neutral to positive at 5-shot, also on unbalanced folders with 20%
-# images of no class, so it is on by default.
-DEFAULT_REFINE = True
-
-
-def transductive_probs(support: np.ndarray, labels: np.ndarray, query: np.ndarray, n_classes: int,
-                       backbone: str | None = "efficientnet-lite0", enabled: bool | None = None,
-                       method=None) -> np.ndarray | None:
-    """Whole-folder probabilities for the labeling job (the lead's refine hook).
-
-    ``query``: all query embeddings (NaN rows allowed: they get NaN probabilities). Returns
-    (Q, C) calibrated probabilities from ``protonet-transductive`` (refined unless
-    ``enabled is False``), or None when ``method`` is given and is not a ProtoNet-style method on
-    features (MAML, Relation Networks: nothing to refine).
-    """
-    from fewshot_gui.core.fewshot.transductive import TransductiveProtoNet
-
-    if method is not None:
-        name = getattr(method, "name", "")
-        if getattr(method, "input_kind", "features") != "features" or not str(name).startswith("protonet"):
-            return None
-    refine = DEFAULT_REFINE if enabled is None else bool(enabled)
-    q = np.asarray(query, dtype=np.float64)
-    ok = np.all(np.isfinite(q), axis=1)
-    out = np.full((len(q), n_classes), np.nan)
-    m = TransductiveProtoNet(refine=refine, backbone=backbone).fit(support, labels, n_classes)
-    m.set_query_set(q[ok])
-    if ok.any():
-        out[ok] = m.predict_proba(q[ok])
-    return out
-
-
-def refine_hook(method, support: np.ndarray, labels: np.ndarray, query: np.ndarray, n_classes: int,
-                enabled: bool | None = None, backbone: str | None = "efficientnet-lite0") -> np.ndarray | None:
-    """Adapter with the argument order of ``core.labeling``'s ``hooks["refine"]``: returns the
-    refined (Q, C) probabilities, or None to keep the method's own (refinement off, or a method
-    that is not ProtoNet on features)."""
-    if enabled is False:
-        return None
-    return transductive_probs(support, labels, query, n_classes, backbone=backbone, enabled=True, method=method)

@@ -32,9 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot_gui.core.embed.conv4 import RelationModule
+from fewshot_gui.core.embed.conv4 import Conv4, RelationModule
 from fewshot_gui.core.errors import DataError
-from fewshot_gui.core.fewshot.base import FewShotMethod, register
+from fewshot_gui.core.fewshot.base import FewShotMethod
+from fewshot_gui.core.fewshot.features import centre_normalise, class_means, cosine_scores, softmax
 
 
 class FeatureRelation(nn.Module):
@@ -53,7 +54,7 @@ class FeatureRelation(nn.Module):
 
     def forward(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """q: (Q, D), c: (N, D) -> (Q, N) raw scores."""
-        cos = F.normalize(q, dim=1) @ F.normalize(c, dim=1).t()
+        cos = cosine_scores(q, c)
         q = self.proj(q)
         c = self.proj(c)
         Q, N = q.shape[0], c.shape[0]
@@ -90,24 +91,20 @@ class RelationNet(nn.Module):
     def scores_from_features(self, fs: torch.Tensor, ys: torch.Tensor, fq: torch.Tensor,
                              n_classes: int) -> torch.Tensor:
         """Raw relation scores (Q, n_classes) from support/query features (no embedding)."""
-        onehot = F.one_hot(ys, n_classes).to(fs.dtype)
         if self.kind == "conv4":
             C, H, W = self.map_shape
             fs = fs.reshape(len(fs), -1)
             fq = fq.reshape(len(fq), -1)
             # Class representation: mean over the shots. (The paper sums; for the 1-shot training
             # used here both coincide, and the mean keeps K-shot inputs on the training scale.)
-            cls = (onehot.t() @ fs) / onehot.sum(0).clamp_min(1).unsqueeze(1)
+            cls = class_means(fs, ys, n_classes)
             Q, N = fq.shape[0], n_classes
             qm = fq.reshape(Q, 1, C, H, W).expand(Q, N, C, H, W)
             cm = cls.reshape(1, N, C, H, W).expand(Q, N, C, H, W)
             pairs = torch.cat([cm, qm], dim=2).reshape(Q * N, 2 * C, H, W)
             return self.relation(pairs).reshape(Q, N)
-        from fewshot_gui.core.fewshot.maml import normalise_features
-
-        s, q = normalise_features(fs, fq)
-        cls = (onehot.t() @ s) / onehot.sum(0).clamp_min(1).unsqueeze(1)
-        return self.relation(q, cls)
+        s, q, _ = centre_normalise(fs, fq, "support")
+        return self.relation(q, class_means(s, ys, n_classes))
 
     def episode_logits(self, xs, ys, xq, n_classes, training):
         if self.embed is not None:
@@ -125,14 +122,11 @@ class RelationNet(nn.Module):
 
 
 def make_conv4_relation(in_channels: int = 1, hidden: int = 64, input_size: int = 28, loss: str = "mse") -> RelationNet:
-    from fewshot_gui.core.embed.conv4 import Conv4
-
     embed = Conv4(in_channels, hidden, pools=(True, True, False, False), bn="running", flatten=False)
     s = input_size // 4
     return RelationNet("conv4", RelationModule(hidden, 8, s), embed=embed, map_shape=(hidden, s, s), loss=loss)
 
 
-@register
 class Relation(FewShotMethod):
     """Relation Network behind :class:`FewShotMethod` (``input_kind = "features"``).
 
@@ -154,7 +148,7 @@ class Relation(FewShotMethod):
         if self._net is None:
             raise DataError("the relation method needs a meta-trained relation module: pass a model "
                             "file made by `fewshot train --method relation` (e.g. --model "
-                            "resources/models/omniglot-conv4-relation.fsm)")
+                            "resources/models/omniglot-conv4-relation.safetensors)")
         support = np.asarray(support, dtype=np.float32)
         labels = np.asarray(labels).astype(np.int64).ravel()
         self.check_support(support, labels, n_classes)
@@ -176,5 +170,5 @@ class Relation(FewShotMethod):
         with torch.no_grad():
             for i in range(0, len(q), 64):
                 s = self._net.scores_from_features(self._fs, self._ys, q[i:i + 64], self.n_classes)
-                out.append(torch.softmax(s, dim=1))
+                out.append(softmax(s, axis=1))
         return torch.cat(out).numpy()

@@ -54,7 +54,7 @@ class ModelBundle:
     def make_method(self) -> FewShotMethod | None:
         method = self.method
         if method == "protonet":
-            return get_method("protonet", normalize="none", temperature=1.0)
+            return get_method("protonet", normalize="none", scale=1.0)
         if method in ("maml", "relation"):
             return get_method(method, net=load_net(self.meta, self.tensors, self.path))
         return None

@@ -13,13 +13,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Generator, Mapping, Sequence
+from typing import Any, Generator, Mapping, Sequence
 
 import numpy as np
 
-from fewshot_gui.core.errors import DataError
-from fewshot_gui.core.jobs import CancelToken, Progress, run_job  # noqa: F401  (run_job re-exported)
+from fewshot_gui.core.errors import DataError, ImageLoadError
+from fewshot_gui.core.fewshot import get_method
+from fewshot_gui.core.fewshot.transductive import refinable
 from fewshot_gui.core.io.export import LabelColumns, relative_posix, write_csv
+from fewshot_gui.core.io.images import load_image, scan_class_folders, scan_folder
+from fewshot_gui.core.jobs import CancelToken, Progress, run_job  # noqa: F401  (run_job re-exported)
+from fewshot_gui.core.trust.profile import TrustProfile
+from fewshot_gui.core.trust.report import Trust, assess_folder, trust_columns
 
 
 @dataclass
@@ -46,7 +51,7 @@ class LabelResult:
     support_errors: dict[Path, str] = field(default_factory=dict)
     extra: dict[str, list[Any]] = field(default_factory=dict)  # extra CSV columns (unknown, ...)
     notes: list[str] = field(default_factory=list)  # diagnostics / summary lines
-    trust: Any = None  # core.trust.Trust: diagnostics, unknown scores, review order
+    trust: Trust | None = None  # refinement, unknown scores, review order, diagnostics
     refined: bool = False  # probabilities come from transductive refinement over the folder
     seconds: float = 0.0
     method: str = ""
@@ -100,7 +105,7 @@ def embed_support(support: Mapping[str, Sequence[Path]], backbone, cache=None, c
     Broken support images are dropped with an error; a class left with no usable image is a
     :class:`DataError` naming the class.
     """
-    from fewshot_gui.core.embed.pipeline import iter_embeddings
+    from fewshot_gui.core.embed.pipeline import iter_embeddings  # lazy: pulls in torch / ONNX Runtime
 
     _check_support(support)
     classes, paths, labels = _flatten(support)
@@ -144,12 +149,11 @@ def label_folder(
     ``backbone``: a Backbone (default: the default backbone); ``method``: a FewShotMethod or a
     method name (default "protonet"). ``refine``: transductive refinement over the whole folder
     (None = the method's default). ``unknown_threshold``: route low-scoring images to "unknown"
-    (None = the default threshold; a negative value disables it).
+    (None = the default threshold; larger = fewer unknowns). The trust results are computed with
+    the :class:`TrustProfile` of the backbone that embeds the images.
     """
-    from fewshot_gui.core.embed.backbones import get_backbone
-    from fewshot_gui.core.embed.pipeline import iter_embeddings
-    from fewshot_gui.core.io.images import scan_folder
-    from fewshot_gui.core.fewshot import get_method
+    from fewshot_gui.core.embed.backbones import get_backbone  # lazy: pulls in torch / ONNX Runtime
+    from fewshot_gui.core.embed.pipeline import iter_embeddings  # lazy: pulls in torch / ONNX Runtime
 
     t0 = time.perf_counter()
     cancel = cancel or CancelToken()
@@ -201,39 +205,29 @@ def label_folder(
 
 
 def _post_process(result: LabelResult, method, refine: bool | None, unknown_threshold: float | None):
-    """Whole-folder steps after streaming: transductive refinement, unknown routing, review order,
-    support diagnostics. Each is optional: the modules live in core/ and are used when present."""
+    """Whole-folder steps after streaming (:func:`~fewshot_gui.core.trust.report.assess_folder`):
+    transductive refinement, unknown scores, review order, support diagnostics."""
     ok = np.array([i not in result.errors and not np.isnan(result.probs[i]).any()
                    for i in range(len(result.paths))], dtype=bool)
     if not ok.any() or result.features is None:
         return
-    hooks = _trust_hooks()
-    if hooks.get("refine") is not None and refine is not False:
-        yield Progress("refining", 0, 1)
-        new = hooks["refine"](method, result.support_features, result.support_labels,
-                              result.features[ok], len(result.classes), enabled=refine,
-                              backbone=result.backbone or None)
-        if new is not None:
-            result.probs[ok] = new
-            result.refined = True
-            yield LabelBatch(np.flatnonzero(ok), result.probs[ok], final=True)
-        yield Progress("refining", 1, 1)
-    if hooks.get("finish") is not None:
-        hooks["finish"](result, ok, method, unknown_threshold)
-
-
-def _trust_hooks() -> dict[str, Callable | None]:
-    """Issue-5 features (refinement, unknown, review order, diagnostics): see :mod:`.trust`."""
-    from fewshot_gui.core.trust.report import HOOKS
-
-    return HOOKS
+    stage = "refining and checking" if refine is not False and refinable(method) else "checking examples"
+    yield Progress(stage, 0, 1)
+    trust = assess_folder(method, result.support_features, result.support_labels, result.features, result.probs,
+                          result.classes, TrustProfile.for_backbone(result.backbone), refine=refine,
+                          support_paths=result.support_paths, unknown_threshold=unknown_threshold)
+    result.probs = trust.probs
+    if trust.refined:
+        result.refined = True
+        yield LabelBatch(np.flatnonzero(ok), result.probs[ok], final=True)
+    yield Progress(stage, 1, 1)
+    result.trust = trust
+    result.extra.update(trust_columns(trust, result.errors))
+    result.notes.extend(trust.summary_lines())
 
 
 def _label_with_images(support, query_root, query_paths, backbone, method, cancel, batch_size, t0):
     """Methods that adapt on pixels (MAML on Conv-4): feed preprocessed images, no embedding cache."""
-    from fewshot_gui.core.io.images import load_image
-    from fewshot_gui.core.errors import ImageLoadError
-
     _check_support(support)
     classes, s_paths, s_labels = _flatten(support)
     s_x, keep, s_errors = [], [], {}
@@ -293,8 +287,6 @@ def _good_rows(batch) -> tuple[np.ndarray, np.ndarray]:
 
 def support_from_folder(root: str | Path) -> dict[str, list[Path]]:
     """``root/<class>/...images`` -> {class: [paths]} (natural order)."""
-    from fewshot_gui.core.io.images import scan_class_folders
-
     return {k: list(v) for k, v in scan_class_folders(root).items()}
 
 

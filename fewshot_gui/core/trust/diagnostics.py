@@ -10,15 +10,16 @@ embeddings; then L2):
   (``suggested`` names it). In a 1-shot class an image cannot be left out (it *is* the
   prototype), so 1-shot images are only checked for duplicates.
 * **Outliers**: a support image whose cosine to its own leave-one-out prototype is below the
-  unknown threshold :math:`t(n-1)` of :mod:`fewshot_gui.core.trust.unknown` -- it would be routed to
-  "unknown" by its own class (e.g. an image of a class that is not in the project at all).
+  unknown threshold :math:`t(n-1)` of the :class:`~fewshot_gui.core.trust.profile.TrustProfile`
+  (minus a margin) -- it would be routed to "unknown" by its own class (e.g. an image of a class that is not in the project at all).
 * **Duplicates**: pairs of support images with near-identical embeddings (cosine of the raw
   L2-normalised embeddings >= ``duplicate_cosine``); across two classes they are a contradiction.
 * **Confused class pairs**: pairs whose leave-one-out errors go into each other, or -- when query
   embeddings are given -- between which many queries hesitate (top-2 classes are the pair and the
   probability margin is small).
 
-``diagnose_support(...) -> SupportDiagnostics`` (a dataclass with ``summary_lines()`` for the CLI).
+``diagnose_support(support, labels, n_classes, profile, ...) -> SupportDiagnostics`` (a dataclass
+with ``summary_lines()`` for the CLI).
 """
 
 from __future__ import annotations
@@ -29,12 +30,15 @@ from typing import Sequence
 import numpy as np
 
 from fewshot_gui.core.errors import DataError
-from fewshot_gui.core.fewshot.refine import l2_normalise, normalise_episode
-from fewshot_gui.core.trust.unknown import shot_threshold
+from fewshot_gui.core.fewshot.features import (centre_normalise, l2_normalise, leave_one_out_scores, prototypes,
+                                               softmax, sq_distance_scores)
+from fewshot_gui.core.trust.profile import TrustProfile
 
 DEFAULT_DUPLICATE_COSINE = 0.985
-DEFAULT_SCALE = 10.0          # ProtoNet-convention scale used for the query margins
-AMBIGUOUS_MARGIN = 0.2        # a query is hesitating between its top-2 classes below this margin
+# A query hesitates between its top-2 classes when their probability margin under
+# softmax(HESITATION_SCALE * scores) is below AMBIGUOUS_MARGIN (the two were chosen together).
+HESITATION_SCALE = 10.0
+AMBIGUOUS_MARGIN = 0.2
 MIN_CONFUSED_QUERIES = 3      # a pair is reported when at least this many queries hesitate
 OUTLIER_MARGIN = 0.06  # outlier when cosine to own prototype < t(n-1) - margin (chosen on base classes)
 
@@ -127,14 +131,13 @@ class SupportDiagnostics:
         return lines
 
 
-def diagnose_support(support: np.ndarray, labels: np.ndarray, n_classes: int,
+def diagnose_support(support: np.ndarray, labels: np.ndarray, n_classes: int, profile: TrustProfile,
                      class_names: Sequence[str] | None = None, query: np.ndarray | None = None,
                      paths: Sequence[str] | None = None, duplicate_cosine: float = DEFAULT_DUPLICATE_COSINE,
-                     scale: float = DEFAULT_SCALE, backbone: str | None = "efficientnet-lite0",
                      outliers: bool = True) -> SupportDiagnostics:
     """Diagnose a support set (raw embeddings). ``query`` (optional) improves the centring and
-    adds query-based class confusion; rows with NaN (failed images) are ignored. ``backbone``
-    picks the outlier threshold table (:func:`fewshot_gui.core.trust.unknown.shot_threshold`)."""
+    adds query-based class confusion; rows with NaN (failed images) are ignored. ``profile`` gives
+    the outlier thresholds :math:`t(n)` for the backbone of the embeddings."""
     s = np.asarray(support, dtype=np.float64)
     y = np.asarray(labels, dtype=int).ravel()
     if s.ndim != 2 or len(s) != len(y):
@@ -148,23 +151,16 @@ def diagnose_support(support: np.ndarray, labels: np.ndarray, n_classes: int,
     if query is not None:
         q = np.asarray(query, dtype=np.float64)
         q = q[np.all(np.isfinite(q), axis=1)] if len(q) else q
-    zs, zq, _ = normalise_episode(s, q, "all")
+    zs, zq, _ = centre_normalise(s, q, "all")
     counts = np.bincount(y, minlength=n_classes)
-    sums = np.zeros((n_classes, s.shape[1]))
-    np.add.at(sums, y, zs)
-    protos = l2_normalise(sums / np.maximum(counts, 1)[:, None])  # re-normalised, as ProtoNet
+    protos = prototypes(zs, y, n_classes)
 
     # leave-one-out: own prototype without the item, others unchanged (euclidean, as ProtoNet)
     S = len(y)
     loo_pred = np.full(S, -1, dtype=int)
     own_n = counts[y] - 1
     can = own_n >= 1
-    d2 = (zs * zs).sum(1)[:, None] + (protos * protos).sum(1)[None, :] - 2 * zs @ protos.T  # (S, C)
-    own_proto = l2_normalise(sums[y] - zs)
-    d2_own = ((zs - own_proto) ** 2).sum(1)
-    d2_loo = d2.copy()
-    d2_loo[np.arange(S), y] = d2_own
-    d2_loo[:, counts == 0] = np.inf
+    d2_loo = -leave_one_out_scores(zs, y, n_classes)  # (S, C) squared distances
     pred = d2_loo.argmin(1)
     loo_pred[can] = pred[can]
     loo_acc = np.full(n_classes, np.nan)
@@ -179,7 +175,7 @@ def diagnose_support(support: np.ndarray, labels: np.ndarray, n_classes: int,
         suspects.append(Suspect(index=int(i), label=int(y[i]), suggested=int(loo_pred[i]),
                                 own_score=float(cos_loo[i, y[i]]), other_score=float(cos_loo[i, loo_pred[i]])))
     if outliers:
-        t_own = shot_threshold(np.maximum(own_n, 1), backbone) - OUTLIER_MARGIN
+        t_own = profile.shot_threshold(np.maximum(own_n, 1)) - OUTLIER_MARGIN
         for i in np.where(can & (loo_pred == y) & (cos_loo[np.arange(S), y] < t_own))[0]:
             suspects.append(Suspect(index=int(i), label=int(y[i]), suggested=int(y[i]),
                                     own_score=float(cos_loo[i, y[i]]), other_score=float(cos_loo[i, y[i]]),
@@ -201,11 +197,7 @@ def diagnose_support(support: np.ndarray, labels: np.ndarray, n_classes: int,
         conf[a, b] += 1
     hes = np.zeros((n_classes, n_classes), dtype=int)
     if zq is not None and len(zq) and n_classes >= 2:
-        sc = -((zq * zq).sum(1)[:, None] + (protos * protos).sum(1)[None, :] - 2 * zq @ protos.T)
-        z = scale * sc
-        z -= z.max(1, keepdims=True)
-        p = np.exp(z)
-        p /= p.sum(1, keepdims=True)
+        p = softmax(HESITATION_SCALE * sq_distance_scores(zq, protos))
         top = np.argsort(-p, axis=1)[:, :2]
         marg = p[np.arange(len(p)), top[:, 0]] - p[np.arange(len(p)), top[:, 1]]
         for (a, b), m in zip(top, marg):

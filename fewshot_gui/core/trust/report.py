@@ -1,82 +1,117 @@
-"""Whole-folder trust features of a labeling run (issue 5), in one place for the CLI and the app.
+"""Trust results of a labeled folder, built in one place for the labeling job and the session.
 
-After the query folder is embedded and scored, :func:`label_folder` calls the hooks below:
+:func:`assess_folder` takes the method's probabilities for the folder and returns a :class:`Trust`:
 
-- ``refine``: transductive refinement of the prototypes with the unlabeled images (ProtoNet-style
-  methods on features only; :mod:`.transductive`), replacing the streamed probabilities;
-- ``finish``: the "unknown" routing (:mod:`.unknown`), the review order (:mod:`.review`) and the
-  support diagnostics (:mod:`.diagnostics`), stored on the result as a :class:`Trust`, as CSV
-  columns (``unknown``, ``unknown_score``, ``review_rank``) and as summary lines.
+- ``probs``: the final probabilities: refined with the unlabeled images (transductive ProtoNet,
+  :func:`fewshot_gui.core.fewshot.transductive.transductive_probs`) for a ProtoNet-style method
+  unless refinement is off, else the method's own;
+- ``unknown``: the "fits no class" scores and flags (:mod:`.unknown`);
+- ``review_rank``: the review order (:mod:`.review`);
+- ``diagnostics`` and ``notes``: the support diagnostics (:mod:`.diagnostics`) and one line per
+  class for its card.
 
-Each piece is optional: when one fails, the labels are kept and that piece is left out.
+:func:`trust_columns` turns a :class:`Trust` into the CSV columns ``unknown``, ``unknown_score``
+and ``review_rank``. The backbone's fitted numbers come in a
+:class:`~fewshot_gui.core.trust.profile.TrustProfile`, chosen once per labeling run.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection, Sequence
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from fewshot_gui.core.fewshot.transductive import DEFAULT_REFINE, refinable, transductive_probs
+from fewshot_gui.core.trust.diagnostics import SupportDiagnostics, diagnose_support
+from fewshot_gui.core.trust.profile import TrustProfile
+from fewshot_gui.core.trust.review import review_rank
+from fewshot_gui.core.trust.unknown import DEFAULT_UNKNOWN_THRESHOLD, UnknownScores, unknown_scores
 
 MAX_DENSITY_ROWS = 20000  # the review order's density term is O(N^2): skip it beyond this
+UNKNOWN_SCORE_DECIMALS = 4
 
 
 @dataclass
 class Trust:
-    diagnostics: Any = None          # core.diagnostics.SupportDiagnostics
-    unknown: Any = None              # core.unknown.UnknownScores (one row per query image)
-    review_rank: np.ndarray | None = None  # 1 = review first, 0 = failed
+    """What :func:`assess_folder` found for one folder (one row per query image)."""
+
+    probs: np.ndarray                         # (N, C) final probabilities; NaN rows for failed images
+    refined: bool = False                     # probs come from transductive refinement
+    unknown: UnknownScores | None = None
+    review_rank: np.ndarray | None = None     # (N,) 1 = review first, 0 = failed
+    diagnostics: SupportDiagnostics | None = None
     notes: dict[str, str] = field(default_factory=dict)  # class name -> one line for its card
 
+    def summary_lines(self) -> list[str]:
+        """The support diagnostics as lines for a text summary ([] without diagnostics)."""
+        return self.diagnostics.summary_lines() if self.diagnostics is not None else []
 
-def compute_trust(result, backbone_name: str | None, unknown_threshold: float | None = None,
+
+def assess_folder(method: Any, support: np.ndarray, labels: np.ndarray, query: np.ndarray, probs: np.ndarray,
+                  classes: Sequence[str], profile: TrustProfile, *, refine: bool | None = None,
+                  support_paths: Sequence[str | Path] | None = None, unknown_threshold: float | None = None,
                   diagnostics: bool = True) -> Trust:
-    """Diagnostics, unknown scores and review order for a finished ``LabelResult``."""
-    t = Trust()
-    s, y = result.support_features, np.asarray(result.support_labels, int)
-    q, probs, classes = result.features, result.probs, list(result.classes)
-    if s is None or len(s) == 0:
-        return t
-    C = len(classes)
+    """Trust results for a folder: refined probabilities, unknown scores, review ranks, diagnostics.
+
+    ``support``/``labels``: the support embeddings (confirmed images included) and their class
+    indices into ``classes``; ``query``: (N, D) embeddings of the folder and ``probs`` (N, C) the
+    method's own probabilities for them (NaN rows for failed images). ``refine``: None = the
+    default (:data:`~fewshot_gui.core.fewshot.transductive.DEFAULT_REFINE`), False = keep the
+    method's probabilities. ``unknown_threshold``: the default threshold of the unknown flags
+    (None = :data:`~fewshot_gui.core.trust.unknown.DEFAULT_UNKNOWN_THRESHOLD`).
+    """
+    s = np.asarray(support)
+    y = np.asarray(labels, dtype=int)
+    q = np.asarray(query)
+    n_classes = len(classes)
+    final = np.array(probs, copy=True)
+    ok = np.all(np.isfinite(final), axis=1) & np.all(np.isfinite(q), axis=1)
+    trust = Trust(final)
+    if refine is not False and refinable(method) and ok.any():
+        refine = DEFAULT_REFINE if refine is None else bool(refine)
+        final[ok] = transductive_probs(s, y, q[ok], n_classes, profile.calibration, refine=refine)
+        trust.refined = True
     if diagnostics:
-        try:
-            from fewshot_gui.core.trust.diagnostics import diagnose_support
-
-            d = diagnose_support(s, y, C, class_names=classes, paths=[str(p) for p in result.support_paths],
-                                 backbone=backbone_name)
-            t.diagnostics = d
-            t.notes = class_notes(d)
-        except Exception as exc:  # optional feature: never break labeling
-            log.warning("support diagnostics unavailable: %s", exc)
-    if q is not None:
-        try:
-            from fewshot_gui.core.trust.unknown import DEFAULT_UNKNOWN_THRESHOLD, unknown_scores
-
-            thr = DEFAULT_UNKNOWN_THRESHOLD if unknown_threshold is None else float(unknown_threshold)
-            t.unknown = unknown_scores(s, y, q, C, backbone=backbone_name, threshold=thr)
-        except Exception as exc:
-            log.warning("unknown scores unavailable: %s", exc)
-        try:
-            from fewshot_gui.core.trust.review import review_rank
-
-            ok = ~np.isnan(probs).any(axis=1)
-            rank = np.zeros(len(probs), int)
-            if ok.sum() > 1:
-                feats = q[ok] if ok.sum() <= MAX_DENSITY_ROWS else None
-                rank[ok] = review_rank(probs[ok], feats)
-            elif ok.sum() == 1:
-                rank[ok] = 1
-            t.review_rank = rank
-        except Exception as exc:
-            log.warning("review order unavailable: %s", exc)
-    return t
+        trust.diagnostics = diagnose_support(
+            s, y, n_classes, profile, class_names=list(classes),
+            paths=None if support_paths is None else [str(p) for p in support_paths])
+        trust.notes = class_notes(trust.diagnostics)
+    threshold = DEFAULT_UNKNOWN_THRESHOLD if unknown_threshold is None else float(unknown_threshold)
+    trust.unknown = unknown_scores(s, y, q, n_classes, profile, threshold=threshold)
+    trust.review_rank = folder_review_rank(final, q)
+    return trust
 
 
-def class_notes(d) -> dict[str, str]:
+def folder_review_rank(probs: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """(N,) review ranks of the rows with probabilities (1 = first); failed rows get 0. The density
+    term uses the embeddings up to :data:`MAX_DENSITY_ROWS` rows."""
+    ok = ~np.isnan(probs).any(axis=1)
+    rank = np.zeros(len(probs), int)
+    if ok.sum() > 1:
+        rank[ok] = review_rank(probs[ok], query[ok] if ok.sum() <= MAX_DENSITY_ROWS else None)
+    elif ok.sum() == 1:
+        rank[ok] = 1
+    return rank
+
+
+def trust_columns(trust: Trust, errors: Collection[int], unknown_threshold: float | None = None) -> dict[str, list]:
+    """The CSV columns of ``trust``: ``unknown`` (flag at ``unknown_threshold``, None = the
+    threshold of the assessment; empty for the failed rows in ``errors``), ``unknown_score``
+    (rounded to 4 decimals) and ``review_rank`` (empty for failed rows)."""
+    cols: dict[str, list] = {}
+    if trust.unknown is not None:
+        mask = np.asarray(trust.unknown.mask(unknown_threshold), dtype=bool)
+        cols["unknown"] = [None if i in errors else bool(m) for i, m in enumerate(mask)]
+        cols["unknown_score"] = [round(float(v), UNKNOWN_SCORE_DECIMALS) if np.isfinite(v) else None
+                                 for v in trust.unknown.scores]
+    if trust.review_rank is not None:
+        cols["review_rank"] = [int(r) if r > 0 else None for r in trust.review_rank]
+    return cols
+
+
+def class_notes(d: SupportDiagnostics) -> dict[str, str]:
     """One short line per class: leave-one-out accuracy and suspicious examples."""
     names = d.class_names
     notes: dict[str, list[str]] = {n: [] for n in names}
@@ -93,30 +128,3 @@ def class_notes(d) -> dict[str, str]:
     for pair in d.confused_pairs:
         notes[names[pair.a]].append(f"often confused with {names[pair.b]}")
     return {n: " \u00b7 ".join(v) for n, v in notes.items() if v}
-
-
-# ---------------------------------------------------------------------------- labeling hooks
-def _refine(method, support_feats, support_labels, query_feats, n_classes, enabled=None, backbone=None):
-    from fewshot_gui.core.fewshot.refine import transductive_probs
-
-    if enabled is False:
-        return None
-    return transductive_probs(support_feats, support_labels, query_feats, n_classes,
-                              backbone=backbone, enabled=enabled, method=method)
-
-
-def _finish(result, ok, method, unknown_threshold) -> None:
-    t = compute_trust(result, result.backbone or None, unknown_threshold)
-    result.trust = t
-    n = len(result.paths)
-    if t.unknown is not None:
-        mask = np.asarray(t.unknown.mask(), dtype=bool)
-        result.extra["unknown"] = [bool(mask[i]) if i not in result.errors else None for i in range(n)]
-        result.extra["unknown_score"] = [None if not np.isfinite(v) else round(float(v), 4) for v in t.unknown.scores]
-    if t.review_rank is not None:
-        result.extra["review_rank"] = [int(r) if r > 0 else None for r in t.review_rank]
-    if t.diagnostics is not None:
-        result.notes.extend(t.diagnostics.summary_lines())
-
-
-HOOKS = {"refine": _refine, "finish": _finish}

@@ -30,7 +30,8 @@ from typing import Callable
 
 import numpy as np
 
-from fewshot_gui.core.fewshot.refine import l2_normalise
+from fewshot_gui.core.fewshot.base import Predictions
+from fewshot_gui.core.fewshot.features import centre_normalise
 
 STRATEGIES = ("density", "margin", "entropy", "random")
 DEFAULT_STRATEGY = "density"
@@ -40,13 +41,6 @@ DEFAULT_FLOOR = 0.25
 DEFAULT_LAMBDA = 2.0
 DEFAULT_DIVERSE_TOP = 200
 DIVERSITY = 0.5
-
-
-def _margin(probs: np.ndarray) -> np.ndarray:
-    if probs.shape[1] < 2:
-        return np.ones(len(probs))
-    top2 = np.sort(probs, axis=1)[:, -2:]
-    return top2[:, 1] - top2[:, 0]
 
 
 def review_priority(probs: np.ndarray, features: np.ndarray | None = None, strategy: str = DEFAULT_STRATEGY,
@@ -63,7 +57,7 @@ def review_priority(probs: np.ndarray, features: np.ndarray | None = None, strat
     if strategy == "entropy":
         p = np.clip(probs, 1e-12, 1.0)
         return -(p * np.log(p)).sum(1)
-    unc = 1.0 - _margin(probs)
+    unc = 1.0 - Predictions(probs).margin
     if strategy == "margin" or features is None or Q < 2:
         return unc
     z = _normalise(features)
@@ -79,8 +73,8 @@ def review_priority(probs: np.ndarray, features: np.ndarray | None = None, strat
 
 
 def _normalise(features: np.ndarray) -> np.ndarray:
-    x = np.asarray(features, dtype=np.float64)
-    return l2_normalise(x - x.mean(0))
+    """Embeddings centred on their mean and L2-normalised (no L2 before centring)."""
+    return centre_normalise(features, pre_l2=False)[0]
 
 
 def review_order(probs: np.ndarray, features: np.ndarray | None = None, strategy: str = DEFAULT_STRATEGY,

@@ -10,7 +10,8 @@ In ProtoNet's normalised space (centre = mean of support *and* query embeddings,
 
 where :math:`t(n)` is the cosine below which a query of an :math:`n`-shot class is unusual: it
 keeps ~97% of the correctly labeled known images (fitted per backbone on the Caltech-101 base
-half, interpolated in :math:`\log n`; see ``docs/quality.md``). Subtracting :math:`t(n)` puts
+half, interpolated in :math:`\log n`; :class:`fewshot_gui.core.trust.profile.TrustProfile`, see
+``docs/quality.md``). Subtracting :math:`t(n)` puts
 classes with 1 and 10 examples on one scale, so a single threshold works for all of them.
 
 A query is **unknown** when :math:`u(q) > \theta`; the default :math:`\theta = 0`
@@ -22,7 +23,7 @@ prototypes towards nearby unknown images and makes them harder to separate (meas
 
 API
 ---
-* :func:`unknown_scores(support, labels, query, n_classes, backbone=...)` -> :class:`UnknownScores`
+* :func:`unknown_scores(support, labels, query, n_classes, profile)` -> :class:`UnknownScores`
 * :class:`UnknownScores`: ``.scores`` (Q,), ``.nearest`` (Q,), ``.mask(threshold)``,
   ``.count(threshold)`` (O(log Q), for a live slider), ``.threshold_for_count(n)``.
 * :func:`auroc` (known-vs-unknown separation).
@@ -35,27 +36,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fewshot_gui.core.errors import DataError
-from fewshot_gui.core.fewshot.refine import l2_normalise, normalise_episode, support_prototypes
+from fewshot_gui.core.fewshot.features import centre_normalise, prototypes
+from fewshot_gui.core.trust.profile import TrustProfile
 
 DEFAULT_UNKNOWN_THRESHOLD = 0.0
-
-# t(n): cosine keeping ~97% of correctly labeled known queries of an n-shot class, fitted on the
-# Caltech-101 base half (5-way, 15 queries + 5 unseen classes); bench/quality.py --fit prints them.
-SHOT_COSINE_THRESHOLDS: dict[str, tuple[tuple[int, float], ...]] = {
-    "efficientnet-lite0": ((1, 0.072), (2, 0.120), (3, 0.147), (5, 0.175), (10, 0.195)),
-}
-# Used for a backbone without a fitted table (a data-free guess, a little below Lite0's values).
-GENERIC_SHOT_COSINE_THRESHOLDS: tuple[tuple[int, float], ...] = ((1, 0.06), (5, 0.14), (10, 0.16))
-
-
-def shot_threshold(n_shot: np.ndarray | int, backbone: str | None = None) -> np.ndarray:
-    """:math:`t(n)` for each shot count (log-linear interpolation, clamped at the table ends)."""
-    table = SHOT_COSINE_THRESHOLDS.get(backbone or "", GENERIC_SHOT_COSINE_THRESHOLDS)
-    xs = np.log(np.array([t[0] for t in table], dtype=np.float64))
-    ys = np.array([t[1] for t in table], dtype=np.float64)
-    n = np.maximum(np.asarray(n_shot, dtype=np.float64), 1.0)
-    return np.interp(np.log(n), xs, ys)
-
 
 @dataclass
 class UnknownScores:
@@ -98,25 +82,26 @@ class UnknownScores:
 
 
 def unknown_scores(support: np.ndarray, labels: np.ndarray, query: np.ndarray, n_classes: int,
-                   backbone: str | None = "efficientnet-lite0",
-                   threshold: float = DEFAULT_UNKNOWN_THRESHOLD) -> UnknownScores:
+                   profile: TrustProfile, threshold: float = DEFAULT_UNKNOWN_THRESHOLD) -> UnknownScores:
     """Unknown scores for raw query embeddings (rows with NaN -- failed images -- get NaN).
 
-    ``backbone`` selects the fitted table :data:`SHOT_COSINE_THRESHOLDS` (a generic one otherwise).
+    ``profile`` gives :math:`t(n)` for the backbone of the embeddings; ``threshold`` becomes the
+    default of :meth:`UnknownScores.mask`.
     """
     s = np.asarray(support, dtype=np.float64)
     q = np.asarray(query, dtype=np.float64)
     y = np.asarray(labels, dtype=int)
     if s.ndim != 2 or q.ndim != 2 or (len(q) and q.shape[1] != s.shape[1]):
         raise DataError("support and query must be 2-D embedding arrays of the same width")
+    if np.any(np.bincount(y, minlength=n_classes) == 0):
+        raise DataError("every class needs at least one support example")
     ok = np.all(np.isfinite(q), axis=1) if len(q) else np.zeros(0, bool)
-    zs, zq, _ = normalise_episode(s, q[ok], "all")
-    protos = l2_normalise(support_prototypes(zs, y, n_classes))
-    cos = zq @ protos.T
+    zs, zq, _ = centre_normalise(s, q[ok], "all")
+    cos = zq @ prototypes(zs, y, n_classes).T  # unit rows: cosines
     near = cos.argmax(1) if len(zq) else np.zeros(0, int)
     sim = cos[np.arange(len(zq)), near] if len(zq) else np.zeros(0)
     n_shot = np.bincount(y, minlength=n_classes)
-    sc = shot_threshold(n_shot[near], backbone) - sim
+    sc = profile.shot_threshold(n_shot[near]) - sim
     scores = np.full(len(q), np.nan)
     nearest = np.full(len(q), -1, dtype=int)
     simil = np.full(len(q), np.nan)
