@@ -184,3 +184,25 @@ def test_errors():
     for bad in ({"normalize": "zscore"}, {"center": "x"}, {"metric": "l1"}, {"scale": 0}):
         with pytest.raises(DataError):
             ProtoNet(**bad)
+
+
+def test_registry_names_every_method_and_imports_lazily():
+    import subprocess
+    import sys
+
+    from fewshot_gui.core.fewshot.base import METHODS, method_class
+
+    assert available_methods() == sorted(METHODS)
+    for name in METHODS:
+        assert method_class(name).name == name
+    code = ("import sys\nfrom fewshot_gui.core.fewshot import available_methods, get_method\n"
+            "assert 'maml' in available_methods()\nget_method('protonet')\nget_method('protonet-transductive')\n"
+            "sys.exit(1 if 'torch' in sys.modules else 0)\n")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0  # ProtoNet alone never imports torch
+
+
+def test_unknown_method_name_is_a_config_error():
+    from fewshot_gui.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="protonet"):
+        get_method("protonett")

@@ -69,6 +69,11 @@ class FewShotMethod(ABC):
     def predict(self, query: np.ndarray) -> Predictions:
         return Predictions(np.asarray(self.predict_proba(query)))
 
+    def set_query_statistics(self, query: np.ndarray | None) -> "FewShotMethod":
+        """All query embeddings at once, for methods that use whole-folder statistics (ProtoNet's
+        query centring, transductive refinement); None forgets them. Other methods ignore them."""
+        return self
+
     @staticmethod
     def check_support(support: np.ndarray, labels: np.ndarray, n_classes: int) -> None:
         labels = np.asarray(labels)
@@ -78,6 +83,23 @@ class FewShotMethod(ABC):
         empty = [i for i in range(n_classes) if counts[i] == 0]
         if empty:
             raise DataError(f"class index {empty} has no support example; add at least one image to every class")
+
+
+def predict_folder(method: FewShotMethod, support: np.ndarray, labels: np.ndarray, n_classes: int,
+                   query: np.ndarray) -> np.ndarray:
+    """Fit ``method`` on embeddings ``support`` and score every row of ``query`` (N, D) at once.
+
+    Rows of ``query`` with NaN (failed images) stay NaN. Returns (N, n_classes) float32. No image
+    is embedded again, so a correction can update every prediction of a folder.
+    """
+    q = np.asarray(query, dtype=np.float32)
+    out = np.full((len(q), n_classes), np.nan, dtype=np.float32)
+    ok = ~np.isnan(q).any(axis=1) if len(q) else np.zeros(0, bool)
+    method.fit(np.asarray(support, np.float32), np.asarray(labels, int), n_classes)
+    if ok.any():
+        method.set_query_statistics(q[ok])
+        out[ok] = method.predict_proba(q[ok])
+    return out
 
 
 # Method name -> "module:Class". Adding a method is one module and one line here; a method's module

@@ -213,8 +213,8 @@ def _post_process(result: LabelResult, method, refine: bool | None, unknown_thre
         return
     stage = "refining and checking" if refine is not False and refinable(method) else "checking examples"
     yield Progress(stage, 0, 1)
-    trust = assess_folder(method, result.support_features, result.support_labels, result.features, result.probs,
-                          result.classes, TrustProfile.for_backbone(result.backbone), refine=refine,
+    trust = assess_folder(method, result.support_features, result.support_labels, result.features, result.classes,
+                          TrustProfile.for_backbone(result.backbone), probs=result.probs, refine=refine,
                           support_paths=result.support_paths, unknown_threshold=unknown_threshold)
     result.probs = trust.probs
     if trust.refined:

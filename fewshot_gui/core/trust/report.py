@@ -1,10 +1,10 @@
 """Trust results of a labeled folder, built in one place for the labeling job and the session.
 
-:func:`assess_folder` takes the method's probabilities for the folder and returns a :class:`Trust`:
+:func:`assess_folder` returns a :class:`Trust` for a folder of embeddings:
 
 - ``probs``: the final probabilities: refined with the unlabeled images (transductive ProtoNet,
   :func:`fewshot_gui.core.fewshot.transductive.transductive_probs`) for a ProtoNet-style method
-  unless refinement is off, else the method's own;
+  unless refinement is off, else the method's own (given, or fitted and predicted here);
 - ``unknown``: the "fits no class" scores and flags (:mod:`.unknown`);
 - ``review_rank``: the review order (:mod:`.review`);
 - ``diagnostics`` and ``notes``: the support diagnostics (:mod:`.diagnostics`) and one line per
@@ -23,6 +23,7 @@ from typing import Any, Collection, Sequence
 
 import numpy as np
 
+from fewshot_gui.core.fewshot.base import predict_folder
 from fewshot_gui.core.fewshot.transductive import DEFAULT_REFINE, refinable, transductive_probs
 from fewshot_gui.core.trust.diagnostics import SupportDiagnostics, diagnose_support
 from fewshot_gui.core.trust.profile import TrustProfile
@@ -49,29 +50,33 @@ class Trust:
         return self.diagnostics.summary_lines() if self.diagnostics is not None else []
 
 
-def assess_folder(method: Any, support: np.ndarray, labels: np.ndarray, query: np.ndarray, probs: np.ndarray,
-                  classes: Sequence[str], profile: TrustProfile, *, refine: bool | None = None,
-                  support_paths: Sequence[str | Path] | None = None, unknown_threshold: float | None = None,
-                  diagnostics: bool = True) -> Trust:
-    """Trust results for a folder: refined probabilities, unknown scores, review ranks, diagnostics.
+def assess_folder(method: Any, support: np.ndarray, labels: np.ndarray, query: np.ndarray,
+                  classes: Sequence[str], profile: TrustProfile, *, probs: np.ndarray | None = None,
+                  refine: bool | None = None, support_paths: Sequence[str | Path] | None = None,
+                  unknown_threshold: float | None = None, diagnostics: bool = True) -> Trust:
+    """Trust results for a folder: final probabilities, unknown scores, review ranks, diagnostics.
 
     ``support``/``labels``: the support embeddings (confirmed images included) and their class
-    indices into ``classes``; ``query``: (N, D) embeddings of the folder and ``probs`` (N, C) the
-    method's own probabilities for them (NaN rows for failed images). ``refine``: None = the
-    default (:data:`~fewshot_gui.core.fewshot.transductive.DEFAULT_REFINE`), False = keep the
-    method's probabilities. ``unknown_threshold``: the default threshold of the unknown flags
-    (None = :data:`~fewshot_gui.core.trust.unknown.DEFAULT_UNKNOWN_THRESHOLD`).
+    indices into ``classes``; ``query``: (N, D) embeddings of the folder (NaN rows for failed
+    images). ``probs``: the method's own (N, C) probabilities when already computed (the labeling
+    job streams them); None = fit ``method`` and predict here when they are needed (float32).
+    ``refine``: None = the default (:data:`~fewshot_gui.core.fewshot.transductive.DEFAULT_REFINE`),
+    False = keep the method's probabilities. ``unknown_threshold``: the default threshold of the
+    unknown flags (None = :data:`~fewshot_gui.core.trust.unknown.DEFAULT_UNKNOWN_THRESHOLD`).
     """
     s = np.asarray(support)
     y = np.asarray(labels, dtype=int)
     q = np.asarray(query)
     n_classes = len(classes)
-    final = np.array(probs, copy=True)
-    ok = np.all(np.isfinite(final), axis=1) & np.all(np.isfinite(q), axis=1)
+    refining = refine is not False and refinable(method)
+    if probs is None and not refining:
+        probs = predict_folder(method, s, y, n_classes, q)
+    final = np.full((len(q), n_classes), np.nan, np.float32) if probs is None else np.array(probs, copy=True)
+    ok = np.all(np.isfinite(q), axis=1) & (True if probs is None else np.all(np.isfinite(final), axis=1))
     trust = Trust(final)
-    if refine is not False and refinable(method) and ok.any():
-        refine = DEFAULT_REFINE if refine is None else bool(refine)
-        final[ok] = transductive_probs(s, y, q[ok], n_classes, profile.calibration, refine=refine)
+    if refining and ok.any():
+        final[ok] = transductive_probs(s, y, q[ok], n_classes, profile.calibration,
+                                       refine=DEFAULT_REFINE if refine is None else bool(refine))
         trust.refined = True
     if diagnostics:
         trust.diagnostics = diagnose_support(
