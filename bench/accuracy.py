@@ -104,7 +104,7 @@ def eval_omniglot_model(path: Path, episodes: int, seed: int, log, transductive:
     if all(STORE.get(k) for k in keys.values()):
         return {c: STORE.get(k) for c, k in keys.items()}
     backbone = bundle.make_backbone()
-    method = bundle.make_method() or get_method("protonet", normalize="none", temperature=1.0)
+    method = bundle.make_method() or get_method("protonet", normalize="none", scale=1.0)
     spec = ImageSpec.from_meta(bundle.meta["input"])
     data = run_job(load_images(OMNI_TEST, spec))
     x = spec.normalise(data.items).numpy()
@@ -117,7 +117,7 @@ def eval_omniglot_model(path: Path, episodes: int, seed: int, log, transductive:
 
     def fit_predict(si, sy, qi, way):
         if transductive:
-            m = get_method("protonet-transductive", backbone=None)
+            m = get_method("protonet-transductive")  # no fitted calibration for a Conv-4
             m.fit(inputs[si], sy, way)
             m.set_query_set(inputs[qi])
             return m.predict_proba(inputs[qi])

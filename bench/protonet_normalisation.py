@@ -1,8 +1,8 @@
-"""Measure ProtoNet feature normalisation and temperature choices on a labeled folder.
+"""Measure ProtoNet feature normalisation and scale choices on a labeled folder.
 
 Embeds every image once (through the embedding cache; set FEWSHOT_CACHE_DIR to share it), then
 evaluates on the same episodes (seeded) for every variant and prints mean accuracy ± 95% CI
-(1.96 * std / sqrt(episodes)) and, for the temperature sweep, the negative log-likelihood and the
+(1.96 * std / sqrt(episodes)) and, for the scale sweep, the negative log-likelihood and the
 expected calibration error (ECE, 15 bins) of the reported confidences.
 
     FEWSHOT_CACHE_DIR=/tmp/fewshot_cache .venv/bin/python bench/protonet_normalisation.py \
@@ -110,15 +110,15 @@ def main(argv=None) -> int:
             row += f"{f'{a.mean():.2f} ± {ci95(a):.2f}':>18s}"
         print(row, flush=True)
 
-    print("\n## Temperature (default normalisation, euclidean): NLL / ECE % of the confidences, "
+    print("\n## Scale (default normalisation, euclidean): NLL / ECE % of the confidences, "
           f"{min(args.episodes, 300)} episodes")
-    temps = [2, 5, 8, 10, 12, 15, 20, 30]
-    print(f"{'T':>6s}" + "".join(f"{f'{w}-way {k}-shot':>20s}" for w, k in settings))
-    for t in temps:
+    scales = [2, 5, 8, 10, 12, 15, 20, 30]
+    print(f"{'scale':>6s}" + "".join(f"{f'{w}-way {k}-shot':>20s}" for w, k in settings))
+    for t in scales:
         row = f"{t:6g}"
         for w, k in settings:
             _, p, y = run(feats, labels, w, k, args.query, min(args.episodes, 300), args.seed,
-                          lambda: ProtoNet(temperature=t))
+                          lambda: ProtoNet(scale=t))
             row += f"{f'{nll(p, y):.3f} / {ece(p, y):.1f}':>20s}"
         print(row, flush=True)
     return 0

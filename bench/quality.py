@@ -32,9 +32,11 @@ from fewshot_gui.core.trust.diagnostics import diagnose_support  # noqa: E402
 from fewshot_gui.core.fewshot.protonet import ProtoNet  # noqa: E402
 from fewshot_gui.core.fewshot.transductive import TransductiveProtoNet  # noqa: E402
 from fewshot_gui.core.trust.review import simulate_review  # noqa: E402
-from fewshot_gui.core.trust.unknown import SHOT_COSINE_THRESHOLDS, auroc, unknown_scores  # noqa: E402
+from fewshot_gui.core.trust.profile import SHOT_COSINE_THRESHOLDS, TrustProfile  # noqa: E402
+from fewshot_gui.core.trust.unknown import auroc, unknown_scores  # noqa: E402
 
 BACKBONE = "efficientnet-lite0"
+PROFILE = TrustProfile.for_backbone(BACKBONE)
 
 
 # ------------------------------------------------------------------------------------ data
@@ -113,7 +115,7 @@ def inductive_probs(F, s, sy, q, way):
 
 
 def refined_method(refine=True):
-    return TransductiveProtoNet(refine=refine, backbone=BACKBONE)
+    return TransductiveProtoNet(refine=refine, calibration=PROFILE.calibration)
 
 
 def refined_probs(F, s, sy, q, way, refine=True):
@@ -140,7 +142,7 @@ def fit_constants(F, pool: Pool, episodes: int, seed: int) -> dict:
         sims = []
         for _ in range(episodes):
             s, sy, q, qy, _ = pool.episode(rng, 5, shot, 15, n_unseen=5)
-            u = unknown_scores(F[s], sy, F[q], 5, backbone=None)
+            u = unknown_scores(F[s], sy, F[q], 5, TrustProfile.for_backbone(None))
             known_ok = (qy >= 0) & (u.nearest == qy)
             sims.append(u.similarity[known_ok])
         out["thresholds"].append((shot, float(np.quantile(np.concatenate(sims), 0.03))))
@@ -168,7 +170,7 @@ def exp_accuracy_and_ece(F, pool, episodes, seed):
         e = {k: pooled_ece(v, rng_b) for k, v in ep.items()}
         ece_rows.append((way, shot, e))
         print(f"  accuracy {way}-way {shot}-shot: inductive {rows[-1][2]}, refined {rows[-1][4]}; "
-              f"ECE ProtoNet T=12 {e['ind'][0]:.4f}, calibrated inductive {e['indcal'][0]:.4f}, "
+              f"ECE ProtoNet scale 12 {e['ind'][0]:.4f}, calibrated inductive {e['indcal'][0]:.4f}, "
               f"refined {e['ref'][0]:.4f}", flush=True)
     return rows, ece_rows
 
@@ -202,7 +204,7 @@ def exp_unknown(F, pool, episodes, seed):
                 s, sy, q, qy, _ = pool.episode(rng, way, shot, 15, n_unseen=5)
             else:
                 s, sy, q, qy, _ = pool.folder(rng, way, shot)
-            u = unknown_scores(F[s], sy, F[q], way, backbone=BACKBONE)
+            u = unknown_scores(F[s], sy, F[q], way, PROFILE)
             unk = qy < 0
             aucs.append(auroc(u.scores[unk], u.scores[~unk]))
             pred = refined_probs(F, s, sy, q, way).argmax(1)
@@ -222,7 +224,7 @@ def exp_diagnostics(F, pool, episodes, seed):
     flagged_in, flagged_out, false_clean, clean_eps = [], [], [], []
     for _ in range(episodes):
         s, sy, q, qy, cls = pool.episode(rng, 5, 5, 15)
-        d = diagnose_support(F[s], sy, 5, query=F[q])
+        d = diagnose_support(F[s], sy, 5, PROFILE, query=F[q])
         false_clean.append(len(d.suspects) / len(s))
         clean_eps.append(len(d.suspects) == 0)
         # plant: one support image of class a replaced by an image of class b (both in the episode)
@@ -231,12 +233,12 @@ def exp_diagnostics(F, pool, episodes, seed):
         used = set(s.tolist()) | set(q.tolist())
         cand = [i for i in pool.by[int(cls[b])] if i not in used]
         s2 = s.copy(); s2[pos] = rng.choice(cand)
-        d = diagnose_support(F[s2], sy, 5, query=F[q])
+        d = diagnose_support(F[s2], sy, 5, PROFILE, query=F[q])
         flagged_in.append(pos in d.suspect_indices)
         # plant: an image of a class outside the episode
         other = rng.choice([c for c in pool.classes if c not in set(cls.tolist())])
         s3 = s.copy(); s3[pos] = rng.choice(pool.by[int(other)])
-        d = diagnose_support(F[s3], sy, 5, query=F[q])
+        d = diagnose_support(F[s3], sy, 5, PROFILE, query=F[q])
         flagged_out.append(pos in d.suspect_indices)
     r = dict(in_episode=fmt(flagged_in), outside=fmt(flagged_out), false_rate=fmt(false_clean),
              clean=fmt(clean_eps))
@@ -246,7 +248,7 @@ def exp_diagnostics(F, pool, episodes, seed):
 
 
 def _predict_refined(s, y, q, n):
-    m = TransductiveProtoNet(backbone=BACKBONE).fit(s, y, n)
+    m = TransductiveProtoNet(calibration=PROFILE.calibration).fit(s, y, n)
     m.set_query_set(q)
     return m.predict_proba(q)
 
@@ -300,7 +302,7 @@ def write_report(path: Path, args, n_img, base, evals, consts, acc_rows, ece_row
       f"come from the other {len(evals)} **evaluation** classes. `± x` = 95% CI over episodes "
       "(1.96·std/√episodes; for pooled ECE a bootstrap over episodes).")
     w("")
-    w("Methods: **ProtoNet** = `protonet` as shipped (support centring, T=12) -- the inductive baseline; "
+    w("Methods: **ProtoNet** = `protonet` as shipped (support centring, scale 12) -- the inductive baseline; "
       "**calibrated inductive** = `protonet-transductive` with `refine=False` (same ProtoNet, calibrated scale); "
       "**refined** = `protonet-transductive` (default: centring on support + queries, robust soft k-means, "
       "calibrated scale).")
@@ -317,13 +319,13 @@ def write_report(path: Path, args, n_img, base, evals, consts, acc_rows, ece_row
             shipped = dict(SHOT_COSINE_THRESHOLDS[BACKBONE]).get(shot)
             w(f"| unknown cosine t({shot}) (3% of correct knowns below) | {v:.3f} | {shipped} |")
     else:
-        w("(run with `--fit` to refit; shipped values are in `core/calibration.py` and `core/unknown.py`)")
+        w("(run with `--fit` to refit; shipped values are in `core/fewshot/calibration.py` and `core/trust/profile.py`)")
     w("")
     w("## Calibration: expected calibration error (15 bins)")
     w("")
     w(f"N-way K-shot, 15 queries per class, {args.episodes} episodes, ECE pooled over all queries.")
     w("")
-    w("| protocol | ProtoNet (T=12) | calibrated inductive | refined (default) |")
+    w("| protocol | ProtoNet (scale 12) | calibrated inductive | refined (default) |")
     w("|---|---|---|---|")
     for way, shot, e in ece_rows:
         w(f"| {way}-way {shot}-shot | {e['ind'][0]:.4f} ± {e['ind'][1]:.4f} | {e['indcal'][0]:.4f} ± "
@@ -353,7 +355,7 @@ def write_report(path: Path, args, n_img, base, evals, consts, acc_rows, ece_row
     w("")
     w(f"`episode`: N-way K-shot, 15 queries per known class plus 15 images from each of 5 unseen classes; "
       f"`folder`: the realistic folder protocol above. {args.episodes} episodes. Score = "
-      "`core.unknown.unknown_scores`; at the default threshold: share of the *correctly labeled* known images "
+      "`core.trust.unknown.unknown_scores`; at the default threshold: share of the *correctly labeled* known images "
       "kept, share of unknown images rejected (%).")
     w("")
     w("| protocol | AUROC (%) | known kept at default | unknown rejected at default |")
