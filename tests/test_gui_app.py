@@ -286,7 +286,7 @@ def test_export_csv_equals_cli(qtbot, win, data, tmp_path):
     # class folders
     from fewshot_gui.gui.exporting import export_folders
 
-    counts, _notes = export_folders(win.doc, tmp_path / "folders", "copy")
+    counts, _notes = export_folders(win.doc.session, tmp_path / "folders", "copy")
     assert sum(n for _, n in counts) == len(win.doc.paths) - 1
     assert sorted(p.name for p in (tmp_path / "folders").iterdir()) == ["class0", "class1", "class2"]
 
@@ -360,6 +360,7 @@ def test_drag_tiles_onto_class_and_label_sets(qtbot, win, data, tmp_path):
     QApplication.sendEvent(card, QDropEvent(QPointF(pos), Qt.DropAction.CopyAction, md, Qt.MouseButton.LeftButton,
                                             Qt.KeyboardModifier.NoModifier))
     assert all(doc.arrays().confirmed[i] == 1 for i in items)
+    qtbot.waitUntil(lambda: not doc.repredicting, timeout=10000)  # re-fitted with the two corrections
     labeled = doc.state.probs.copy()
 
     # a second label set over the same images: its own classes, nothing confirmed yet

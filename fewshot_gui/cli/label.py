@@ -10,7 +10,7 @@ from fewshot_gui.core.io.export import export_class_folders
 from fewshot_gui.core.io.images import scan_folder
 from fewshot_gui.core.jobs import run_job
 from fewshot_gui.core.session.job import label_folder, support_from_folder
-from fewshot_gui.core.session.project import label_project
+from fewshot_gui.core.session.runs import label_project
 from fewshot_gui.core.session.summary import summary_lines
 
 
@@ -78,16 +78,22 @@ def print_summary(result, out) -> None:
 
 
 def _run_project(args) -> int:
+    """Label every label set of the project through a labeling session, as the app does."""
     out = args.out or args.project.with_suffix(".csv")
     bar = ProgressBar()
-    results = label_project(args.project, out, progress=bar, cache_dir=args.cache_dir,
+    session = label_project(args.project, out, progress=bar, cache_dir=args.cache_dir,
                             refine=False if args.no_refine else None,
-                            unknown_threshold=args.unknown_threshold)
+                            unknown_threshold=args.unknown_threshold, device=args.device)
     bar.close()
-    for name, result in results.items():
+    groups = session.label_columns()
+    for name, result in session.results.items():
         print(f"== label set {name!r}")
         print_summary(result, out)
         if args.export_folders:
-            _export(result, args.export_folders / name if len(results) > 1 else args.export_folders,
-                    "link" if args.link else "copy")
+            target = args.export_folders / name if len(session.results) > 1 else args.export_folders
+            labels = [groups[name].label_of(i) if i not in session.errors else "" for i in range(len(session.rel))]
+            counts = export_class_folders(target, session.project.query_folder, session.rel, labels,
+                                          mode="link" if args.link else "copy")
+            print(f"exported {sum(counts.values())} images into {len(counts)} class folders under {target} "
+                  f"({'link' if args.link else 'copy'})")
     return 0

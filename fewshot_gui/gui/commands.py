@@ -41,6 +41,17 @@ class AssignLabels(QUndoCommand):
         self.doc.set_confirmed(self.items, self.old)
 
 
+def accept_predictions(doc: Document, items: list[int]) -> AssignLabels | None:
+    """Confirm the predicted class of those ``items`` that have a prediction and no confirmed
+    label yet (None when there is none)."""
+    a = doc.arrays()
+    keep = [i for i in items if a.pred[i] >= 0 and a.confirmed[i] < 0]
+    if not keep:
+        return None
+    labels = [doc.class_names[a.pred[i]] for i in keep]
+    return AssignLabels(doc, keep, labels, text=f"Accept {len(keep)} prediction{'s' if len(keep) != 1 else ''}")
+
+
 class AddSupport(QUndoCommand):
     def __init__(self, doc: Document, name: str, paths: list[Path]):
         super().__init__(f"Add {len(paths)} example{'s' if len(paths) != 1 else ''} to {name!r}")

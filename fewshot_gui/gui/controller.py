@@ -1,12 +1,13 @@
-"""Runs the core jobs for the window through :class:`~.workers.JobRunner` (no threads here).
+"""Runs the session's jobs for the window through :class:`~.workers.JobRunner` (no threads here).
 
-Jobs: scan a query folder, label it (``core.labeling.label_folder``, streaming batches into the
-document), and embed new support images so predictions can update without a full run.
+Jobs: scan a query folder, label it (:func:`~fewshot_gui.core.session.runs.labeling_job`,
+streaming batches into the document), and embed new example images so predictions update
+without a new run (:func:`~fewshot_gui.core.session.runs.support_embedding_job`). After class
+or support edits, and when a job ends, the controller brings the predictions up to date.
 """
 
 from __future__ import annotations
 
-import gc
 import time
 from pathlib import Path
 from typing import Any
@@ -14,32 +15,27 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import QObject, QTimer, Signal
 
-FLUSH_MS = 250
-
+from fewshot_gui.core.errors import FewShotError
+from fewshot_gui.core.io.images import scan_folder
 from fewshot_gui.core.jobs import Progress
-from fewshot_gui.gui.document import Document, _key
+from fewshot_gui.core.session.model import ModelLoader
+from fewshot_gui.core.session.runs import FinishedRun, NewExamples, labeling_job, support_embedding_job
+from fewshot_gui.gui.document import Document
 from fewshot_gui.gui.settings import AppSettings
-from fewshot_gui.gui.workers import JobRunner, LatestCall
+from fewshot_gui.gui.workers import JobRunner
 
 
-class _ModelCache:
-    """The backbone + method of the last job, reused while the choice does not change."""
+FLUSH_MS = 250        # streamed predictions reach the views at most this often
+UPDATE_DELAY_MS = 250  # after an edit, wait this long for more edits before updating predictions
 
-    def __init__(self) -> None:
-        self.spec: tuple | None = None
-        self.backbone = None
 
-    def get(self, project, device):
-        from fewshot_gui.core.session.project import resolve_model
-
-        spec = (project.backbone, str(project.model_file) if project.model_file else None, project.method, device)
-        if self.spec == spec and self.backbone is not None and project.model_file is None:
-            from fewshot_gui.core.fewshot import get_method
-
-            return self.backbone, get_method(project.method)
-        backbone, method = resolve_model(project, device=device)
-        self.spec, self.backbone = spec, backbone
-        return backbone, method
+def failure_text(exc: BaseException) -> str:
+    """What to tell the user about a job that failed with ``exc``."""
+    if isinstance(exc, FewShotError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "Out of memory while running the job; close other programs or use a smaller folder."
+    return f"Unexpected error: {type(exc).__name__}: {exc}"
 
 
 class LabelController(QObject):
@@ -56,10 +52,10 @@ class LabelController(QObject):
         self.settings = settings
         self.cache_dir = cache_dir
         self.runner = JobRunner(self)
-        self.background = LatestCall(self)  # whole-folder re-predictions after corrections
-        doc.run_async = self.background.submit
-        self.models = _ModelCache()
+        self.models = ModelLoader()
         self.kind = ""
+        self._root: Path | None = None
+        self._t0 = 0.0
         self._stage = ""
         self._t_stage = 0.0
         self._done_stage = 0
@@ -68,6 +64,11 @@ class LabelController(QObject):
         self._flush.setSingleShot(True)
         self._flush.setInterval(FLUSH_MS)
         self._flush.timeout.connect(self._flush_batches)
+        self._update = QTimer(self)
+        self._update.setSingleShot(True)
+        self._update.setInterval(UPDATE_DELAY_MS)
+        self._update.timeout.connect(self.update_predictions)
+        doc.classesChanged.connect(self._update.start)
         self.runner.progress.connect(self._on_progress)
         self.runner.batch.connect(self._on_batch)
         self.runner.finished.connect(self._on_finished)
@@ -77,12 +78,14 @@ class LabelController(QObject):
         self.runner.started.connect(self._on_started)
 
     def _on_started(self) -> None:
-        self.doc.job_running = self.kind == "label"
+        self.doc.session.job_running = self.kind == "label"
         self.busyChanged.emit(True)
 
     def _on_idle(self) -> None:
-        self.doc.job_running = False
+        self.doc.session.job_running = False
         self.busyChanged.emit(False)
+        if self.doc.session.needs_update() and not self._update.isActive():
+            self._update.start()
 
     def busy(self) -> bool:
         return self.runner.is_running()
@@ -93,19 +96,18 @@ class LabelController(QObject):
             self.message.emit("Cancelling\u2026")
 
     def shutdown(self, ms: int = 15000) -> bool:
+        """Stop the running job and the background re-prediction (blocks up to ``ms`` each)."""
+        self._update.stop()
         self.runner.cancel()
         ok = self.runner.wait(ms)
-        return self.background.wait(ms) and ok
+        return self.doc.executor.wait(ms) and ok
 
-    def _cache(self, backbone):
-        from fewshot_gui.core.embed.cache import EmbeddingCache
-
-        return EmbeddingCache(self.cache_dir, backbone.key)
+    def forget_model(self) -> None:
+        """Load the model from scratch at the next job (e.g. the device setting changed)."""
+        self.models.forget()
 
     # -- jobs ---------------------------------------------------------------------------------
     def scan(self, root: Path) -> bool:
-        from fewshot_gui.core.io.images import scan_folder
-
         def make(_token):
             yield Progress("scanning", 0, 0, str(root))
             return scan_folder(root)
@@ -116,8 +118,6 @@ class LabelController(QObject):
 
     def label(self) -> bool:
         """Label the query folder for the active label set. False (with an error) when not ready."""
-        from fewshot_gui.core.session.job import label_folder
-
         doc = self.doc
         if self.busy():
             self.error.emit("A job is running; wait for it or cancel it first.")
@@ -134,70 +134,38 @@ class LabelController(QObject):
         if empty:
             self.error.emit(f"Class \u201c{empty[0]}\u201d has no example images; drop some on it or delete it.")
             return False
-        support = doc.label_set.support()
-        root, paths = doc.project.query_folder, list(doc.paths)
-        project = doc.project
-        device = self.settings.device_arg()
-        models = self.models
-        cache_dir = self.cache_dir
-
-        def make(token):
-            from fewshot_gui.core.embed.cache import EmbeddingCache
-
-            yield Progress("loading model", 0, 0, project.model_file.name if project.model_file else project.backbone)
-            # Loading a model (imports, torch modules) creates many long-lived objects: no
-            # collection while it happens (a full one would hold the GIL ~0.3 s), then freeze them.
-            was_enabled = gc.isenabled()
-            gc.disable()
-            try:
-                backbone, method = models.get(project, device)
-            finally:
-                gc.freeze()
-                if was_enabled:
-                    gc.enable()
-            token.raise_if_cancelled()
-            cache = EmbeddingCache(cache_dir, backbone.key)
-            result = yield from label_folder(support, root, paths, backbone=backbone, method=method, cache=cache,
-                                             cancel=token)
-            trust = getattr(result, "trust", None)  # set by the core's trust hooks when present
-            if trust is None and result.features is not None:
-                try:
-                    from fewshot_gui.core.trust.report import compute_trust
-                except ImportError:
-                    compute_trust = None
-                if compute_trust is not None:
-                    yield Progress("checking examples", 0, 0)
-                    trust = compute_trust(result, getattr(backbone, "name", None))
-            return result, backbone, method, trust
-
-        doc.begin_labeling(list(support))
+        job = labeling_job(doc.session, self.models, device=self.settings.device_arg(), cache_dir=self.cache_dir)
+        doc.begin_labeling()
         self.kind = "label"
         self._t0 = time.perf_counter()
-        return self.runner.start(make, "label")
+        return self.runner.start(job, "label")
+
+    def switch_label_set(self, name: str) -> bool:
+        """Show another label set; its predictions come from the embeddings already computed."""
+        if self.busy():
+            self.error.emit("A job is running; wait for it or cancel it before switching label sets.")
+            return False
+        self.doc.switch_label_set(name)
+        if self.doc.session.needs_update():
+            self.update_predictions()
+        return True
 
     def update_predictions(self) -> None:
-        """After support/class edits: embed new support images (cached) then re-predict."""
-        doc = self.doc
-        if self.busy() or doc.features is None or doc.method_factory is None:
+        """After class or support edits: embed new example images (a job), then re-predict."""
+        session = self.doc.session
+        if self.busy() or not session.needs_update():
             return
-        missing = doc.missing_support_features()
-        if not missing:
-            doc.repredict()
+        if session.state is not None:
+            session.state.stale = False
+        if not session.can_repredict():
             return
-        project, device, models, cache_dir = doc.project, self.settings.device_arg(), self.models, self.cache_dir
-
-        def make(token):
-            from fewshot_gui.core.embed.cache import EmbeddingCache
-            from fewshot_gui.core.embed.pipeline import embed_paths
-
-            yield Progress("embedding new examples", 0, len(missing))
-            backbone, _method = models.get(project, device)
-            feats, errors = embed_paths(missing, backbone, cache=EmbeddingCache(cache_dir, backbone.key),
-                                        cancel=token)
-            return missing, feats, errors
-
+        if not session.missing_support_features():
+            session.repredict()
+            return
+        job = support_embedding_job(session, self.models, device=self.settings.device_arg(),
+                                    cache_dir=self.cache_dir)
         self.kind = "support"
-        self.runner.start(make, "support")
+        self.runner.start(job, "support")
 
     # -- signals from the worker ----------------------------------------------------------------
     def _on_progress(self, p: Progress) -> None:
@@ -225,50 +193,38 @@ class LabelController(QObject):
             self._pending = []
             self.doc.predictionsChanged.emit(idx)
 
-    def _on_finished(self, value: Any) -> None:
-        self.doc.job_running = False
+    def _job_ended(self) -> None:
+        self.doc.session.job_running = False
         self._flush.stop()
         self._flush_batches()
-        kind = self.kind
-        if kind == "scan":
+
+    def _on_finished(self, value: Any) -> None:
+        self._job_ended()
+        if self.kind == "scan":
             self.doc.set_query(self._root, list(value))
             self.message.emit(f"{len(value):,} images in {self._root}")
-        elif kind == "label":
-            result, backbone, method, trust = value
-            factory = None
-            if getattr(method, "input_kind", "features") == "features":
-                from fewshot_gui.core.fewshot import get_method
-
-                name, opts = method.name, dict(getattr(method, "options", {}))
-                factory = lambda: get_method(name, **opts)  # noqa: E731
-            self.doc.apply_result(result, factory, backbone.key, trust)
+        elif self.kind == "label" and isinstance(value, FinishedRun):
+            result = value.result
+            self.doc.apply_result(result, value.run)
             n_err = len(result.errors)
             secs = time.perf_counter() - self._t0
             self.message.emit(f"Labeled {result.n_ok:,} images in {secs:.1f} s"
                               + (f"; {n_err} could not be read (filter \u201cFailed\u201d)" if n_err else "")
                               + (f"; {len(result.support_errors)} example images skipped" if result.support_errors else ""))
             self.labeled.emit(result)
-        elif kind == "support":
-            paths, feats, errors = value
-            for k, p in enumerate(paths):
-                if k not in errors and not np.isnan(feats[k]).any():
-                    self.doc.support_feats[_key(p)] = feats[k]
-            self.doc.bad_support.update(_key(paths[k]) for k in errors)
-            if errors:
+        elif self.kind == "support" and isinstance(value, NewExamples):
+            self.doc.session.add_support_features(value.paths, value.features, value.errors)
+            if value.errors:
                 self.error.emit("Some example images could not be read: "
-                                + "; ".join(f"{Path(paths[k]).name}: {m}" for k, m in list(errors.items())[:3]))
-            self.doc.repredict()
+                                + "; ".join(f"{Path(value.paths[k]).name}: {m}" for k, m in list(value.errors.items())[:3]))
+            self.doc.session.repredict()
 
-    def _on_failed(self, msg: str) -> None:
-        self.doc.job_running = False
-        self._flush.stop()
-        self._flush_batches()
-        self.error.emit(msg)
+    def _on_failed(self, exc: BaseException) -> None:
+        self._job_ended()
+        self.error.emit(failure_text(exc))
 
     def _on_cancelled(self) -> None:
-        self.doc.job_running = False
-        self._flush.stop()
-        self._flush_batches()
+        self._job_ended()
         n = int(self.doc.arrays().done.sum())
         self.message.emit(f"Cancelled; kept the {n:,} images labeled so far." if self.kind == "label" else "Cancelled.")
         self.cancelled.emit()

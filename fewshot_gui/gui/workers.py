@@ -3,8 +3,14 @@
 * :class:`JobRunner` runs one core job generator (``make(cancel_token) -> generator``) at a time
   in a ``QThread``: a :class:`_JobWorker` ``QObject`` moved to the thread forwards each yielded
   item as a signal (``progress`` for :class:`~fewshot_gui.core.jobs.Progress`, ``batch`` for
-  anything else), then ``finished(result)``, ``failed(message)`` or ``cancelled()``. Signals cross
-  to the GUI thread as queued connections; the GUI never blocks on the worker.
+  anything else), then ``finished(result)``, ``failed(exception)`` or ``cancelled()``. A failure
+  crosses to the GUI thread as the exception object itself (its type kept); receivers tell a
+  :class:`~fewshot_gui.core.errors.FewShotError` (a message for the user) from anything else (a
+  bug, logged with its traceback here). Signals cross as queued connections; the GUI never blocks
+  on the worker.
+* :class:`BackgroundExecutor` is the executor a labeling session re-predicts through:
+  ``submit(fn) -> concurrent.futures.Future``, one call at a time on a worker thread, each future
+  resolved on the GUI thread (so its done-callbacks run there).
 * :class:`ThumbnailLoader` makes thumbnails on a ``QThreadPool`` (``QRunnable`` tasks), newest
   requests first, with an optional disk cache, and delivers ``QImage``s by signal.
 
@@ -18,14 +24,17 @@ import io
 import logging
 import os
 import threading
-import traceback
+from collections import deque
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable, Generator
 
+from PIL import Image
 from PySide6.QtCore import QObject, QRunnable, QThread, QThreadPool, Qt, Signal, Slot
 from PySide6.QtGui import QImage
 
 from fewshot_gui.core.errors import Cancelled, FewShotError
+from fewshot_gui.core.io.images import load_image
 from fewshot_gui.core.jobs import CancelToken, Progress
 
 log = logging.getLogger(__name__)
@@ -49,7 +58,7 @@ class _JobWorker(QObject):
     progress = Signal(object)
     batch = Signal(object)
     finished = Signal(object)
-    failed = Signal(str)
+    failed = Signal(object)  # the exception
     cancelled = Signal()
     done = Signal()
 
@@ -82,13 +91,11 @@ class _JobWorker(QObject):
                 self.finished.emit(result)
         except Cancelled:
             self.cancelled.emit()
-        except FewShotError as exc:
-            self.failed.emit(str(exc))
-        except MemoryError:
-            self.failed.emit("Out of memory while running the job; close other programs or use a smaller folder.")
-        except Exception as exc:  # a bug or an unexpected library error: show it, never crash
-            log.error("job failed:\n%s", traceback.format_exc())
-            self.failed.emit(f"Unexpected error: {type(exc).__name__}: {exc}")
+        except (FewShotError, MemoryError) as exc:
+            self.failed.emit(exc)
+        except Exception as exc:  # a bug or an unexpected library error: report it, never crash
+            log.error("job failed", exc_info=exc)
+            self.failed.emit(exc)
         finally:
             self.done.emit()
 
@@ -104,7 +111,7 @@ class JobRunner(QObject):
     progress = Signal(object)
     batch = Signal(object)
     finished = Signal(object)
-    failed = Signal(str)
+    failed = Signal(object)  # the exception, type kept
     cancelled = Signal()
     idle = Signal()  # emitted after finished/failed/cancelled, when the thread has ended
 
@@ -173,60 +180,72 @@ class JobRunner(QObject):
         self.idle.emit()
 
 
-class LatestCall(QObject):
-    """Runs short computations ``fn() -> value`` off the GUI thread, one at a time.
+class BackgroundExecutor(QObject):
+    """``submit(fn) -> Future``: runs ``fn()`` off the GUI thread, one call at a time, in order.
 
-    ``submit(fn, on_done, on_error)``: while one call runs, a newer submission replaces any
-    waiting one, and the result of a call that was superseded meanwhile is dropped, so only the
-    latest answer reaches ``on_done`` (on the GUI thread). Used to re-predict a whole folder with
-    transductive refinement after each correction without blocking the window.
+    The future gets ``fn``'s value or exception on the GUI thread, so done-callbacks run there. A
+    future cancelled before its call started is skipped. Used by the labeling session to re-predict
+    a whole folder after each correction without blocking the window.
     """
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
         self.runner = JobRunner(self)
-        self._next: tuple | None = None
-        self._current: tuple | None = None
+        self._queue: deque[tuple[Callable[[], Any], Future]] = deque()
+        self._current: Future | None = None
         self.runner.finished.connect(self._on_finished)
         self.runner.failed.connect(self._on_failed)
+        self.runner.cancelled.connect(self._on_cancelled)
         self.runner.idle.connect(self._start_next)
 
-    def submit(self, fn: Callable[[], Any], on_done: Callable[[Any], None],
-               on_error: Callable[[str], None] | None = None) -> None:
-        self._next = (fn, on_done, on_error)
-        if not self.runner.is_running():
-            self._start_next()
+    def submit(self, fn: Callable[[], Any]) -> Future:
+        future: Future = Future()
+        self._queue.append((fn, future))
+        self._start_next()
+        return future
 
     def busy(self) -> bool:
-        return self.runner.is_running() or self._next is not None
+        return self.runner.is_running() or bool(self._queue)
 
     def wait(self, ms: int = 10000) -> bool:
-        self._next = None
+        """Cancel the calls not started yet and wait for the running one (shutdown only)."""
+        while self._queue:
+            self._queue.popleft()[1].cancel()
         return self.runner.wait(ms)
 
     @Slot()
     def _start_next(self) -> None:
-        if self._next is None or self.runner.is_running():
-            return
-        self._current, self._next = self._next, None
-        fn = self._current[0]
+        while self._queue and not self.runner.is_running():
+            fn, future = self._queue.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            self._current = future
+            self.runner.start(lambda _token, fn=fn: _call(fn), name="background")
 
-        def make(_token: CancelToken):
-            def call():
-                return fn()
-                yield  # noqa: unreachable - makes this a generator for JobRunner
-
-            return call()
-
-        self.runner.start(make, name="repredict")
+    def _take_current(self) -> Future | None:
+        future, self._current = self._current, None
+        return future
 
     def _on_finished(self, value: Any) -> None:
-        if self._current is not None and self._next is None:
-            self._current[1](value)
+        future = self._take_current()
+        if future is not None:
+            future.set_result(value)
 
-    def _on_failed(self, message: str) -> None:
-        if self._current is not None and self._current[2] is not None:
-            self._current[2](message)
+    def _on_failed(self, exc: BaseException) -> None:
+        future = self._take_current()
+        if future is not None:
+            future.set_exception(exc)
+
+    def _on_cancelled(self) -> None:
+        future = self._take_current()
+        if future is not None:
+            future.set_exception(Cancelled())
+
+
+def _call(fn: Callable[[], Any]) -> Generator[Any, None, Any]:
+    """``fn()`` as a job generator that yields nothing (what :class:`JobRunner` runs)."""
+    return fn()
+    yield  # noqa: unreachable - makes this a generator
 
 
 # ------------------------------------------------------------------------------------------
@@ -244,10 +263,6 @@ def _thumb_disk_path(root: Path, path: str, size: int) -> Path | None:
 
 def make_thumbnail(path: str, size: int, disk_root: Path | None = None) -> QImage:
     """A ``QImage`` (RGB888) fitting in ``size`` x ``size``; raises ``ImageLoadError`` on failure."""
-    from PIL import Image
-
-    from fewshot_gui.core.io.images import load_image
-
     cached = _thumb_disk_path(disk_root, path, size) if disk_root is not None else None
     if cached is not None and cached.exists():
         img = QImage(str(cached))

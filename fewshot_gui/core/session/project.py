@@ -1,5 +1,6 @@
 """Project files: support sets per class per label set, the query folder, the chosen backbone and
-method, and the labels a user confirmed. Qt-free, shared by the app and ``fewshot label --project``.
+method, and the labels a user confirmed. Qt-free, shared by the app and ``fewshot label --project``
+(which run a project through :mod:`fewshot_gui.core.session.session`).
 
 The file is JSON (see docs/ARCHITECTURE.md, "Projects"); every path in it is stored relative to the
 project file's folder (``/`` separators) so a project folder can be moved or shared. Writes are
@@ -16,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from fewshot_gui.core.atomic import atomic_write_text
+from fewshot_gui.core.embed.backbones import DEFAULT_BACKBONE
 from fewshot_gui.core.errors import ProjectFileError
+from fewshot_gui.core.io.images import scan_class_folders
 
 FORMAT = "fewshot-gui-project"
 VERSION = 1
@@ -31,10 +34,6 @@ PALETTE = [
 
 
 def default_backbone() -> str:
-    try:
-        from fewshot_gui.core.embed.backbones import DEFAULT_BACKBONE
-    except Exception:  # backbones module missing or broken: keep the documented default name
-        return "efficientnet-lite0"
     return DEFAULT_BACKBONE
 
 
@@ -135,8 +134,6 @@ class Project:
     def from_folders(cls, support_root: str | Path, query_folder: str | Path | None = None,
                      label_set: str = "labels", **kw: Any) -> "Project":
         """A project from an ImageFolder-layout support folder (one sub-folder per class)."""
-        from fewshot_gui.core.io.images import scan_class_folders
-
         classes = scan_class_folders(Path(support_root))
         ls = LabelSet(label_set)
         for name, paths in classes.items():
@@ -311,134 +308,3 @@ def _relpath(p: Path, base: Path | None) -> str:
 
 def _is_color(s: str) -> bool:
     return len(s) == 7 and s[0] == "#" and all(ch in "0123456789abcdefABCDEF" for ch in s[1:])
-
-
-def relative_query_path(path: str | Path, query_folder: str | Path) -> str:
-    """The key a query image has in ``LabelSet.confirmed``: relative to the query folder, ``/``."""
-    try:
-        return Path(path).resolve().relative_to(Path(query_folder).resolve()).as_posix()
-    except ValueError:
-        return Path(path).resolve().as_posix()
-
-
-
-# --------------------------------------------------------------------------------------------
-# Running a project (shared by the app's worker and ``fewshot label --project``)
-# --------------------------------------------------------------------------------------------
-
-def resolve_model(project: Project, device: str | None = None, engine: str = "auto"):
-    """(backbone, method) for a project: its model file when set, else its backbone + method."""
-    from fewshot_gui.core.fewshot import get_method
-
-    method = None
-    if project.model_file is not None:
-        from fewshot_gui.core.models.bundle import load_model
-
-        bundle = load_model(project.model_file)
-        backbone = bundle.make_backbone(device=device)
-        if not project.method or project.method == bundle.meta.get("method"):
-            method = bundle.make_method()
-    else:
-        from fewshot_gui.core.embed.backbones import get_backbone
-
-        try:
-            backbone = get_backbone(project.backbone, device=device, engine=engine)
-        except ValueError as exc:  # unknown name
-            from fewshot_gui.core.errors import DataError
-
-            raise DataError(f"{project.path or 'project'}: {exc}") from None
-    if method is None:
-        method = get_method(project.method or DEFAULT_METHOD)
-    return backbone, method
-
-
-def confirmed_overrides(label_set: LabelSet, rel_paths: list[str]) -> dict[int, str]:
-    """``{row index: class}`` for the confirmed labels of ``label_set`` that name a current class."""
-    names = set(label_set.class_names)
-    pos = {r: i for i, r in enumerate(rel_paths)}
-    return {pos[r]: c for r, c in label_set.confirmed.items() if r in pos and c in names}
-
-
-def repredict(method, support_feats, support_labels, n_classes: int, query_feats):
-    """Re-fit ``method`` on (support features + corrections) and score ``query_feats`` (N, D).
-
-    NaN rows of ``query_feats`` (failed images) stay NaN. Returns (N, n_classes) float32. This is
-    what makes corrections update every prediction at once: no image is embedded again.
-    """
-    import numpy as np
-
-    from fewshot_gui.core.fewshot import get_method
-
-    if isinstance(method, str):
-        method = get_method(method)
-    q = np.asarray(query_feats, dtype=np.float32)
-    out = np.full((len(q), n_classes), np.nan, dtype=np.float32)
-    ok = ~np.isnan(q).any(axis=1) if len(q) else np.zeros(0, bool)
-    method.fit(np.asarray(support_feats, np.float32), np.asarray(support_labels, int), n_classes)
-    if hasattr(method, "set_query_statistics") and ok.any():
-        try:
-            method.set_query_statistics(q[ok])
-        except Exception:  # optional hook; the method works without it
-            pass
-    if ok.any():
-        out[ok] = method.predict_proba(q[ok])
-    return out
-
-
-def label_project(project: Project | str | Path, out: str | Path | None = None, progress=None,
-                  cache_dir: str | Path | None = None, refine: bool | None = None,
-                  unknown_threshold: float | None = None, device: str | None = None,
-                  cancel=None) -> dict[str, Any]:
-    """Label the project's query folder for every label set; write one CSV when ``out`` is given.
-
-    Returns ``{label set name: LabelResult}``. The CSV has one label/confidence group per label
-    set (``<set>:label`` ...; plain ``label`` ... with a single set), confirmed labels override the
-    predictions. ``progress`` is called with every event of the underlying jobs.
-    """
-    from fewshot_gui.core.embed.cache import EmbeddingCache
-    from fewshot_gui.core.errors import DataError
-    from fewshot_gui.core.io.export import LabelColumns, write_csv
-    from fewshot_gui.core.io.images import scan_folder
-    from fewshot_gui.core.session.job import label_folder, run_job
-
-    if not isinstance(project, Project):
-        project = Project.load(project)
-    where = project.path or "project"
-    if project.query_folder is None:
-        raise DataError(f"{where}: the project has no query folder; choose one in the app first")
-    query_paths = scan_folder(project.query_folder)
-    backbone, method = resolve_model(project, device=device)
-    cache = EmbeddingCache(cache_dir, backbone.key)
-    results: dict[str, Any] = {}
-    for ls in project.label_sets:
-        if not ls.classes:
-            continue
-        support = ls.support()
-        if len(ls.classes) < 2:
-            raise DataError(f"{where}: label set {ls.name!r} needs at least two classes")
-        m = method if len(results) == 0 else resolve_model(project, device=device)[1] \
-            if project.model_file is not None else _fresh(method)
-        results[ls.name] = run_job(label_folder(support, project.query_folder, query_paths, backbone=backbone,
-                                                method=m, cache=cache, cancel=cancel, refine=refine,
-                                                unknown_threshold=unknown_threshold), progress)
-    if not results:
-        raise DataError(f"{where}: no label set has classes; add classes with example images")
-    if out is not None:
-        first = next(iter(results.values()))
-        rel = first.rel_paths
-        groups = {}
-        for name, r in results.items():
-            cols = r.columns()
-            cols.labels_override = confirmed_overrides(project.get_label_set(name), rel)
-            groups[name] = cols
-        if len(groups) == 1:
-            write_csv(out, rel, first.errors, next(iter(groups.values())))
-        else:
-            write_csv(out, rel, first.errors, groups)
-    return results
-
-
-def _fresh(method):
-    from fewshot_gui.core.fewshot import get_method
-
-    return get_method(getattr(method, "name", DEFAULT_METHOD), **getattr(method, "options", {}))

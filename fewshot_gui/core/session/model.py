@@ -1,0 +1,118 @@
+"""The model a project labels with, and re-prediction from embeddings already computed.
+
+* :class:`ModelLoader`: the project's backbone and method (its model file when set, else its
+  backbone and method names); keeps the last backbone while the choice does not change.
+* :class:`RunContext`: what one labeling run's embeddings came from. The session re-predicts
+  and re-scores "unknown" with this one context, so both use the run's backbone calibration.
+* :func:`refit_and_assess`: re-fit on support (+ confirmed) embeddings and assess the folder as
+  the labeling job does (refined probabilities, unknown scores, review order, diagnostics).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fewshot_gui.core.embed.backbones import get_backbone
+from fewshot_gui.core.errors import DataError
+from fewshot_gui.core.fewshot import get_method
+from fewshot_gui.core.session.project import DEFAULT_METHOD, LabelSet, Project
+from fewshot_gui.core.trust.profile import TrustProfile
+from fewshot_gui.core.trust.report import Trust, assess_folder
+
+
+def load_project_model(project: Project, device: str | None = None, engine: str = "auto") -> tuple[Any, Any]:
+    """(backbone, method) for a project: its model file when set, else its backbone + method.
+
+    With a model file, the file's own method is used unless the project names another one.
+    """
+    method = None
+    if project.model_file is not None:
+        from fewshot_gui.core.models.bundle import load_model  # lazy: builds torch modules
+
+        bundle = load_model(project.model_file)
+        backbone = bundle.make_backbone(device=device)
+        if not project.method or project.method == bundle.meta.get("method"):
+            method = bundle.make_method()
+    else:
+        try:
+            backbone = get_backbone(project.backbone, device=device, engine=engine)
+        except ValueError as exc:  # unknown name
+            raise DataError(f"{project.path or 'project'}: {exc}") from None
+    if method is None:
+        method = get_method(project.method or DEFAULT_METHOD)
+    return backbone, method
+
+
+class ModelLoader:
+    """Loads the project's model; a later call with the same backbone choice reuses the backbone
+    (loading one takes seconds) and returns a fresh method."""
+
+    def __init__(self) -> None:
+        self._choice: tuple | None = None
+        self._backbone: Any = None
+
+    def forget(self) -> None:
+        """Load from scratch next time (e.g. the device setting changed)."""
+        self._choice, self._backbone = None, None
+
+    def load(self, project: Project, device: str | None = None) -> tuple[Any, Any]:
+        choice = (project.backbone, str(project.model_file) if project.model_file else None, project.method, device)
+        if choice == self._choice and self._backbone is not None and project.model_file is None:
+            return self._backbone, get_method(project.method or DEFAULT_METHOD)
+        backbone, method = load_project_model(project, device=device)
+        self._choice, self._backbone = choice, backbone
+        return backbone, method
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What the embeddings of a labeling run came from, for re-prediction and trust scores."""
+
+    backbone_name: str   # selects the calibration tables (unknown scores, refinement)
+    feature_key: str     # the embedding space (the cache key of the backbone)
+    method_name: str
+    method_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    refits_from_features: bool = True  # False: the method adapts on pixels (MAML on Conv-4)
+    refine: bool | None = None         # the run's refinement setting (None: the method's default)
+    unknown_threshold: float | None = None  # the run's default unknown threshold
+
+    @classmethod
+    def of(cls, backbone: Any, method: Any, refine: bool | None = None,
+           unknown_threshold: float | None = None) -> "RunContext":
+        return cls(getattr(backbone, "name", ""), getattr(backbone, "key", ""), getattr(method, "name", ""),
+                   dict(getattr(method, "options", {})), getattr(method, "input_kind", "features") == "features",
+                   refine, unknown_threshold)
+
+    def with_method(self, name: str) -> "RunContext":
+        """The same embeddings scored by another method (its default options)."""
+        kind = get_method(name).input_kind
+        return RunContext(self.backbone_name, self.feature_key, name, {}, kind == "features", self.refine,
+                          self.unknown_threshold)
+
+    @property
+    def profile(self) -> TrustProfile:
+        """The calibration and unknown thresholds of the run's backbone."""
+        return TrustProfile.for_backbone(self.backbone_name)
+
+    def new_method(self) -> Any:
+        return get_method(self.method_name, **self.method_options)
+
+
+def refit_and_assess(run: RunContext, support_feats: np.ndarray, support_labels: np.ndarray,
+                     classes: list[str], query_feats: np.ndarray, example_paths: list[str]) -> Trust:
+    """Re-fit the run's method on the examples (support + confirmed images: ``support_feats``,
+    ``support_labels``, ``example_paths``) and assess the folder as the labeling job does:
+    ``Trust.probs`` are refined over the whole folder for ProtoNet-style methods (unless the run
+    turned refinement off), with unknown scores, review order and example diagnostics."""
+    return assess_folder(run.new_method(), support_feats, support_labels, query_feats, classes, run.profile,
+                         refine=run.refine, support_paths=example_paths, unknown_threshold=run.unknown_threshold)
+
+
+def confirmed_overrides(label_set: LabelSet, rel_paths: list[str]) -> dict[int, str]:
+    """``{row index: class}`` for the confirmed labels of ``label_set`` that name a current class."""
+    names = set(label_set.class_names)
+    pos = {r: i for i, r in enumerate(rel_paths)}
+    return {pos[r]: c for r, c in label_set.confirmed.items() if r in pos and c in names}

@@ -1,0 +1,457 @@
+"""The labeling session: an open project and everything known about its query images (no Qt).
+
+:class:`LabelingSession` holds the :class:`Project`, the query images, the embeddings of the last
+labeling run (query and support), the predictions and trust data (unknown scores, review order,
+notes per class) of every label set, and the confirmed labels. Edits go through its methods;
+views subscribe to :attr:`LabelingSession.events` (plain callbacks).
+
+After a correction or a support edit the session re-predicts from the embeddings it has (no image
+is embedded again): refined over the whole folder as the labeling job does, or by re-fitting the
+method. That work runs through the executor the session is given (``submit(fn) -> Future``; the
+app passes a background one, tests and the CLI :class:`ImmediateExecutor`); an answer that a newer
+edit superseded is dropped. The run's :class:`RunContext` is the one calibration context for
+re-prediction and unknown scores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fewshot_gui.core.errors import ExportError, FewShotError
+from fewshot_gui.core.io.export import LabelColumns, relative_posix, write_csv
+from fewshot_gui.core.session.background import LatestAnswers
+from fewshot_gui.core.session.events import SessionEvents
+from fewshot_gui.core.session.examples import path_key, same_examples, training_examples
+from fewshot_gui.core.session.model import RunContext, confirmed_overrides, refit_and_assess
+from fewshot_gui.core.session.project import ClassDef, LabelSet, Project, palette_color
+from fewshot_gui.core.session.view import LabelState, ViewArrays, view_arrays
+from fewshot_gui.core.trust.report import Trust, trust_columns
+
+
+class LabelingSession:
+    def __init__(self, project: Project | None = None, executor: Any = None):
+        self.events = SessionEvents()
+        self.background = LatestAnswers(executor)
+        self.unknown_threshold: float | None = None  # None: the run's calibrated default
+        self.dirty = False
+        self.job_running = False  # a labeling job streams into the active label set
+        self._reset(project or Project())
+        self.paths: list[Path] = []
+        self.rel: list[str] = []
+        self._rel_index: dict[str, int] = {}
+        self._path_index: dict[str, int] = {}
+
+    def _reset(self, project: Project) -> None:
+        self.project = project
+        self._forget_run()
+        self.support_feats: dict[str, np.ndarray] = {}
+        self.bad_support: set[str] = set()  # example images that could not be embedded
+
+    def _forget_run(self) -> None:
+        self.errors: dict[int, str] = {}
+        self.features: np.ndarray | None = None  # (N, D) query embeddings of the last run
+        self.run: RunContext | None = None
+        self.states: dict[str, LabelState] = {}
+        self.trust: dict[str, Any] = {}     # label set -> core.trust Trust
+        self.results: dict[str, Any] = {}   # label set -> the LabelResult of its last job
+        self.background.supersede_all()
+        self._arrays: ViewArrays | None = None
+
+    # ------------------------------------------------------------------ project
+    def set_project(self, project: Project) -> None:
+        self._reset(project)
+        self.paths, self.rel, self._rel_index, self._path_index = [], [], {}, {}
+        self.set_dirty(False)
+        self.events.project_reset.emit()
+
+    def set_dirty(self, dirty: bool = True) -> None:
+        if dirty != self.dirty:
+            self.dirty = dirty
+            self.events.dirty_changed.emit(dirty)
+
+    @property
+    def label_set(self) -> LabelSet:
+        return self.project.label_set
+
+    @property
+    def classes(self) -> list[ClassDef]:
+        return self.label_set.classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.label_set.class_names
+
+    @property
+    def state(self) -> LabelState | None:
+        return self.states.get(self.project.active_label_set)
+
+    @property
+    def trust_now(self) -> Any:
+        """The trust data (unknown scores, review order, notes) of the active label set, or None."""
+        return self.trust.get(self.project.active_label_set)
+
+    @property
+    def repredicting(self) -> bool:
+        """A re-prediction of the active label set is being computed."""
+        return self.background.busy(self.project.active_label_set)
+
+    def class_index(self, name: str) -> int:
+        try:
+            return self.class_names.index(name)
+        except ValueError:
+            return -1
+
+    def set_model(self, backbone: str | None = None, model_file: Path | None = None) -> None:
+        """Choose the backbone by name, or a model file; the embeddings of the last run no longer
+        apply, so predictions update at the next labeling run."""
+        self.project.model_file = model_file
+        if backbone is not None:
+            self.project.backbone = backbone
+        self.features, self.run = None, None
+        self.set_dirty()
+
+    def set_method(self, name: str) -> bool:
+        """Choose the few-shot method; re-predicts at once when it works on the run's embeddings.
+        False when the method needs a new labeling run (it adapts on pixels)."""
+        self.project.method = name
+        self.set_dirty()
+        if self.features is None or self.run is None:
+            return False
+        try:
+            run = self.run.with_method(name)
+        except FewShotError:
+            run = None
+        if run is None or not run.refits_from_features:
+            self.run = None
+            self.events.message.emit(f"Press Label to label with {name}.")
+            return False
+        self.run = run
+        self.repredict()
+        return True
+
+    # ------------------------------------------------------------------ query images
+    def set_query(self, root: Path | None, paths: list[Path]) -> None:
+        if root is not None and self.project.query_folder != root:
+            self.project.query_folder = root
+            self.set_dirty()
+        self.paths = list(paths)
+        self.rel = relative_posix(self.paths, root) if root is not None else [p.name for p in self.paths]
+        self._rel_index = {r: i for i, r in enumerate(self.rel)}
+        self._path_index = {path_key(p): i for i, p in enumerate(self.paths)}
+        self._forget_run()
+        self.events.query_changed.emit()
+
+    def index_of_rel(self, rel: str) -> int:
+        return self._rel_index.get(rel, -1)
+
+    def index_of_path(self, path: str | Path) -> int:
+        return self._path_index.get(path_key(path), -1)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    # ------------------------------------------------------------------ what a view shows
+    def arrays(self) -> ViewArrays:
+        if self._arrays is None:
+            ls = self.label_set
+            confirmed = {i: c for r, c in ls.confirmed.items() if (i := self._rel_index.get(r, -1)) >= 0}
+            self._arrays = view_arrays(len(self.paths), ls.class_names, self.state, self.errors, confirmed,
+                                       self.trust_now, self.unknown_threshold)
+        return self._arrays
+
+    def set_unknown_threshold(self, threshold: float | None) -> None:
+        self.unknown_threshold = threshold
+        self._changed(None)
+
+    def probs_of(self, i: int) -> list[tuple[str, float]]:
+        """(class, probability) for image ``i`` in the current class order ([] when none)."""
+        st = self.state
+        if st is None or i >= st.probs.shape[0] or np.isnan(st.probs[i]).any():
+            return []
+        col = {c: k for k, c in enumerate(st.classes)}
+        return [(c, float(st.probs[i, col[c]])) for c in self.class_names if c in col]
+
+    def _changed(self, items: np.ndarray | None) -> None:
+        self._arrays = None
+        self.events.predictions_changed.emit(items)
+
+    # ------------------------------------------------------------------ export
+    def label_columns(self) -> dict[str, LabelColumns]:
+        """The CSV column group of every label set that has predictions, in project order:
+        probabilities, trust columns (``unknown`` at the session's threshold) and confirmed labels."""
+        def columns(trust: Trust | None) -> dict[str, list]:
+            return {} if trust is None else trust_columns(trust, self.errors, self.unknown_threshold)
+
+        return {ls.name: LabelColumns(list(st.classes), st.probs, columns(self.trust.get(ls.name)),
+                                      confirmed_overrides(ls, self.rel))
+                for ls in self.project.label_sets if (st := self.states.get(ls.name)) is not None}
+
+    def write_csv(self, path: str | Path) -> Path:
+        """The labels CSV (plain columns for one label set, ``<set>:`` groups for several)."""
+        groups = self.label_columns()
+        if not groups:
+            raise ExportError(f"{path}: nothing to export yet; label the query folder first")
+        return write_csv(path, self.rel, self.errors, groups if len(groups) > 1 else next(iter(groups.values())))
+
+    # ------------------------------------------------------------------ label sets
+    def switch_label_set(self, name: str) -> None:
+        if name == self.project.active_label_set:
+            return
+        self.project.get_label_set(name)  # KeyError for an unknown one
+        self.project.active_label_set = name
+        self._arrays = None
+        self.set_dirty()
+        self.events.project_reset.emit()
+        if self.state is None or self.state.stale:
+            self.repredict()
+
+    def add_label_set(self, name: str) -> None:
+        self.project.add_label_set(name)
+        self.set_dirty()
+        self.switch_label_set(name)
+
+    # ------------------------------------------------------------------ class edits
+    def insert_class(self, index: int, cls: ClassDef, confirmed: dict[str, str] | None = None) -> None:
+        if cls.name in self.class_names:
+            raise ValueError(f"a class named {cls.name!r} already exists")
+        self.classes.insert(index, cls)
+        if confirmed:
+            self.label_set.confirmed.update(confirmed)
+        self._support_edited()
+
+    def take_class(self, name: str) -> tuple[int, ClassDef, dict[str, str]]:
+        i = self.class_index(name)
+        cls = self.classes.pop(i)
+        conf = {r: c for r, c in self.label_set.confirmed.items() if c == name}
+        for r in conf:
+            del self.label_set.confirmed[r]
+        self._support_edited()
+        return i, cls, conf
+
+    def rename_class(self, old: str, new: str) -> None:
+        if new in self.class_names:
+            raise ValueError(f"a class named {new!r} already exists")
+        self.classes[self.class_index(old)].name = new
+        for r, c in list(self.label_set.confirmed.items()):
+            if c == old:
+                self.label_set.confirmed[r] = new
+        if self.state is not None:
+            self.state.classes = [new if c == old else c for c in self.state.classes]
+        self.set_dirty()
+        self.events.classes_changed.emit()
+        self._changed(None)
+        self.repredict()  # the notes of the class cards name classes
+
+    def set_class_color(self, name: str, color: str) -> None:
+        self.classes[self.class_index(name)].color = color
+        self.set_dirty()
+        self.events.classes_changed.emit()
+        self._changed(None)
+
+    def move_class(self, name: str, index: int) -> None:
+        cls = self.classes.pop(self.class_index(name))
+        self.classes.insert(max(0, min(index, len(self.classes))), cls)
+        self.set_dirty()
+        self.events.classes_changed.emit()
+        self._changed(None)
+
+    def add_support(self, name: str, paths: list[Path]) -> list[Path]:
+        cls = self.classes[self.class_index(name)]
+        have = {path_key(p) for p in cls.support}
+        added = []
+        for p in paths:
+            p = Path(path_key(p))
+            if str(p) not in have:
+                cls.support.append(p)
+                have.add(str(p))
+                added.append(p)
+        if added:
+            self._support_edited()
+        return added
+
+    def remove_support(self, name: str, paths: list[Path]) -> list[tuple[int, Path]]:
+        cls = self.classes[self.class_index(name)]
+        drop = {path_key(p) for p in paths}
+        removed = [(k, p) for k, p in enumerate(cls.support) if path_key(p) in drop]
+        cls.support[:] = [p for p in cls.support if path_key(p) not in drop]
+        if removed:
+            self._support_edited()
+        return removed
+
+    def restore_support(self, name: str, removed: list[tuple[int, Path]]) -> None:
+        cls = self.classes[self.class_index(name)]
+        for k, p in sorted(removed):
+            cls.support.insert(k, p)
+        self._support_edited()
+
+    def _support_edited(self) -> None:
+        self._arrays = None
+        self.set_dirty()
+        self.events.classes_changed.emit()
+        self.repredict()
+
+    def new_class_color(self) -> str:
+        used = {c.color.lower() for c in self.classes}
+        for k in range(64):
+            if palette_color(k).lower() not in used:
+                return palette_color(k)
+        return palette_color(len(self.classes))
+
+    # ------------------------------------------------------------------ confirmed labels
+    def confirmed_of(self, items: list[int]) -> list[str | None]:
+        conf = self.label_set.confirmed
+        return [conf.get(self.rel[i]) for i in items]
+
+    def set_confirmed(self, items: list[int], labels: list[str | None]) -> None:
+        """Confirm (or, with None, clear) the class of query images; then re-predict."""
+        conf = self.label_set.confirmed
+        for i, label in zip(items, labels):
+            if label is None:
+                conf.pop(self.rel[i], None)
+            else:
+                conf[self.rel[i]] = label
+        self._arrays = None
+        self.set_dirty()
+        self.events.confirmed_changed.emit(list(items))
+        self.repredict()
+
+    # ------------------------------------------------------------------ labeling runs
+    def begin_labeling(self, label_set: str | None = None) -> None:
+        """A labeling job starts for ``label_set`` (default: the active one): empty predictions
+        that :meth:`apply_batch` fills as the job streams."""
+        name = label_set or self.project.active_label_set
+        classes = self.project.get_label_set(name).class_names
+        self.background.supersede(name)
+        self.states[name] = LabelState(list(classes), np.full((len(self.paths), len(classes)), np.nan, np.float32))
+        self.trust.pop(name, None)
+        self.errors = {}
+        self._changed(None)
+
+    def apply_batch(self, batch: Any, notify: bool = True, label_set: str | None = None) -> np.ndarray:
+        """Store a streamed ``LabelBatch``; ``notify=False`` lets the caller coalesce the event."""
+        st = self.states.get(label_set or self.project.active_label_set)
+        idx = np.asarray(batch.indices, dtype=int)
+        if st is None:
+            return idx
+        if len(idx) and st.probs.shape[1] == np.shape(batch.probs)[-1]:
+            st.probs[idx] = batch.probs
+        for i, msg in batch.errors.items():
+            self.errors[int(i)] = msg
+        self._arrays = None
+        if notify:
+            self.events.predictions_changed.emit(idx)
+        return idx
+
+    def apply_result(self, result: Any, run: RunContext, label_set: str | None = None) -> None:
+        """A finished labeling job of ``label_set`` (default: the active one), run with ``run``."""
+        name = label_set or self.project.active_label_set
+        self.background.supersede(name)
+        self.errors = dict(result.errors)
+        self.features = None if result.features is None else np.asarray(result.features, np.float32)
+        self.run = run if self.features is not None else None
+        if result.support_features is not None:
+            for p, f in zip(result.support_paths, result.support_features):
+                self.support_feats[path_key(p)] = np.asarray(f, np.float32)
+        self.bad_support.update(path_key(p) for p in result.support_errors)
+        self.states[name] = LabelState(list(result.classes), np.asarray(result.probs, np.float32).copy())
+        if result.trust is not None:
+            self.trust[name] = result.trust
+        else:
+            self.trust.pop(name, None)
+        self.results[name] = result
+        if name == self.project.active_label_set:
+            self._changed(None)
+        if self.project.get_label_set(name).confirmed:
+            self.repredict(name)
+
+    def add_support_features(self, paths: list[Path], feats: np.ndarray, errors: dict[int, str]) -> None:
+        """Embeddings of newly added example images (``errors``: index -> why one failed)."""
+        for k, p in enumerate(paths):
+            if k not in errors and not np.isnan(feats[k]).any():
+                self.support_feats[path_key(p)] = np.asarray(feats[k], np.float32)
+        self.bad_support.update(path_key(paths[k]) for k in errors)
+
+    # ------------------------------------------------------------------ re-prediction
+    def feature_of(self, path: str | Path) -> np.ndarray | None:
+        f = self.support_feats.get(path_key(path))
+        if f is not None:
+            return f
+        i = self.index_of_path(path)  # a query image serving as an example
+        if i >= 0 and self.features is not None and not np.isnan(self.features[i]).any():
+            return self.features[i]
+        return None
+
+    def missing_support_features(self, label_set: str | None = None) -> list[Path]:
+        ls = self.project.get_label_set(label_set or self.project.active_label_set)
+        return [p for c in ls.classes for p in c.support
+                if self.feature_of(p) is None and path_key(p) not in self.bad_support]
+
+    def can_repredict(self, label_set: str | None = None) -> bool:
+        if self.features is None or self.run is None or not self.run.refits_from_features:
+            return False
+        ls = self.project.get_label_set(label_set or self.project.active_label_set)
+        confirmed = {c for r, c in ls.confirmed.items() if r in self._rel_index}
+        return len(ls.classes) >= 1 and all(c.support or c.name in confirmed for c in ls.classes)
+
+    def needs_update(self) -> bool:
+        """Predictions of the active label set are missing or out of date while embeddings exist."""
+        if self.features is None or self.run is None or self.job_running:
+            return False
+        return self.state is None or self.state.stale or bool(self.missing_support_features())
+
+    def repredict(self, label_set: str | None = None) -> bool:
+        """Re-fit on the support embeddings + confirmed labels and re-score every query image.
+
+        Returns False (and marks the predictions stale) when some embedding is not known yet."""
+        name = label_set or self.project.active_label_set
+        self.background.supersede(name)
+        ls = self.project.get_label_set(name)
+        st = self.states.get(name)
+        if self.features is None or self.run is None:
+            return False
+        if (self.job_running and name == self.project.active_label_set) or not self.can_repredict(name):
+            if st is not None:
+                st.stale = True
+            return False
+        res = self.results.get(name)
+        if res is not None and same_examples(ls, res):
+            # back to exactly what the job saw (e.g. after undo): its own scores and trust
+            self.states[name] = LabelState(list(res.classes), np.asarray(res.probs, np.float32).copy())
+            if res.trust is not None:
+                self.trust[name] = res.trust
+            if name == self.project.active_label_set:
+                self._changed(None)
+            return True
+        examples = training_examples(ls, self.feature_of, self.paths, self.features, self._rel_index, self.bad_support)
+        if examples is None:
+            if st is not None:
+                st.stale = True
+            return False
+        self._submit(name, *examples, ls.class_names)
+        return True
+
+    def _submit(self, name: str, xs: np.ndarray, ys: np.ndarray, example_paths: list[str], classes: list[str]) -> None:
+        run, feats = self.run, self.features
+
+        def work() -> Trust:
+            return refit_and_assess(run, xs, ys, classes, feats, example_paths)
+
+        def answer(trust: Trust | None) -> None:
+            if trust is None or self.project.get_label_set(name).class_names != classes:
+                return
+            self.states[name] = LabelState(list(classes), np.asarray(trust.probs, np.float32))
+            self.trust[name] = trust
+            if name == self.project.active_label_set:
+                self._changed(None)
+
+        def cancelled() -> None:
+            if name in self.states:
+                self.states[name].stale = True
+
+        def failed(text: str) -> None:
+            self.events.message.emit(f"Could not update predictions: {text}")
+
+        self.background.submit(name, work, answer, failed, cancelled)

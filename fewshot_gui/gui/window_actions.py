@@ -1,0 +1,125 @@
+"""The main window's actions (with their shortcuts) and menus."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from PySide6.QtGui import QAction, QActionGroup, QKeySequence
+from PySide6.QtWidgets import QMainWindow, QMenu
+
+from fewshot_gui.gui.grid import SORTS
+
+
+@dataclass
+class WindowActions:
+    new: QAction
+    open: QAction
+    save: QAction
+    save_as: QAction
+    query: QAction
+    export: QAction
+    export_folders: QAction
+    quit: QAction
+    undo: QAction
+    redo: QAction
+    label: QAction
+    cancel: QAction
+    accept: QAction
+    add_corrections: QAction
+    find: QAction
+    select_all: QAction
+    settings: QAction
+    help: QAction
+    about: QAction
+    review: QAction
+
+
+def build_actions(win: QMainWindow) -> WindowActions:
+    """The window's actions, connected to its slots and added to it (so shortcuts work)."""
+    K = QKeySequence.StandardKey
+
+    def act(text: str, slot: Callable, shortcut=None, tip: str = "") -> QAction:
+        a = QAction(text, win)
+        if shortcut is not None:
+            a.setShortcut(QKeySequence(shortcut))
+        if tip:
+            a.setToolTip(tip)
+            a.setStatusTip(tip)
+        a.triggered.connect(slot)
+        win.addAction(a)
+        return a
+
+    undo = win.undo.createUndoAction(win, "&Undo")
+    undo.setShortcut(QKeySequence("Ctrl+Z"))
+    redo = win.undo.createRedoAction(win, "&Redo")
+    redo.setShortcuts([QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")])
+    win.addAction(undo)
+    win.addAction(redo)
+    add_corrections = QAction("Add corrections to examples", win, checkable=True)
+    add_corrections.setToolTip("When you correct an image, also add it to the examples of its class")
+    add_corrections.setChecked(win.settings.add_corrections)
+    add_corrections.toggled.connect(lambda v: setattr(win.settings, "add_corrections", v))
+    grid = win.grid
+    return WindowActions(
+        new=act("&New project", win.new_project, K.New),
+        open=act("&Open project\u2026", win.open_project_dialog, K.Open),
+        save=act("&Save project", win.save, K.Save),
+        save_as=act("Save project &as\u2026", win.save_as, "Ctrl+Shift+S"),
+        query=act("Choose &query folder\u2026", win.choose_query_folder, "Ctrl+Shift+O", "The folder of images to label"),
+        export=act("&Export CSV\u2026", win.export_csv_dialog, "Ctrl+E"),
+        export_folders=act("Export into class &folders\u2026", win.export_folders_dialog, "Ctrl+Shift+E"),
+        quit=act("&Quit", win.close, K.Quit),
+        undo=undo,
+        redo=redo,
+        label=act("&Label", win.label, "Ctrl+L", "Label the query folder from the examples"),
+        cancel=act("Cancel", win.controller.cancel, "Esc", "Stop the running job"),
+        accept=act("&Accept predictions", lambda: win.accept(grid.selected_items()), None,
+                   "Confirm the predicted class of the selected images (Enter)"),
+        add_corrections=add_corrections,
+        find=act("&Find\u2026", lambda: (grid.find.setFocus(), grid.find.selectAll()), K.Find),
+        select_all=act("Select &all", lambda: grid.view.selectAll(), K.SelectAll),
+        settings=act("Se&ttings\u2026", win.open_settings, "Ctrl+,"),
+        help=act("&Keyboard shortcuts", win.show_help, K.HelpContents),
+        about=act("&About", win.about),
+        review=act("Review queue", lambda: grid.set_sort("review"), None, "Sort by confidence, lowest first"),
+    )
+
+
+def build_menus(win: QMainWindow, a: WindowActions) -> QMenu:
+    """File, Edit, Labels, View and Help menus; returns the "Open recent" menu (filled on show)."""
+    mb = win.menuBar()
+    f = mb.addMenu("&File")
+    f.addActions([a.new, a.open])
+    recent = f.addMenu("Open &recent")
+    f.addActions([a.save, a.save_as])
+    f.addSeparator()
+    f.addAction(a.query)
+    f.addSeparator()
+    f.addActions([a.export, a.export_folders])
+    f.addSeparator()
+    f.addAction(a.quit)
+    e = mb.addMenu("&Edit")
+    e.addActions([a.undo, a.redo])
+    e.addSeparator()
+    e.addActions([a.select_all, a.find])
+    e.addSeparator()
+    e.addAction(a.settings)
+    lab = mb.addMenu("&Labels")
+    lab.addActions([a.label, a.cancel])
+    lab.addSeparator()
+    lab.addActions([a.accept, a.add_corrections])
+    lab.addSeparator()
+    lab.addAction("Add class\u2026", win.classes.new_class)
+    lab.addAction("New label set\u2026", win.classes.new_label_set)
+    v = mb.addMenu("&View")
+    group = QActionGroup(win)
+    for key, text in SORTS:
+        group.addAction(v.addAction(f"Sort: {text}", lambda _=False, k=key: win.grid.set_sort(k)))
+    v.addSeparator()
+    v.addAction("Show uncertain only", lambda: win.grid.set_filter("uncertain"))
+    v.addAction("Show failed only", lambda: win.grid.set_filter("failed"))
+    v.addAction("Show all", lambda: win.grid.set_filter("all"))
+    h = mb.addMenu("&Help")
+    h.addActions([a.help, a.about])
+    return recent
