@@ -79,8 +79,10 @@ def test_training_episodes_disjoint_within_group_and_rotated(dataset):
     assert data.items.shape == (60, 1, 28, 28) and data.items.dtype == torch.uint8
     sampler = data.sampler(4, 2, 3, seed=0, within_group=True, rotations=True)
     spec = ImageSpec(28, 1, True)
+    rotations = set()
     for i in range(30):
         ep = sampler.episode(i)
+        rotations |= set(ep.rotations.tolist())
         s_rows, q_rows = data.index.episode_rows(ep)
         assert len(s_rows) == 8 and len(q_rows) == 12
         assert not set(s_rows) & set(q_rows)  # never one image in both support and query
@@ -93,6 +95,7 @@ def test_training_episodes_disjoint_within_group_and_rotated(dataset):
         expected = torch.rot90(spec.normalise(data.items[s_rows[:1]])[0], int(ep.rotations[0]), dims=(1, 2))
         assert torch.equal(xs[0], expected)
         assert all(data.labels[r] == ep.classes[j // 2] for j, r in enumerate(s_rows))
+    assert rotations == {0, 1, 2, 3}
     with pytest.raises(DataError, match="13-way"):
         data.sampler(13, 1, 1, seed=0, within_group=False, rotations=False)
     with pytest.raises(DataError, match="no group has 7 classes"):
@@ -183,7 +186,7 @@ def test_multitask_weights_and_errors(dataset, zipped, tmp_path):
 
 
 def test_cli_train(dataset, tmp_path, capsys):
-    from fewshot_gui.cli import main
+    from fewshot_gui.cli import build_parser, main
 
     out = tmp_path / "cli.safetensors"
     rc = main(["train", "--method", "protonet", "--data", str(dataset), "--way", "3", "--shot", "1", "--query", "2",
@@ -192,6 +195,17 @@ def test_cli_train(dataset, tmp_path, capsys):
     assert rc == 0 and out.exists()
     assert "validation accuracy" in capsys.readouterr().out
     assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(out)]) == 1
+    # sampling weights: --data-weights, and the former spelling --weights
+    for option in ("--data-weights", "--weights"):
+        out = tmp_path / f"w{option}.safetensors"
+        assert main(["train", "--data", f"{dataset}::alpha0", "--data", f"{dataset}::alpha1", option, "3,1",
+                     "--way", "3", "--query", "2", "--episodes", "2", "--hidden", "8", "--quiet",
+                     "--out", str(out)]) == 0
+        assert load_model(out).meta["training"]["data_weights"] == [0.75, 0.25]
+    assert main(["train", "--data", str(dataset), "--data-weights", "1,2", "--out", str(out)]) == 1
+    help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    assert "--data-weights" in help_text and "--weights" not in help_text.replace("--data-weights", "")
+    assert ".safetensors" in help_text
 
 
 def test_augment_is_seeded_and_keeps_background(dataset):
