@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QUndoStack
 from PySide6.QtWidgets import (QComboBox, QFileDialog, QFrame, QHBoxLayout, QInputDialog, QLabel, QMessageBox,
                                QPushButton, QScrollArea, QToolButton, QVBoxLayout, QWidget)
@@ -23,6 +23,7 @@ from fewshot_gui.gui.document import Document
 from fewshot_gui.gui.dropped_files import images_in, local_paths, split_dropped
 from fewshot_gui.gui.query_model import MIME_ITEMS
 from fewshot_gui.gui.thumbs import ThumbnailCache
+from fewshot_gui.gui.timers import single_shot_timer, start_unless_active
 
 
 class ClassesPanel(QWidget):
@@ -79,19 +80,12 @@ class ClassesPanel(QWidget):
         lay.addLayout(head)
         lay.addWidget(self.scroll, 1)
         lay.addWidget(add)
-        self._count_timer = QTimer(self)
-        self._count_timer.setSingleShot(True)
-        self._count_timer.setInterval(300)
-        self._count_timer.timeout.connect(self.update_counts)
+        self._count_timer = single_shot_timer(self, 300, self.update_counts)
         doc.projectReset.connect(self.rebuild)
         doc.classesChanged.connect(self.rebuild)
-        doc.predictionsChanged.connect(self._schedule_counts)
-        doc.confirmedChanged.connect(self._schedule_counts)
+        doc.predictionsChanged.connect(lambda *_: start_unless_active(self._count_timer))
+        doc.confirmedChanged.connect(lambda *_: start_unless_active(self._count_timer))
         self.rebuild()
-
-    def _schedule_counts(self, *_) -> None:
-        if not self._count_timer.isActive():
-            self._count_timer.start()
 
     def card(self, name: str) -> ClassCard | None:
         return next((c for c in self.cards if c.name == name), None)

@@ -12,11 +12,12 @@ from PySide6.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
 from fewshot_gui.gui.document import Document
 from fewshot_gui.gui.thumbs import BROKEN, ThumbnailCache
 
-BIG = 512
+LARGE = 512  # size of the thumbnail the large view shows
+TILE = 128  # tile thumbnail shown while the large one is made (the default tile size)
 
 
 class ProbBars(QWidget):
-    """One bar per class, highest first, in the class colour."""
+    """One bar per class, highest first, in the class colour; a check mark before the confirmed class."""
 
     ROW = 20
 
@@ -26,6 +27,7 @@ class ProbBars(QWidget):
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
 
     def set_rows(self, rows: list[tuple[str, float, QColor, bool]]) -> None:
+        """Rows of (class name, probability, colour, confirmed)."""
         self.rows = sorted(rows, key=lambda r: -r[1])
         self.setFixedHeight(max(1, len(self.rows)) * self.ROW + 4)
         self.update()
@@ -85,6 +87,8 @@ class ImageView(QWidget):
 
 
 class DetailsPanel(QWidget):
+    """The current query image: large view, verdict, probabilities, file size and date, error."""
+
     def __init__(self, doc: Document, thumbs: ThumbnailCache, parent=None):
         super().__init__(parent)
         self.doc, self.thumbs = doc, thumbs
@@ -169,9 +173,9 @@ class DetailsPanel(QWidget):
         if self.item < 0 or self.item >= len(self.doc.paths):
             return
         path = str(self.doc.paths[self.item])
-        img = self.thumbs.get(path, BIG)
+        img = self.thumbs.get(path, LARGE)
         if img is None:  # the large one is on its way: show the tile's thumbnail meanwhile
-            small = self.thumbs.peek(path, 128)
+            small = self.thumbs.peek(path, TILE)
             img = small if small is not None and small is not BROKEN else None
         if img is None:
             self.image.set_image(None, "loading\u2026")
@@ -181,6 +185,6 @@ class DetailsPanel(QWidget):
             self.image.set_image(img)
 
     def _on_ready(self, path: str, size: int) -> None:
-        if size == BIG and self.item >= 0 and str(self.doc.paths[self.item]) == path:
+        if size == LARGE and self.item >= 0 and str(self.doc.paths[self.item]) == path:
             self._set_image()
 

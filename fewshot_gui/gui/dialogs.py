@@ -31,19 +31,27 @@ SHORTCUTS = [
 ]
 
 
+def two_column_table(headers: tuple[str, str], rows: list[tuple[str, str]]) -> QTableWidget:
+    """A read-only table of text, the last column stretched."""
+    t = QTableWidget(len(rows), 2)
+    t.setHorizontalHeaderLabels(list(headers))
+    for r, (left, right) in enumerate(rows):
+        t.setItem(r, 0, QTableWidgetItem(left))
+        t.setItem(r, 1, QTableWidgetItem(right))
+    t.resizeColumnsToContents()
+    t.horizontalHeader().setStretchLastSection(True)
+    t.verticalHeader().setVisible(False)
+    t.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+    return t
+
+
 class HelpDialog(QDialog):
+    """How to start, and the keyboard shortcuts."""
+
     def __init__(self, parent=None):
         super().__init__(parent)
         self.setWindowTitle("Keyboard shortcuts")
-        t = QTableWidget(len(SHORTCUTS), 2)
-        t.setHorizontalHeaderLabels(["Keys", "Action"])
-        for r, (k, a) in enumerate(SHORTCUTS):
-            t.setItem(r, 0, QTableWidgetItem(k))
-            t.setItem(r, 1, QTableWidgetItem(a))
-        t.resizeColumnsToContents()
-        t.horizontalHeader().setStretchLastSection(True)
-        t.verticalHeader().setVisible(False)
-        t.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        t = two_column_table(("Keys", "Action"), SHORTCUTS)
         intro = QLabel("Drop folders of example images on the left (one class per folder), choose the "
                        "query folder, press Label. Review the lowest-confidence images first: select "
                        "tiles and press a class number, or Enter to accept. Drag tiles onto a class too.")
@@ -58,6 +66,8 @@ class HelpDialog(QDialog):
 
 
 class SettingsDialog(QDialog):
+    """Edits :class:`AppSettings`; :meth:`apply` writes them back."""
+
     def __init__(self, settings: AppSettings, backbones: list[str], parent=None):
         super().__init__(parent)
         self.settings = settings
@@ -102,7 +112,7 @@ class SettingsDialog(QDialog):
 
 
 class ExportFoldersDialog(QDialog):
-    """Copy or link? (the target folder is chosen before)."""
+    """Copy or link the images into ``target/<class>/`` (the target folder is chosen before)."""
 
     def __init__(self, target: str, parent=None):
         super().__init__(parent)
@@ -133,15 +143,7 @@ class SummaryDialog(QDialog):
     def __init__(self, title: str, headline: str, counts: list[tuple[str, int]], notes: list[str], parent=None):
         super().__init__(parent)
         self.setWindowTitle(title)
-        t = QTableWidget(len(counts), 2)
-        t.setHorizontalHeaderLabels(["Class", "Images"])
-        for r, (c, n) in enumerate(counts):
-            t.setItem(r, 0, QTableWidgetItem(c))
-            t.setItem(r, 1, QTableWidgetItem(f"{n:,}"))
-        t.resizeColumnsToContents()
-        t.horizontalHeader().setStretchLastSection(True)
-        t.verticalHeader().setVisible(False)
-        t.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        t = two_column_table(("Class", "Images"), [(c, f"{n:,}") for c, n in counts])
         head = QLabel(headline)
         head.setWordWrap(True)
         lay = QVBoxLayout(self)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QItemSelection, QItemSelectionModel, QModelIndex, QPoint, QSize, Qt, QTimer, Signal
+from PySide6.QtCore import QItemSelection, QItemSelectionModel, QModelIndex, QPoint, QSize, Qt, Signal
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QLabel, QLineEdit, QListView, QMenu,
                                QSlider, QVBoxLayout, QWidget)
 
@@ -10,6 +10,7 @@ from fewshot_gui.gui.document import Document
 from fewshot_gui.gui.query_model import QueryModel
 from fewshot_gui.gui.thumbs import ThumbnailCache
 from fewshot_gui.gui.tile_delegate import TileDelegate
+from fewshot_gui.gui.timers import single_shot_timer, start_unless_active
 
 RESORT_MS = 2000  # while results stream in, re-sort/re-filter at most this often
 
@@ -126,9 +127,9 @@ class GridPanel(QWidget):
         lay.addWidget(self.view, 1)
         lay.addWidget(self.count_label)
 
-        self._resort = self._single_shot(1000, self.refresh)
-        self._repaint = self._single_shot(40, self.view.viewport().update)
-        self._find_timer = self._single_shot(200, self._apply_find)
+        self._resort = single_shot_timer(self, 1000, self.refresh)
+        self._repaint = single_shot_timer(self, 40, self.view.viewport().update)
+        self._find_timer = single_shot_timer(self, 200, self._apply_find)
 
         self.sort_box.currentIndexChanged.connect(self._on_sort)
         self.filter_box.currentIndexChanged.connect(self._on_filter)
@@ -140,7 +141,7 @@ class GridPanel(QWidget):
         self.view.assignKey.connect(self._on_assign_key)
         self.view.clearKey.connect(lambda: self._emit_assign(None))
         self.view.acceptKey.connect(lambda: self.acceptRequested.emit(self.selected_items()))
-        thumbs.ready.connect(self._schedule_repaint)
+        thumbs.ready.connect(lambda *_: start_unless_active(self._repaint))
         doc.projectReset.connect(self.rebuild)
         doc.queryChanged.connect(self.rebuild)
         doc.classesChanged.connect(self._on_classes)
@@ -148,13 +149,6 @@ class GridPanel(QWidget):
         doc.confirmedChanged.connect(self._on_predictions)
         self.rebuild_filters()
         self._update_uncertain_label()
-
-    def _single_shot(self, ms: int, slot) -> QTimer:
-        timer = QTimer(self)
-        timer.setSingleShot(True)
-        timer.setInterval(ms)
-        timer.timeout.connect(slot)
-        return timer
 
     # -- public ----------------------------------------------------------------------------------
     def set_thumb_size(self, size: int) -> None:
@@ -229,7 +223,8 @@ class GridPanel(QWidget):
         self.filter_box.addItem("Failed", ("failed", -1))
         for k, c in enumerate(self.doc.classes):
             self.filter_box.addItem(f"Class: {c.name}", ("class", k))
-        idx = max(0, next((k for k in range(self.filter_box.count()) if self.filter_box.itemData(k) == tuple(current)), 0))
+        wanted = tuple(current)
+        idx = next((k for k in range(self.filter_box.count()) if self.filter_box.itemData(k) == wanted), 0)
         self.filter_box.setCurrentIndex(idx)
         self.filter_box.blockSignals(False)
         self.model.filter = tuple(self.filter_box.currentData())
@@ -277,13 +272,8 @@ class GridPanel(QWidget):
         self.rebuild_filters()
         self.view.viewport().update()
 
-    def _schedule_repaint(self, *_) -> None:
-        """Repaint the visible tiles soon (cheaper than dataChanged over scattered rows)."""
-        if not self._repaint.isActive():
-            self._repaint.start()
-
     def _on_predictions(self, items) -> None:
-        self._schedule_repaint()
+        start_unless_active(self._repaint)  # repaint the visible tiles: cheaper than dataChanged on scattered rows
         if self.model.sort_key != "name" or self.model.filter[0] != "all":
             if not self._resort.isActive():
                 self._resort.start(RESORT_MS if items is not None and len(items) < len(self.doc) else 0)
@@ -291,7 +281,8 @@ class GridPanel(QWidget):
         self.currentItemChanged.emit(self.current_item())
 
     def _update_uncertain_label(self) -> None:
-        self.uncertain_label.setText(f"{self.uncertain_slider.value()}% \u00b7 {self.model.uncertain_count()} uncertain")
+        value, count = self.uncertain_slider.value(), self.model.uncertain_count()
+        self.uncertain_label.setText(f"{value}% \u00b7 {count} uncertain")
 
     def _update_unknown_label(self) -> None:
         tr = self.doc.trust_now

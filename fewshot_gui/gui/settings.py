@@ -3,14 +3,53 @@
 from __future__ import annotations
 
 import os
+from typing import Any, Callable
 
 from PySide6.QtCore import QSettings
+
+from fewshot_gui.core.session.project import default_backbone
 
 MAX_RECENT = 8
 
 
+class _Setting:
+    """One typed value in QSettings, read with a default (a value, or a function that gives it)
+    and, for numbers, clamped to ``bounds``; a value that cannot be converted reads as the default."""
+
+    def __init__(self, key: str, typ: type, default: Any | Callable[[], Any],
+                 bounds: tuple[float, float] | None = None):
+        self.key, self.typ, self.default, self.bounds = key, typ, default, bounds
+
+    def __get__(self, settings: AppSettings | None, owner=None):
+        if settings is None:
+            return self
+        default = self.default() if callable(self.default) else self.default
+        raw = settings.q.value(self.key, default)
+        try:
+            if self.typ is bool:
+                value = raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes")
+            else:
+                value = self.typ(raw)
+        except (TypeError, ValueError):
+            value = default
+        if self.bounds is not None:
+            lo, hi = self.bounds
+            value = max(lo, min(hi, value))
+        return value
+
+    def __set__(self, settings: AppSettings, value) -> None:
+        settings.q.setValue(self.key, self.typ(value))
+
+
 class AppSettings:
     """Typed access to QSettings. ``FEWSHOT_GUI_SETTINGS=/path/file.ini`` redirects them (tests)."""
+
+    device = _Setting("device", str, "auto")  # "auto" | "cpu" | "cuda"
+    default_backbone = _Setting("default_backbone", str, default_backbone)
+    thumb_size = _Setting("thumb_size", int, 128, bounds=(64, 320))
+    threshold = _Setting("threshold", float, 0.6, bounds=(0.05, 0.99))  # uncertain below this confidence
+    add_corrections = _Setting("add_corrections_to_support", bool, False)
+    disk_thumbnails = _Setting("disk_thumbnails", bool, True)
 
     def __init__(self, path: str | None = None):
         path = path or os.environ.get("FEWSHOT_GUI_SETTINGS")
@@ -18,65 +57,6 @@ class AppSettings:
             self.q = QSettings(path, QSettings.Format.IniFormat)
         else:
             self.q = QSettings("fewshot_gui", "fewshot-gui")
-
-    def _get(self, key: str, default, typ):
-        v = self.q.value(key, default)
-        try:
-            if typ is bool:
-                return v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes")
-            return typ(v)
-        except (TypeError, ValueError):
-            return default
-
-    @property
-    def device(self) -> str:
-        return self._get("device", "auto", str)
-
-    @device.setter
-    def device(self, v: str) -> None:
-        self.q.setValue("device", v)
-
-    @property
-    def default_backbone(self) -> str:
-        from fewshot_gui.core.session.project import default_backbone
-
-        return self._get("default_backbone", default_backbone(), str)
-
-    @default_backbone.setter
-    def default_backbone(self, v: str) -> None:
-        self.q.setValue("default_backbone", v)
-
-    @property
-    def thumb_size(self) -> int:
-        return max(64, min(320, self._get("thumb_size", 128, int)))
-
-    @thumb_size.setter
-    def thumb_size(self, v: int) -> None:
-        self.q.setValue("thumb_size", int(v))
-
-    @property
-    def threshold(self) -> float:
-        return max(0.05, min(0.99, self._get("threshold", 0.6, float)))
-
-    @threshold.setter
-    def threshold(self, v: float) -> None:
-        self.q.setValue("threshold", float(v))
-
-    @property
-    def add_corrections(self) -> bool:
-        return self._get("add_corrections_to_support", False, bool)
-
-    @add_corrections.setter
-    def add_corrections(self, v: bool) -> None:
-        self.q.setValue("add_corrections_to_support", bool(v))
-
-    @property
-    def disk_thumbnails(self) -> bool:
-        return self._get("disk_thumbnails", True, bool)
-
-    @disk_thumbnails.setter
-    def disk_thumbnails(self, v: bool) -> None:
-        self.q.setValue("disk_thumbnails", bool(v))
 
     @property
     def recent(self) -> list[str]:
@@ -93,6 +73,7 @@ class AppSettings:
         self.q.setValue("recent_projects", [p for p in self.recent if p != path])
 
     def device_arg(self) -> str | None:
+        """The device for the core: None lets it choose ("auto")."""
         d = self.device
         return None if d in ("", "auto") else d
 

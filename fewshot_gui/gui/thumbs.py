@@ -39,6 +39,7 @@ class ThumbnailCache(QObject):
         return None
 
     def peek(self, path: str, size: int):
+        """Like :meth:`get` without asking for a missing thumbnail to be made."""
         return self._lru.get((path, size))
 
     def clear(self) -> None:
