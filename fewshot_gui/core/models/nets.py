@@ -26,6 +26,7 @@ from torch import nn
 
 from fewshot_gui.core.embed.conv4 import Conv4, build_conv4
 from fewshot_gui.core.errors import ModelFileError
+from fewshot_gui.core.fewshot.features import prototypes, sq_distance_scores
 from fewshot_gui.core.fewshot.maml import FeatureNeck, MAMLNet
 from fewshot_gui.core.fewshot.relation import FeatureRelation, RelationNet, make_conv4_relation
 
@@ -42,9 +43,7 @@ class ProtoNetConv4(nn.Module):
                        training: bool) -> torch.Tensor:
         f = self.embed(torch.cat([xs, xq]))
         fs, fq = f[: len(xs)], f[len(xs):]
-        onehot = F.one_hot(ys, n_classes).to(fs.dtype)
-        protos = (onehot.t() @ fs) / onehot.sum(0).unsqueeze(1)
-        return -torch.cdist(fq, protos).pow(2)
+        return sq_distance_scores(fq, prototypes(fs, ys, n_classes, renorm=False))
 
     def loss(self, logits: torch.Tensor, yq: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, yq)
