@@ -181,7 +181,7 @@ def test_errors():
         m.predict_proba(np.ones((1, 3)))
     with pytest.raises(DataError):
         ProtoNet().fit(s, [0, 2], 2)  # label out of range
-    for bad in ({"normalize": "zscore"}, {"center": "x"}, {"metric": "l1"}, {"scale": 0}):
+    for bad in ({"normalize": "zscore"}, {"center": "x"}, {"metric": "l1"}, {"scale": 0}, {"temperature": 12}):
         with pytest.raises(DataError):
             ProtoNet(**bad)
 

@@ -48,6 +48,9 @@ from fewshot_gui.core.fewshot.features import centre_normalise, class_means, l2_
 
 Params = dict[str, torch.Tensor]
 
+# Logit scale of a Proto-MAML head used without a model file (a model file carries its own).
+UNTRAINED_HEAD_SCALE = 10.0
+
 
 # --------------------------------------------------------------------------- generic inner loop
 def inner_adapt(params: Params, loss_fn: Callable[[Params], torch.Tensor], steps: int,
@@ -243,7 +246,7 @@ class MAML(FewShotMethod):
     input_kind = "features"
 
     def __init__(self, net: MAMLNet | None = None, steps: int | None = None, inner_lr: float | None = None,
-                 scale: float = 10.0, head_init: str = "proto", device: str | None = None, **options: Any) -> None:
+                 scale: float = UNTRAINED_HEAD_SCALE, head_init: str = "proto", device: str | None = None, **options: Any) -> None:
         super().__init__(**options)
         self._net = net
         self._steps = steps

@@ -71,7 +71,7 @@ from typing import Any
 
 import numpy as np
 
-from fewshot_gui.core.errors import DataError
+from fewshot_gui.core.errors import ConfigError, DataError
 from fewshot_gui.core.fewshot.base import FewShotMethod
 from fewshot_gui.core.fewshot.features import (apply_centre, class_means, cosine_scores, l2_normalise, mean_centre,
                                                softmax, sq_distance_scores)
@@ -119,10 +119,13 @@ class ProtoNet(FewShotMethod):
         scale = DEFAULT_SCALE if scale is None else float(scale)
         if not np.isfinite(scale) or scale <= 0:
             raise DataError(f"scale must be a positive number; got {scale}")
+        if options:
+            raise ConfigError(f"unknown protonet option(s) {', '.join(sorted(options))}; "
+                              "see fewshot_gui.core.fewshot.protonet.ProtoNet")
         if center == "base" and normalize == "center_l2" and base_mean is None:
             raise DataError('center="base" needs base_mean (the mean embedding of a base set)')
         super().__init__(normalize=normalize, center=center, metric=metric,
-                         scale=scale, renorm=renorm, pre_l2=pre_l2, **options)
+                         scale=scale, renorm=renorm, pre_l2=pre_l2, base_mean=base_mean)
         self.normalize = normalize
         self.center = "query" if center == "transductive" else center
         self.metric = metric

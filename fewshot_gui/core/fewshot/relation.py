@@ -38,6 +38,11 @@ from fewshot_gui.core.fewshot.base import FewShotMethod
 from fewshot_gui.core.fewshot.features import centre_normalise, class_means, cosine_scores, softmax
 
 
+# Starting value of the learned scale of the cosine term (the untrained module scores like a cosine
+# ProtoNet with this scale).
+INITIAL_COSINE_SCALE = 10.0
+
+
 class FeatureRelation(nn.Module):
     """Relation module on feature vectors."""
 
@@ -50,7 +55,7 @@ class FeatureRelation(nn.Module):
         # zero, so an untrained module scores like a cosine ProtoNet and learns corrections.
         nn.init.zeros_(self.mlp[2].weight)
         nn.init.zeros_(self.mlp[2].bias)
-        self.log_scale = nn.Parameter(torch.tensor(float(np.log(10.0))))
+        self.log_scale = nn.Parameter(torch.tensor(float(np.log(INITIAL_COSINE_SCALE))))
 
     def forward(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """q: (Q, D), c: (N, D) -> (Q, N) raw scores."""

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from fewshot_gui.core.errors import DataError
+from fewshot_gui.core.errors import ConfigError, DataError
 from fewshot_gui.core.fewshot.base import FewShotMethod
 from fewshot_gui.core.fewshot.calibration import Calibration
 from fewshot_gui.core.fewshot.features import apply_centre, centre_normalise, prototypes, softmax, sq_distance_scores
@@ -59,8 +59,11 @@ class TransductiveProtoNet(FewShotMethod):
                  support_weight: float = DEFAULT_SUPPORT_WEIGHT, distractor: float | None = DEFAULT_DISTRACTOR,
                  gamma: float = DEFAULT_GAMMA, calibration: Calibration | None = None,
                  scale: float | None = None, **options: Any) -> None:
+        if options:
+            raise ConfigError(f"unknown protonet-transductive option(s) {', '.join(sorted(options))}; "
+                              "see fewshot_gui.core.fewshot.transductive.TransductiveProtoNet")
         super().__init__(refine=refine, iterations=iterations, beta=beta, support_weight=support_weight,
-                         distractor=distractor, gamma=gamma, calibration=calibration, scale=scale, **options)
+                         distractor=distractor, gamma=gamma, calibration=calibration, scale=scale)
         self.refine = bool(refine)
         self.iterations = int(iterations)
         self.beta = float(beta)
