@@ -68,6 +68,7 @@ def one_run(app, n_classes: int, k_shot: int, cache_dir: Path | None, repeat: in
 
     from fewshot_gui.core.io.images import scan_class_folders
     from fewshot_gui.core.session.project import LabelSet, Project
+    from fewshot_gui.gui.app import freeze_startup_objects
     from fewshot_gui.gui.main_window import MainWindow
     from fewshot_gui.gui.settings import AppSettings
 
@@ -78,6 +79,7 @@ def one_run(app, n_classes: int, k_shot: int, cache_dir: Path | None, repeat: in
     project = Project(label_sets=[ls], active_label_set="caltech", query_folder=DATA.resolve())
     settings = AppSettings(str(Path(os.environ.get("TMPDIR", "/tmp")) / "fewshot_bench_settings.ini"))
     win = MainWindow(settings=settings, cache_dir=cache_dir)
+    freeze_startup_objects()  # as the app does at start-up
     win.ask_on_close = False
     win.quiet_errors = True
     win.resize(1400, 860)
@@ -195,6 +197,9 @@ def main() -> int:
         return 1
     from PySide6.QtWidgets import QApplication
 
+    from fewshot_gui.gui.app import tune_process_for_gui
+
+    tune_process_for_gui()  # as the app does at start-up
     app = QApplication.instance() or QApplication([])
     runs = []
     for r in range(args.runs):

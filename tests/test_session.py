@@ -1,0 +1,223 @@
+"""The labeling session without Qt: correction -> re-prediction -> unknown scores -> review order
+-> CSV, for the default ProtoNet (EfficientNet-Lite0) and for a Conv-4 model file, on the demo."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from concurrent.futures import Future
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fewshot_gui.cli import main as cli_main
+from fewshot_gui.core.embed.backbones import list_backbones
+from fewshot_gui.core.errors import DataError
+from fewshot_gui.core.jobs import CancelToken, run_job
+from fewshot_gui.core.session.demo import demo_dir, demo_project
+from fewshot_gui.core.session.model import ModelLoader
+from fewshot_gui.core.session.runs import labeling_job
+from fewshot_gui.core.session.session import LabelingSession
+from fewshot_gui.core.trust.profile import TrustProfile
+from fewshot_gui.core.trust.unknown import unknown_scores
+from fewshot_gui.core.io.images import scan_folder
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODELS = REPO_ROOT / "resources" / "models"
+
+
+def conv4_protonet_file() -> Path:
+    found = sorted(p for p in MODELS.glob("omniglot-conv4-protonet.*") if p.suffix != ".md")
+    assert found, f"no bundled Conv-4 ProtoNet model in {MODELS}"
+    return found[0]
+
+
+def truth() -> dict[str, str]:
+    with open(demo_dir() / "query_truth.csv", newline="", encoding="utf-8") as fh:
+        return {row["path"]: row["label"] for row in csv.DictReader(fh)}
+
+
+class ManualExecutor:
+    """Keeps submitted work until the test runs it (a background thread that answers later)."""
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple] = []
+
+    def submit(self, fn) -> Future:
+        future: Future = Future()
+        self.waiting.append((fn, future))
+        return future
+
+    def run_all(self) -> None:
+        while self.waiting:
+            fn, future = self.waiting.pop(0)
+            try:
+                future.set_result(fn())
+            except Exception as exc:  # noqa: BLE001 - delivered like a real executor
+                future.set_exception(exc)
+
+
+def labeled_session(tmp_path: Path, model_file: Path | None = None, executor=None) -> tuple[LabelingSession, object]:
+    """The demo project labeled once (its only label set), as the app does it."""
+    project = demo_project()
+    project.model_file = model_file
+    session = LabelingSession(project, executor=executor)
+    session.set_query(project.query_folder, scan_folder(project.query_folder))
+    job = labeling_job(session, ModelLoader(), cache_dir=tmp_path / "cache")
+    session.begin_labeling()
+    finished = run_job(job(CancelToken()))
+    session.apply_result(finished.result, finished.run)
+    return session, finished
+
+
+def correct_least_confident(session: LabelingSession) -> tuple[int, str]:
+    """Give the image the review order puts first a class it was not predicted as."""
+    a = session.arrays()
+    first = int(np.flatnonzero(a.rank == 1)[0])
+    wrong = next(c for c in session.class_names if c != session.class_names[a.pred[first]])
+    session.set_confirmed([first], [wrong])
+    return first, wrong
+
+
+def check_correction_flow(session: LabelingSession, finished, tmp_path: Path, capsys) -> None:
+    result = finished.result
+    seen: list = []
+    session.events.predictions_changed.connect(seen.append)
+    before = session.state.probs.copy()
+    trust_before = session.trust_now
+    assert trust_before is result.trust and trust_before.unknown is not None
+
+    first, label = correct_least_confident(session)
+    a = session.arrays()
+    assert a.confirmed[first] == session.class_index(label) and a.label[first] == a.confirmed[first]
+    assert seen == [None]  # re-predicted at once (the executor here answers synchronously)
+    after = session.state.probs
+    others = [i for i in range(len(session)) if i != first and i not in session.errors]
+    assert np.abs(after[others] - before[others]).max() > 1e-4  # the correction moved other images too
+
+    # unknown scores: re-scored with the examples + the correction, and the run's own profile
+    trust = session.trust_now
+    assert trust is not trust_before and trust.unknown is not None
+    xs = np.concatenate([result.support_features, session.features[[first]]])
+    ys = np.concatenate([result.support_labels, [session.class_index(label)]])
+    profile = TrustProfile.for_backbone(result.backbone)
+    expect = unknown_scores(xs, ys, session.features, len(session.class_names), profile)
+    np.testing.assert_allclose(trust.unknown.scores, expect.scores)
+    assert session.run.profile == profile
+
+    # review order: a rank for every image that has a prediction, from the new probabilities
+    ok = ~np.isnan(after).any(axis=1)
+    assert sorted(trust.review_rank[ok]) == list(range(1, int(ok.sum()) + 1))
+    assert np.all(trust.review_rank[~ok] == 0)
+
+    # CSV: the session's bytes are what `fewshot label --project` writes for the saved project
+    app_csv = session.write_csv(tmp_path / "session.csv")
+    pfile = session.project.save(tmp_path / "demo.fewshot.json")
+    cli_csv = tmp_path / "cli.csv"
+    assert cli_main(["label", "--project", str(pfile), "--out", str(cli_csv),
+                     "--cache-dir", str(tmp_path / "cli_cache")]) == 0
+    capsys.readouterr()
+    assert app_csv.read_bytes() == cli_csv.read_bytes()
+    with open(app_csv, newline="", encoding="utf-8") as fh:
+        rows = {r["path"]: r for r in csv.DictReader(fh)}
+    assert rows[session.rel[first]]["label"] == label  # the confirmed label wins
+    assert rows[session.rel[first]]["review_rank"] == str(trust.review_rank[first])
+    assert {"unknown", "unknown_score", "review_rank"} <= set(next(iter(rows.values())))
+
+    # clearing the correction gives back exactly what the labeling job computed
+    session.set_confirmed([first], [None])
+    np.testing.assert_array_equal(session.state.probs, result.probs)
+    assert session.trust_now is result.trust
+
+
+@pytest.mark.slow
+def test_correction_flow_default_protonet_lite0(tmp_path, capsys):
+    if not any(b.name == "efficientnet-lite0" and b.weights_available for b in list_backbones()):
+        pytest.skip("EfficientNet-Lite0 weights not installed")
+    session, finished = labeled_session(tmp_path)
+    assert finished.result.refined and finished.run.backbone_name == "efficientnet-lite0"
+    accuracy = np.mean([finished.result.labels[i] == truth()[r] for i, r in enumerate(session.rel)])
+    assert accuracy > 0.8
+    check_correction_flow(session, finished, tmp_path, capsys)
+
+
+@pytest.mark.slow
+def test_correction_flow_conv4_model_file_uses_its_own_profile(tmp_path, capsys, one_torch_thread):
+    model = conv4_protonet_file()
+    session, finished = labeled_session(tmp_path, model_file=model)
+    assert finished.run.backbone_name == model.stem  # not the project's backbone name
+    assert session.project.backbone == "efficientnet-lite0"
+    assert TrustProfile.for_backbone(model.stem).shot_cosines != TrustProfile.for_backbone("efficientnet-lite0").shot_cosines
+    check_correction_flow(session, finished, tmp_path, capsys)
+
+
+@pytest.mark.slow
+def test_background_answers_superseded_by_a_newer_edit_are_dropped(tmp_path, one_torch_thread):
+    executor = ManualExecutor()
+    session, finished = labeled_session(tmp_path, model_file=conv4_protonet_file(), executor=executor)
+    job_probs = session.state.probs.copy()
+    first, label = correct_least_confident(session)
+    assert session.repredicting and len(executor.waiting) == 1
+    np.testing.assert_array_equal(session.state.probs, job_probs)  # old predictions until the answer
+    second = next(i for i in range(len(session)) if i != first and i not in session.errors)
+    session.set_confirmed([second], [session.class_names[0]])
+    assert len(executor.waiting) == 2
+    changes: list = []
+    session.events.predictions_changed.connect(changes.append)
+    executor.run_all()
+    assert changes == [None]  # only the newest answer is applied
+    assert not session.repredicting
+    newest = session.trust_now
+    xs = np.concatenate([finished.result.support_features, session.features[[first, second]]])
+    assert len(newest.diagnostics.labels) == len(xs)  # fitted on both corrections
+
+
+def test_failures_in_the_background_become_messages(tmp_path):
+    executor = ManualExecutor()
+    session = LabelingSession(executor=executor)
+    messages: list[str] = []
+    session.events.message.connect(messages.append)
+
+    def fail_typed():
+        raise DataError("label set 'x': class 'a' has no example")
+
+    def fail_bug():
+        raise ZeroDivisionError("division by zero")
+
+    for fn in (fail_typed, fail_bug):
+        session.background.submit("labels", fn, lambda _v: None, messages.append, lambda: None)
+        executor.run_all()
+    assert messages == ["label set 'x': class 'a' has no example", "ZeroDivisionError: division by zero"]
+
+
+def test_the_session_runs_without_qt(tmp_path, tiny_image_folder):
+    """A labeling run and a correction in a fresh interpreter import no Qt module."""
+    support = tiny_image_folder(n_classes=3, per_class=2, name="support", seed=1)
+    query = tiny_image_folder(n_classes=3, per_class=3, name="query", seed=2)
+    code = f"""
+import sys
+import torch
+from fewshot_gui.core.embed.backbones import Backbone, register_backbone
+from fewshot_gui.core.session.project import Project
+from fewshot_gui.core.session.runs import label_project
+
+class Pool(torch.nn.Module):
+    def forward(self, x):
+        return torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1)
+
+register_backbone("tiny-session", lambda weights=None, device=None: Backbone(
+    "tiny-session", Pool(), input_size=16, dim=12, key="tiny-session-v1", mean=(0.5,) * 3, std=(0.25,) * 3,
+    resize="squash", device="cpu", frozen=False), "test backbone")
+project = Project.from_folders({str(support)!r}, {str(query)!r}, backbone="tiny-session")
+session = label_project(project, None, cache_dir={str(tmp_path / "cache")!r})
+session.set_confirmed([0], ["class2"])
+session.write_csv({str(tmp_path / "out.csv")!r})
+qt = sorted(m for m in sys.modules if m.split(".")[0] in ("PySide6", "PyQt5", "PyQt6", "shiboken6"))
+print(qt)
+sys.exit(1 if qt else 0)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "out.csv").read_text().splitlines()[0].startswith("path,label,")
