@@ -72,12 +72,6 @@ class Conv4(nn.Module):
         x = self.blocks(x)
         return x.flatten(1) if self.flatten else x
 
-    def out_dim(self, input_size: int) -> int:
-        s = input_size
-        for p in self.config["pools"]:
-            s = s // 2 if p else s
-        return self.config["hidden"] * s * s
-
 
 class RelationModule(nn.Module):
     """Relation module of Sung et al. (2018): two conv blocks on the concatenated pair of

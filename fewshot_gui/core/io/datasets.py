@@ -90,9 +90,6 @@ class _Base:
     def __len__(self) -> int:
         return int(sum(self.items_per_class))
 
-    def group_names(self) -> list[str]:
-        return list(dict.fromkeys(self.groups))
-
     def class_index(self, name: str) -> int:
         try:
             return self.classes.index(name)
