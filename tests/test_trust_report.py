@@ -28,6 +28,7 @@ def test_refined_probabilities_unknown_scores_review_order_and_notes():
     t = assess_folder(get_method("protonet"), s, y, q, CLASSES, LITE0, probs=own, support_paths=[
         f"s{i}.png" for i in range(len(y))])
     assert t.refined and t.probs.dtype == np.float32 and t.probs.shape == (len(q), 3)
+    assert t.profile is LITE0
     ok = np.isfinite(q).all(1)
     np.testing.assert_allclose(t.probs[ok].sum(1), 1.0, rtol=1e-5)
     assert np.isnan(t.probs[~ok]).all()

@@ -134,12 +134,16 @@ def leave_one_out_scores(z: np.ndarray, labels: np.ndarray, n_classes: int) -> n
     return scores
 
 
+def _max_shifted(logits: np.ndarray, axis: int) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    return z - z.max(axis=axis, keepdims=True)
+
+
 def softmax(logits: Array, axis: int = -1) -> Array:
     """Numerically stable softmax along ``axis`` (pass ``scale * scores``)."""
     if is_tensor(logits):
         return logits.softmax(dim=axis)
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=axis, keepdims=True)
+    z = _max_shifted(logits, axis)
     np.exp(z, out=z)
     z /= z.sum(axis=axis, keepdims=True)
     return z
@@ -149,6 +153,5 @@ def log_softmax(logits: Array, axis: int = -1) -> Array:
     """Numerically stable log-softmax along ``axis``."""
     if is_tensor(logits):
         return logits.log_softmax(dim=axis)
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=axis, keepdims=True)
+    z = _max_shifted(logits, axis)
     return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))

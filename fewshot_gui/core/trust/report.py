@@ -39,6 +39,7 @@ class Trust:
     """What :func:`assess_folder` found for one folder (one row per query image)."""
 
     probs: np.ndarray                         # (N, C) final probabilities; NaN rows for failed images
+    profile: TrustProfile                     # the backbone's fitted numbers used (reuse it after a correction)
     refined: bool = False                     # probs come from transductive refinement
     unknown: UnknownScores | None = None
     review_rank: np.ndarray | None = None     # (N,) 1 = review first, 0 = failed
@@ -73,7 +74,7 @@ def assess_folder(method: Any, support: np.ndarray, labels: np.ndarray, query: n
         probs = predict_folder(method, s, y, n_classes, q)
     final = np.full((len(q), n_classes), np.nan, np.float32) if probs is None else np.array(probs, copy=True)
     ok = np.all(np.isfinite(q), axis=1) & (True if probs is None else np.all(np.isfinite(final), axis=1))
-    trust = Trust(final)
+    trust = Trust(final, profile)
     if refining and ok.any():
         final[ok] = transductive_probs(s, y, q[ok], n_classes, profile.calibration,
                                        refine=DEFAULT_REFINE if refine is None else bool(refine))
