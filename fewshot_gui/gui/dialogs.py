@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox,
                                QFormLayout, QLabel, QRadioButton, QSpinBox, QTableWidget, QTableWidgetItem,
                                QVBoxLayout)
@@ -127,7 +129,7 @@ class ExportFoldersDialog(QDialog):
         bb.accepted.connect(self.accept)
         bb.rejected.connect(self.reject)
         lay = QVBoxLayout(self)
-        lay.addWidget(QLabel(f"Into {target}/&lt;class&gt;/"))
+        lay.addWidget(QLabel(f"Into {html.escape(target)}/&lt;class&gt;/"))
         lay.addWidget(self.copy)
         lay.addWidget(self.link)
         lay.addWidget(bb)
