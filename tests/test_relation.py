@@ -30,7 +30,7 @@ def test_conv4_relation_scores_shape_and_paper_class_sum():
     s = net.episode_logits(xs, ys, xq, 3, True)
     assert s.shape == (4, 3)
     loss = net.loss(s, torch.tensor([0, 1, 2, 0]))
-    assert loss.ndim == 0 and 0 <= float(loss) <= 1  # MSE on sigmoid scores vs one-hot
+    assert loss.ndim == 0 and 0 <= float(loss.detach()) <= 1  # MSE on sigmoid scores vs one-hot
 
 
 @pytest.mark.parametrize("kind", ["conv4", "features"])

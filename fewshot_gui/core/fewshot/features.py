@@ -14,8 +14,10 @@ Every few-shot method and trust module scores embeddings the same way:
 5. Probabilities: ``softmax(scale * scores)`` (:func:`softmax`, :func:`log_softmax`). ``scale``
    is always a multiplier: larger = sharper.
 
-Arrays are duck-typed: a torch tensor stays a tensor (same dtype, differentiable, used by the MAML
-and Relation heads); a numpy array is computed in float64.
+Arrays are duck-typed: a torch tensor stays a tensor (same dtype, differentiable; the MAML and
+Relation heads use them), numpy arrays stay numpy. :func:`centre_normalise`, :func:`apply_centre`
+and the softmax functions compute numpy input in float64; :func:`class_sums` and
+:func:`leave_one_out_scores` are numpy only.
 """
 
 from __future__ import annotations
@@ -39,11 +41,14 @@ def _as_float(x: Array) -> Array:
     return x if is_tensor(x) else np.asarray(x, dtype=np.float64)
 
 
+def _clamp_min(x: Array, low: float) -> Array:
+    return x.clamp_min(low) if is_tensor(x) else np.maximum(x, low)
+
+
 def l2_normalise(x: Array) -> Array:
     """Each row divided by its Euclidean norm (at least :data:`EPS`)."""
-    if is_tensor(x):
-        return x / x.norm(dim=-1, keepdim=True).clamp_min(EPS)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), EPS)
+    norm = x.norm(dim=-1, keepdim=True) if is_tensor(x) else np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / _clamp_min(norm, EPS)
 
 
 def mean_centre(support: Array, query: Array | None = None) -> Array:
@@ -103,17 +108,13 @@ def prototypes(z: Array, labels: Array, n_classes: int, renorm: bool = True) -> 
 
 def sq_distance_scores(z: Array, protos: Array) -> Array:
     """(Q, C) ProtoNet ``euclidean`` scores ``-||z - p||^2`` (never above 0)."""
-    if is_tensor(z):
-        d2 = (z * z).sum(1)[:, None] + (protos * protos).sum(1)[None, :] - 2.0 * z @ protos.t()
-        return -d2.clamp_min(0.0)
     d2 = (z * z).sum(1)[:, None] + (protos * protos).sum(1)[None, :] - 2.0 * z @ protos.T
-    return -np.maximum(d2, 0.0)
+    return -_clamp_min(d2, 0.0)
 
 
 def cosine_scores(z: Array, protos: Array) -> Array:
     """(Q, C) cosine of each row with each prototype."""
-    p = l2_normalise(protos)
-    return l2_normalise(z) @ (p.t() if is_tensor(p) else p.T)
+    return l2_normalise(z) @ l2_normalise(protos).T
 
 
 def leave_one_out_scores(z: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
