@@ -89,37 +89,32 @@ def build_actions(win: QMainWindow) -> WindowActions:
 def build_menus(win: QMainWindow, a: WindowActions) -> QMenu:
     """File, Edit, Labels, View and Help menus; returns the "Open recent" menu (filled on show)."""
     mb = win.menuBar()
-    f = mb.addMenu("&File")
-    f.addActions([a.new, a.open])
-    recent = f.addMenu("Open &recent")
-    f.addActions([a.save, a.save_as])
-    f.addSeparator()
-    f.addAction(a.query)
-    f.addSeparator()
-    f.addActions([a.export, a.export_folders])
-    f.addSeparator()
-    f.addAction(a.quit)
-    e = mb.addMenu("&Edit")
-    e.addActions([a.undo, a.redo])
-    e.addSeparator()
-    e.addActions([a.select_all, a.find])
-    e.addSeparator()
-    e.addAction(a.settings)
-    lab = mb.addMenu("&Labels")
-    lab.addActions([a.label, a.cancel])
-    lab.addSeparator()
-    lab.addActions([a.accept, a.add_corrections])
-    lab.addSeparator()
-    lab.addAction("Add class\u2026", win.classes.new_class)
-    lab.addAction("New label set\u2026", win.classes.new_label_set)
-    v = mb.addMenu("&View")
+    menus: dict[str, QMenu] = {}
+    recent = QMenu("Open &recent", win)
+    layout = [  # None: a separator
+        ("&File", [a.new, a.open, recent, a.save, a.save_as, None, a.query, None, a.export, a.export_folders,
+                   None, a.quit]),
+        ("&Edit", [a.undo, a.redo, None, a.select_all, a.find, None, a.settings]),
+        ("&Labels", [a.label, a.cancel, None, a.accept, a.add_corrections, None]),
+        ("&View", []),
+        ("&Help", [a.help, a.about]),
+    ]
+    for title, items in layout:
+        menu = menus[title] = mb.addMenu(title)
+        for item in items:
+            if item is None:
+                menu.addSeparator()
+            elif isinstance(item, QMenu):
+                menu.addMenu(item)
+            else:
+                menu.addAction(item)
+    menus["&Labels"].addAction("Add class\u2026", win.classes.new_class)
+    menus["&Labels"].addAction("New label set\u2026", win.classes.new_label_set)
+    view = menus["&View"]
     group = QActionGroup(win)
     for key, text in SORTS:
-        group.addAction(v.addAction(f"Sort: {text}", lambda _=False, k=key: win.grid.set_sort(k)))
-    v.addSeparator()
-    v.addAction("Show uncertain only", lambda: win.grid.set_filter("uncertain"))
-    v.addAction("Show failed only", lambda: win.grid.set_filter("failed"))
-    v.addAction("Show all", lambda: win.grid.set_filter("all"))
-    h = mb.addMenu("&Help")
-    h.addActions([a.help, a.about])
+        group.addAction(view.addAction(f"Sort: {text}", lambda _=False, k=key: win.grid.set_sort(k)))
+    view.addSeparator()
+    for text, kind in (("Show uncertain only", "uncertain"), ("Show failed only", "failed"), ("Show all", "all")):
+        view.addAction(text, lambda _=False, k=kind: win.grid.set_filter(k))
     return recent

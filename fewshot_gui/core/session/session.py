@@ -5,12 +5,17 @@ labeling run (query and support), the predictions and trust data (unknown scores
 notes per class) of every label set, and the confirmed labels. Edits go through its methods;
 views subscribe to :attr:`LabelingSession.events` (plain callbacks).
 
-After a correction or a support edit the session re-predicts from the embeddings it has (no image
-is embedded again): refined over the whole folder as the labeling job does, or by re-fitting the
-method. That work runs through the executor the session is given (``submit(fn) -> Future``; the
-app passes a background one, tests and the CLI :class:`ImmediateExecutor`); an answer that a newer
-edit superseded is dropped. The run's :class:`RunContext` is the one calibration context for
-re-prediction and unknown scores.
+After a correction or an edit of the examples the session re-predicts from the embeddings it has
+(no image is embedded again) exactly as the labeling job assesses a folder: the method re-fitted on
+the examples and the confirmed images, refined over the whole folder for ProtoNet-style methods,
+then unknown scores, review order and example diagnostics. The work runs through the executor the
+session is given (``submit(fn) -> Future``: the app passes a background one, the CLI and tests
+:class:`~fewshot_gui.core.session.background.ImmediateExecutor`, the default); an answer that a
+newer edit superseded is dropped. The run's :class:`~fewshot_gui.core.session.model.RunContext`
+(the backbone the embeddings came from) is the one calibration context for all of it.
+
+Labeling runs come from :mod:`fewshot_gui.core.session.runs`; :meth:`LabelingSession.write_csv`
+writes what ``fewshot label --project`` writes.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from fewshot_gui.core.io.export import LabelColumns, relative_posix, write_csv
 from fewshot_gui.core.session.background import LatestAnswers
 from fewshot_gui.core.session.events import SessionEvents
 from fewshot_gui.core.session.examples import path_key, same_examples, training_examples
+from fewshot_gui.core.session.job import LabelBatch, LabelResult
 from fewshot_gui.core.session.model import RunContext, confirmed_overrides, refit_and_assess
 from fewshot_gui.core.session.project import ClassDef, LabelSet, Project, palette_color
 from fewshot_gui.core.session.view import LabelState, ViewArrays, view_arrays
@@ -32,22 +38,26 @@ from fewshot_gui.core.trust.report import Trust, trust_columns
 
 
 class LabelingSession:
+    """An open project being labeled. ``executor``: where re-predictions run (anything with
+    ``submit(fn) -> Future``; default: at once, on the calling thread)."""
+
     def __init__(self, project: Project | None = None, executor: Any = None):
         self.events = SessionEvents()
         self.background = LatestAnswers(executor)
         self.unknown_threshold: float | None = None  # None: the run's calibrated default
         self.dirty = False
         self.job_running = False  # a labeling job streams into the active label set
-        self._reset(project or Project())
+        self.project = project or Project()
         self.paths: list[Path] = []
         self.rel: list[str] = []
         self._rel_index: dict[str, int] = {}
         self._path_index: dict[str, int] = {}
-
-    def _reset(self, project: Project) -> None:
-        self.project = project
+        self._forget_examples()
         self._forget_run()
-        self.support_feats: dict[str, np.ndarray] = {}
+
+    def _forget_examples(self) -> None:
+        self.support_feats: dict[str, np.ndarray] = {}  # path key -> embedding of an example image
+        self.support_key: str | None = None  # the embedding space of support_feats (a backbone key)
         self.bad_support: set[str] = set()  # example images that could not be embedded
 
     def _forget_run(self) -> None:
@@ -55,15 +65,17 @@ class LabelingSession:
         self.features: np.ndarray | None = None  # (N, D) query embeddings of the last run
         self.run: RunContext | None = None
         self.states: dict[str, LabelState] = {}
-        self.trust: dict[str, Any] = {}     # label set -> core.trust Trust
-        self.results: dict[str, Any] = {}   # label set -> the LabelResult of its last job
+        self.trust: dict[str, Trust] = {}          # label set -> its unknown scores, review order, notes
+        self.results: dict[str, LabelResult] = {}  # label set -> the result of its last labeling job
         self.background.supersede_all()
         self._arrays: ViewArrays | None = None
 
     # ------------------------------------------------------------------ project
     def set_project(self, project: Project) -> None:
-        self._reset(project)
+        self.project = project
         self.paths, self.rel, self._rel_index, self._path_index = [], [], {}, {}
+        self._forget_examples()
+        self._forget_run()
         self.set_dirty(False)
         self.events.project_reset.emit()
 
@@ -89,7 +101,7 @@ class LabelingSession:
         return self.states.get(self.project.active_label_set)
 
     @property
-    def trust_now(self) -> Any:
+    def trust_now(self) -> Trust | None:
         """The trust data (unknown scores, review order, notes) of the active label set, or None."""
         return self.trust.get(self.project.active_label_set)
 
@@ -111,6 +123,7 @@ class LabelingSession:
         if backbone is not None:
             self.project.backbone = backbone
         self.features, self.run = None, None
+        self.support_feats, self.support_key = {}, None
         self.set_dirty()
 
     def set_method(self, name: str) -> bool:
@@ -330,7 +343,7 @@ class LabelingSession:
         self.errors = {}
         self._changed(None)
 
-    def apply_batch(self, batch: Any, notify: bool = True, label_set: str | None = None) -> np.ndarray:
+    def apply_batch(self, batch: LabelBatch, notify: bool = True, label_set: str | None = None) -> np.ndarray:
         """Store a streamed ``LabelBatch``; ``notify=False`` lets the caller coalesce the event."""
         st = self.states.get(label_set or self.project.active_label_set)
         idx = np.asarray(batch.indices, dtype=int)
@@ -345,13 +358,15 @@ class LabelingSession:
             self.events.predictions_changed.emit(idx)
         return idx
 
-    def apply_result(self, result: Any, run: RunContext, label_set: str | None = None) -> None:
+    def apply_result(self, result: LabelResult, run: RunContext, label_set: str | None = None) -> None:
         """A finished labeling job of ``label_set`` (default: the active one), run with ``run``."""
         name = label_set or self.project.active_label_set
         self.background.supersede(name)
         self.errors = dict(result.errors)
         self.features = None if result.features is None else np.asarray(result.features, np.float32)
         self.run = run if self.features is not None else None
+        if run.feature_key != self.support_key:  # embeddings of another backbone do not mix
+            self.support_feats, self.support_key = {}, run.feature_key
         if result.support_features is not None:
             for p, f in zip(result.support_paths, result.support_features):
                 self.support_feats[path_key(p)] = np.asarray(f, np.float32)
