@@ -246,7 +246,8 @@ class MAML(FewShotMethod):
     input_kind = "features"
 
     def __init__(self, net: MAMLNet | None = None, steps: int | None = None, inner_lr: float | None = None,
-                 scale: float = UNTRAINED_HEAD_SCALE, head_init: str = "proto", device: str | None = None, **options: Any) -> None:
+                 scale: float = UNTRAINED_HEAD_SCALE, head_init: str = "proto", device: str | None = None,
+                 **options: Any) -> None:
         super().__init__(**options)
         self._net = net
         self._steps = steps

@@ -147,8 +147,9 @@ def label_folder(
     """Label every image of ``query_root`` (or ``query_paths``) from ``support`` ({class: paths}).
 
     ``backbone``: a Backbone (default: the default backbone); ``method``: a FewShotMethod or a
-    method name (default "protonet"). ``refine``: transductive refinement over the whole folder
-    (None = the method's default). ``unknown_threshold``: route low-scoring images to "unknown"
+    method name (default "protonet"). ``refine``: transductive refinement of a ProtoNet-style
+    method over the whole folder (None = on, as :data:`~fewshot_gui.core.fewshot.transductive.DEFAULT_REFINE`;
+    False = off). ``unknown_threshold``: route low-scoring images to "unknown"
     (None = the default threshold; larger = fewer unknowns). The trust results are computed with
     the :class:`TrustProfile` of the backbone that embeds the images.
     """

@@ -11,7 +11,8 @@ embeddings; then L2):
   prototype), so 1-shot images are only checked for duplicates.
 * **Outliers**: a support image whose cosine to its own leave-one-out prototype is below the
   unknown threshold :math:`t(n-1)` of the :class:`~fewshot_gui.core.trust.profile.TrustProfile`
-  (minus a margin) -- it would be routed to "unknown" by its own class (e.g. an image of a class that is not in the project at all).
+  (minus a margin) -- it would be routed to "unknown" by its own class (e.g. an image of a class
+  that is not in the project at all).
 * **Duplicates**: pairs of support images with near-identical embeddings (cosine of the raw
   L2-normalised embeddings >= ``duplicate_cosine``); across two classes they are a contradiction.
 * **Confused class pairs**: pairs whose leave-one-out errors go into each other, or -- when query
