@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from fewshot_gui.cli.common import UsageError, add_model_options, make_cache, resolve_model
@@ -87,8 +88,13 @@ def _run_project(args) -> int:
     bar.close()
     groups = session.label_columns()
     for name, result in session.results.items():
+        cols, trust = groups[name], session.trust.get(name)
         print(f"== label set {name!r}")
-        print_summary(result, out)
+        if cols.labels_override:
+            print(f"{len(cols.labels_override)} confirmed labels: used as examples, and written as the label")
+        # the figures of the CSV: predictions re-fitted with the confirmed labels
+        print_summary(replace(result, probs=cols.probs, extra=cols.extra,
+                              notes=trust.summary_lines() if trust is not None else []), out)
         if args.export_folders:
             target = args.export_folders / name if len(session.results) > 1 else args.export_folders
             labels = [groups[name].label_of(i) if i not in session.errors else "" for i in range(len(session.rel))]

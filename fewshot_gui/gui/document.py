@@ -88,11 +88,6 @@ class Document(QObject):
     def repredicting(self) -> bool:
         return self.session.repredicting
 
-    @property
-    def has_features(self) -> bool:
-        """The last labeling run's embeddings are known (edits re-predict without a new run)."""
-        return self.session.features is not None
-
     def __len__(self) -> int:
         return len(self.session)
 
@@ -175,6 +170,3 @@ class Document(QObject):
 
     def apply_result(self, result: Any, run: RunContext) -> None:
         self.session.apply_result(result, run)
-
-    def write_csv(self, path: Path) -> Path:
-        return self.session.write_csv(path)
