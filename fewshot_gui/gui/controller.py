@@ -205,7 +205,7 @@ class LabelController(QObject):
             self.message.emit(f"{len(value):,} images in {self._root}")
         elif self.kind == "label" and isinstance(value, FinishedRun):
             result = value.result
-            self.doc.apply_result(result, value.run)
+            self.doc.apply_result(result, value.run, value.label_set)
             n_err = len(result.errors)
             secs = time.perf_counter() - self._t0
             self.message.emit(f"Labeled {result.n_ok:,} images in {secs:.1f} s"

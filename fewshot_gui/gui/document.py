@@ -9,15 +9,16 @@ correction never blocks the window.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
+from fewshot_gui.core.session.job import LabelBatch, LabelResult
 from fewshot_gui.core.session.model import RunContext
 from fewshot_gui.core.session.project import ClassDef, LabelSet, Project
 from fewshot_gui.core.session.session import LabelingSession
 from fewshot_gui.core.session.view import LabelState, ViewArrays
+from fewshot_gui.core.trust.report import Trust
 from fewshot_gui.gui.workers import BackgroundExecutor
 
 
@@ -81,7 +82,7 @@ class Document(QObject):
         return self.session.state
 
     @property
-    def trust_now(self) -> Any:
+    def trust_now(self) -> Trust | None:
         return self.session.trust_now
 
     @property
@@ -165,8 +166,8 @@ class Document(QObject):
     def begin_labeling(self) -> None:
         self.session.begin_labeling()
 
-    def apply_batch(self, batch: Any, notify: bool = True) -> np.ndarray:
+    def apply_batch(self, batch: LabelBatch, notify: bool = True) -> np.ndarray:
         return self.session.apply_batch(batch, notify)
 
-    def apply_result(self, result: Any, run: RunContext) -> None:
-        self.session.apply_result(result, run)
+    def apply_result(self, result: LabelResult, run: RunContext, label_set: str | None = None) -> None:
+        self.session.apply_result(result, run, label_set)

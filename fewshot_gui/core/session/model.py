@@ -23,7 +23,7 @@ from fewshot_gui.core.trust.profile import TrustProfile
 from fewshot_gui.core.trust.report import Trust, assess_folder
 
 
-def load_project_model(project: Project, device: str | None = None, engine: str = "auto") -> tuple[Any, Any]:
+def load_project_model(project: Project, device: str | None = None) -> tuple[Any, Any]:
     """(backbone, method) for a project: its model file when set, else its backbone + method.
 
     With a model file, the file's own method is used unless the project names another one.
@@ -38,7 +38,7 @@ def load_project_model(project: Project, device: str | None = None, engine: str 
             method = bundle.make_method()
     else:
         try:
-            backbone = get_backbone(project.backbone, device=device, engine=engine)
+            backbone = get_backbone(project.backbone, device=device)
         except ValueError as exc:  # unknown name
             raise DataError(f"{project.path or 'project'}: {exc}") from None
     if method is None:
@@ -82,6 +82,7 @@ class RunContext:
     @classmethod
     def of(cls, backbone: Any, method: Any, refine: bool | None = None,
            unknown_threshold: float | None = None) -> "RunContext":
+        """The context of a run of ``method`` on ``backbone`` with these job settings."""
         return cls(getattr(backbone, "name", ""), getattr(backbone, "key", ""), getattr(method, "name", ""),
                    dict(getattr(method, "options", {})), getattr(method, "input_kind", "features") == "features",
                    refine, unknown_threshold)

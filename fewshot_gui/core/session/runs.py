@@ -82,7 +82,8 @@ def support_embedding_job(session: LabelingSession, loader: ModelLoader, device:
         yield Progress("embedding new examples", 0, len(missing))
         backbone, _method = loader.load(project, device)
         if backbone.key != feature_key:
-            raise DataError("the model changed since the last labeling run; press Label to label again")
+            raise DataError(f"{project.model_file or project.backbone}: not the model of the last labeling run; "
+                            "press Label to label with it")
         feats, errors = embed_paths(missing, backbone, cache=EmbeddingCache(cache_dir, backbone.key), cancel=token)
         return NewExamples(missing, feats, errors)
 
@@ -113,7 +114,7 @@ def label_project(project: Project | str | Path, out: str | Path | None = None,
         job = labeling_job(session, loader, ls.name, device=device, cache_dir=cache_dir, refine=refine,
                            unknown_threshold=unknown_threshold)
         finished = run_job(job(cancel or CancelToken()), progress)
-        session.apply_result(finished.result, finished.run, ls.name)
+        session.apply_result(finished.result, finished.run, finished.label_set)
     if not session.results:
         raise DataError(f"{where}: no label set has classes; add classes with example images")
     if out is not None:
