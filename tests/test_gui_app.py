@@ -426,3 +426,35 @@ def test_recent_projects_menu_and_dialogs(qtbot, win, data, tmp_path):
     s.apply()
     again = AppSettings(str(tmp_path / "settings.ini"))
     assert again.thumb_size == 160 and abs(again.threshold - 0.7) < 1e-9
+
+
+def test_job_failures_reach_the_gui_thread_as_exceptions(qtbot):
+    import threading
+
+    from fewshot_gui.core.errors import DataError
+    from fewshot_gui.gui.controller import failure_text
+    from fewshot_gui.gui.workers import BackgroundExecutor, JobRunner
+
+    runner = JobRunner()
+
+    def make(_token):
+        yield from ()
+        raise DataError("q.png: not an image; remove it")
+
+    with qtbot.waitSignal(runner.failed, timeout=5000) as got:
+        assert runner.start(make)
+    exc = got.args[0]
+    assert isinstance(exc, DataError) and failure_text(exc) == "q.png: not an image; remove it"
+    assert failure_text(KeyError("x")) == "Unexpected error: KeyError: 'x'"
+    qtbot.waitUntil(lambda: not runner.is_running(), timeout=5000)
+
+    executor = BackgroundExecutor()
+    threads: list = []
+    ok = executor.submit(lambda: threading.get_ident())
+    bad = executor.submit(lambda: 1 / 0)
+    bad.add_done_callback(lambda _f: threads.append(threading.get_ident()))
+    qtbot.waitUntil(lambda: bad.done(), timeout=5000)
+    assert ok.result() != threading.get_ident()  # ran on a worker thread ...
+    assert threads == [threading.get_ident()]    # ... and answered on the GUI thread
+    assert isinstance(bad.exception(), ZeroDivisionError)
+    assert executor.wait(5000) and not running_threads()

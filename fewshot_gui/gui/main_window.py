@@ -158,9 +158,10 @@ class MainWindow(QMainWindow):
         self.undo.push(cmd.AddSupport(self.doc, name, [self.doc.paths[i] for i in items]))
 
     def switch_label_set(self, name: str) -> None:
-        self.undo.clear()
-        if not self.controller.switch_label_set(name):
-            self.classes.rebuild()
+        if self.controller.switch_label_set(name):
+            self.undo.clear()  # the undo steps edit the classes of the other label set
+        else:
+            self.classes.rebuild()  # show the label set still active
         self._update_title()
 
     # ------------------------------------------------------------------ projects
