@@ -355,7 +355,7 @@ def main(argv=None) -> int:
         L.append("| " + " | ".join([name] + [fmt(r.get(c)) for c in CALTECH_COLS]) + " |")
     L.append("")
     L.append("Held-out classes: " + ", ".join(cal_data.classes) + ".\n")
-    L.append("## Targets of issue 3\n")
+    L.append("## Targets\n")
     for label, keep in (("inductive (each query scored alone)", lambda n: "transductive" not in n),
                         ("transductive (refined with the episode's unlabeled queries, as `fewshot label` "
                          "labels a folder by default)", lambda n: "transductive" in n)):
