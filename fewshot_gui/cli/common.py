@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fewshot_gui.core.embed.backbones import DEFAULT_BACKBONE, get_backbone
+from fewshot_gui.core.embed.backbones import DEFAULT_BACKBONE
 from fewshot_gui.core.embed.cache import EmbeddingCache
-from fewshot_gui.core.fewshot import get_method
+from fewshot_gui.core.models.choice import DEFAULT_METHOD
+from fewshot_gui.core.models.choice import resolve_model as choose_model
 
 METHOD_NAMES = ("protonet", "protonet-transductive", "maml", "relation")
-DEFAULT_METHOD = "protonet"
 
 
 class UsageError(Exception):
@@ -48,20 +48,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 def resolve_model(args: argparse.Namespace) -> tuple[object, object]:
     """(backbone, method) from --backbone / --model / --method / --weights / --device."""
-    method = None
-    if args.model:
-        from fewshot_gui.core.models.bundle import load_model  # lazy: torch, for the model file's networks
-
-        bundle = load_model(args.model)
-        backbone = bundle.make_backbone(device=args.device)
-        if not args.method or args.method == bundle.meta.get("method"):
-            method = bundle.make_method()
-    else:
-        backbone = get_backbone(args.backbone or DEFAULT_BACKBONE, weights=args.weights, device=args.device,
-                                cache_dir=args.cache_dir)
-    if method is None:
-        method = get_method(args.method or DEFAULT_METHOD)
-    return backbone, method
+    return choose_model(args.model, args.backbone, args.method, device=args.device, weights=args.weights,
+                        cache_dir=args.cache_dir)
 
 
 def make_cache(args: argparse.Namespace, backbone) -> EmbeddingCache | None:

@@ -15,35 +15,20 @@ from typing import Any
 
 import numpy as np
 
-from fewshot_gui.core.embed.backbones import get_backbone
 from fewshot_gui.core.errors import DataError
 from fewshot_gui.core.fewshot import get_method
-from fewshot_gui.core.session.project import DEFAULT_METHOD, LabelSet, Project
+from fewshot_gui.core.models.choice import DEFAULT_METHOD, resolve_model
+from fewshot_gui.core.session.project import LabelSet, Project
 from fewshot_gui.core.trust.profile import TrustProfile
 from fewshot_gui.core.trust.report import Trust, assess_folder
 
 
 def load_project_model(project: Project, device: str | None = None) -> tuple[Any, Any]:
-    """(backbone, method) for a project: its model file when set, else its backbone + method.
-
-    With a model file, the file's own method is used unless the project names another one.
-    """
-    method = None
-    if project.model_file is not None:
-        from fewshot_gui.core.models.bundle import load_model  # lazy: builds torch modules
-
-        bundle = load_model(project.model_file)
-        backbone = bundle.make_backbone(device=device)
-        if not project.method or project.method == bundle.meta.get("method"):
-            method = bundle.make_method()
-    else:
-        try:
-            backbone = get_backbone(project.backbone, device=device)
-        except ValueError as exc:  # unknown name
-            raise DataError(f"{project.path or 'project'}: {exc}") from None
-    if method is None:
-        method = get_method(project.method or DEFAULT_METHOD)
-    return backbone, method
+    """(backbone, method) for a project: its model file when set, else its backbone + method."""
+    try:
+        return resolve_model(project.model_file, project.backbone, project.method, device=device)
+    except ValueError as exc:  # an unknown backbone or method name in the project file
+        raise DataError(f"{project.path or 'project'}: {exc}") from None
 
 
 class ModelLoader:

@@ -20,11 +20,11 @@ from fewshot_gui.core.atomic import atomic_write_text
 from fewshot_gui.core.embed.backbones import DEFAULT_BACKBONE
 from fewshot_gui.core.errors import ProjectFileError
 from fewshot_gui.core.io.images import scan_class_folders
+from fewshot_gui.core.models.choice import DEFAULT_METHOD
 
 FORMAT = "fewshot-gui-project"
 VERSION = 1
 SUFFIX = ".fewshot.json"
-DEFAULT_METHOD = "protonet"
 
 # Distinct, colour-blind-friendlier palette (first colours used first).
 PALETTE = [
