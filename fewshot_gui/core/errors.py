@@ -51,3 +51,19 @@ class Cancelled(FewShotError):
 
 class ConfigError(DataError, ValueError):
     """An unknown backbone/method name, or a device that is not there."""
+
+
+class WriteError(FewShotError, OSError):
+    """A file could not be written (disk full, read-only file system, no permission).
+
+    Raised by :mod:`fewshot_gui.core.atomic` after it removed its temp file: the previous file, if
+    any, is unchanged. Also an :class:`OSError` (``errno`` is the system's error number).
+    """
+
+    def __init__(self, path: str | Path, errno_code: int | None, message: str):
+        super().__init__(errno_code, message)
+        self.path = Path(path)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
