@@ -215,6 +215,9 @@ class MainWindow(QMainWindow):
         self.set_project(p)
         self.settings.add_recent(str(p.path))
         self.status(f"Opened {p.path}")
+        if p.warnings:  # entries of the file that could not be used and were left out
+            more = [f"... and {len(p.warnings) - 10} more"] if len(p.warnings) > 10 else []
+            self.show_error("Opened the project without these entries:\n" + "\n".join(p.warnings[:10] + more))
         return True
 
     def _fill_recent(self) -> None:

@@ -4,27 +4,38 @@ method, and the labels a user confirmed. Qt-free, shared by the app and ``fewsho
 
 The file is JSON (see docs/ARCHITECTURE.md, "Projects"); every path in it is stored relative to the
 project file's folder (``/`` separators) so a project folder can be moved or shared. Writes are
-atomic; a corrupt or unknown file raises :class:`ProjectFileError` naming the file and is never
-overwritten by loading it.
+atomic; a corrupt or unknown file raises :class:`ProjectFileError` naming the file (and the JSON
+path of the problem) and is never overwritten by loading it. Reading is bounded: only a regular
+file, at most :data:`MAX_FILE_BYTES`, nested at most :data:`MAX_DEPTH` levels; support entries
+that cannot be images are dropped with a warning (:attr:`Project.warnings`), never opened.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fewshot_gui.core.atomic import atomic_write_text
 from fewshot_gui.core.embed.backbones import DEFAULT_BACKBONE
-from fewshot_gui.core.errors import ProjectFileError
+from fewshot_gui.core.errors import ProjectFileError, WriteError
 from fewshot_gui.core.io.images import scan_class_folders
 from fewshot_gui.core.models.choice import DEFAULT_METHOD
 
 FORMAT = "fewshot-gui-project"
 VERSION = 1
 SUFFIX = ".fewshot.json"
+MAX_FILE_BYTES = 64 * 1024 * 1024  # larger files are refused before they are read
+MAX_DEPTH = 32  # JSON nesting: the format itself needs 5 levels (settings may nest a little)
+
+log = logging.getLogger(__name__)
 
 # Distinct, colour-blind-friendlier palette (first colours used first).
 PALETTE = [
@@ -96,6 +107,8 @@ class Project:
     active_label_set: str = "labels"
     settings: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    # What loading dropped from the file (one message per entry); not saved.
+    warnings: list[str] = field(default_factory=list, repr=False)
 
     # ----------------------------------------------------------------- access
     @property
@@ -172,108 +185,33 @@ class Project:
 
     @classmethod
     def from_dict(cls, data: Any, base: Path | None, source: str = "project") -> "Project":
-        def bad(what: str) -> ProjectFileError:
-            return ProjectFileError(f"{source}: {what}. The file was not changed; fix it or open another project.")
+        """The project described by parsed JSON ``data`` (paths relative to ``base``).
 
-        if not isinstance(data, dict):
-            raise bad("not a fewshot-gui project (expected a JSON object)")
-        if data.get("format") != FORMAT:
-            raise bad(f"not a fewshot-gui project (\"format\" must be {FORMAT!r})")
-        version = data.get("version")
-        if not isinstance(version, int) or isinstance(version, bool):
-            raise bad("missing or invalid \"version\"")
-        if version > VERSION:
-            raise bad(f"written by a newer version of fewshot-gui (project version {version}, this "
-                      f"program reads up to {VERSION}); update fewshot-gui")
-        if version < 1:
-            raise bad(f"unknown project version {version}")
-
-        def absp(v: Any, what: str) -> Path | None:
-            if v is None:
-                return None
-            if not isinstance(v, str) or not v:
-                raise bad(f"{what} must be a path string")
-            p = Path(v)
-            if not p.is_absolute() and base is not None:
-                p = base / p
-            return Path(os.path.normpath(p))
-
-        def text(v: Any, what: str, default: str | None = None) -> str:
-            if v is None and default is not None:
-                return default
-            if not isinstance(v, str) or not v:
-                raise bad(f"{what} must be a non-empty string")
-            return v
-
-        sets_raw = data.get("label_sets")
-        if not isinstance(sets_raw, list) or not sets_raw:
-            raise bad("\"label_sets\" must be a non-empty list")
-        label_sets: list[LabelSet] = []
-        for i, s in enumerate(sets_raw):
-            if not isinstance(s, dict):
-                raise bad(f"label set #{i + 1} must be an object")
-            ls = LabelSet(text(s.get("name"), f"label set #{i + 1} name"))
-            if any(o.name == ls.name for o in label_sets):
-                raise bad(f"two label sets are named {ls.name!r}")
-            classes = s.get("classes", [])
-            if not isinstance(classes, list):
-                raise bad(f"label set {ls.name!r}: \"classes\" must be a list")
-            for j, c in enumerate(classes):
-                if not isinstance(c, dict):
-                    raise bad(f"label set {ls.name!r}: class #{j + 1} must be an object")
-                name = text(c.get("name"), f"label set {ls.name!r}: class #{j + 1} name")
-                if name in ls.class_names:
-                    raise bad(f"label set {ls.name!r}: two classes are named {name!r}")
-                color = c.get("color") or palette_color(j)
-                if not isinstance(color, str) or not _is_color(color):
-                    raise bad(f"label set {ls.name!r}: class {name!r} has an invalid colour {color!r}")
-                sup = c.get("support", [])
-                if not isinstance(sup, list):
-                    raise bad(f"label set {ls.name!r}: class {name!r}: \"support\" must be a list")
-                ls.classes.append(ClassDef(name, color, [absp(p, f"support path of class {name!r}") for p in sup]))
-            conf = s.get("confirmed", {})
-            if not isinstance(conf, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in conf.items()):
-                raise bad(f"label set {ls.name!r}: \"confirmed\" must map image paths to class names")
-            ls.confirmed = dict(conf)
-            label_sets.append(ls)
-
-        settings = data.get("settings", {})
-        if not isinstance(settings, dict):
-            raise bad("\"settings\" must be an object")
-        active = data.get("active_label_set") or label_sets[0].name
-        if not any(ls.name == active for ls in label_sets):
-            active = label_sets[0].name
-        return cls(
-            label_sets=label_sets,
-            query_folder=absp(data.get("query_folder"), "\"query_folder\""),
-            backbone=text(data.get("backbone"), "\"backbone\"", default_backbone()),
-            model_file=absp(data.get("model_file"), "\"model_file\""),
-            method=text(data.get("method"), "\"method\"", DEFAULT_METHOD),
-            active_label_set=active,
-            settings=dict(settings),
-        )
+        A malformed shape raises :class:`ProjectFileError` naming ``source`` and the JSON path of
+        the problem (e.g. ``label_sets[0].classes[2].name``). Entries that cannot be used but leave
+        the rest of the project usable (a support entry that is not a path, or names a folder, a
+        FIFO or a device; a confirmed label that is not text; an invalid threshold setting) are
+        dropped, each with a message in the project's :attr:`warnings`.
+        """
+        return _ProjectReader(source, base).project(cls, data)
 
     # ----------------------------------------------------------------- files
     @classmethod
     def load(cls, path: str | Path) -> "Project":
-        """Read a project file. Raises :class:`ProjectFileError` (naming the file) on any problem."""
+        """Read a project file. Raises :class:`ProjectFileError` (naming the file) on any problem.
+
+        Only a regular file of at most :data:`MAX_FILE_BYTES` is read (a FIFO or a device is refused
+        before it is opened); a UTF-8 byte order mark is accepted; nesting deeper than
+        :data:`MAX_DEPTH`, numbers too long to convert and NaN/Infinity are refused with a message.
+        What :meth:`from_dict` dropped is in :attr:`warnings` and logged as warnings.
+        """
         path = Path(path).expanduser()
-        try:
-            raw = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ProjectFileError(f"{path}: project file not found; check the path or create a new project") from None
-        except IsADirectoryError:
-            raise ProjectFileError(f"{path}: is a folder, not a project file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ProjectFileError(f"{path}: cannot read the project file ({exc})") from None
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ProjectFileError(
-                f"{path}: the project file is corrupt (invalid JSON at line {exc.lineno}, column {exc.colno}). "
-                "The file was not changed; restore it from a backup or open another project.") from None
+        raw = _read_project_text(path)
+        data = _parse_json(path, raw)
         project = cls.from_dict(data, path.resolve().parent, source=str(path))
         project.path = path.resolve()
+        for message in project.warnings:
+            log.warning("%s", message)
         return project
 
     def save(self, path: str | Path | None = None) -> Path:
@@ -285,6 +223,8 @@ class Project:
         text = json.dumps(self.to_dict(target.parent), indent=2, ensure_ascii=False) + "\n"
         try:
             atomic_write_text(target, text)
+        except WriteError as exc:
+            raise ProjectFileError(f"cannot save the project: {exc}") from None
         except OSError as exc:
             raise ProjectFileError(f"{target}: cannot save the project ({exc}); the previous file is unchanged") from None
         self.path = target
@@ -308,3 +248,233 @@ def _relpath(p: Path, base: Path | None) -> str:
 
 def _is_color(s: str) -> bool:
     return len(s) == 7 and s[0] == "#" and all(ch in "0123456789abcdefABCDEF" for ch in s[1:])
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading a project file: bounded, and every shape checked
+# ------------------------------------------------------------------------------------------------
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def _read_project_text(path: Path) -> str:
+    """The file's text: a regular file only (never opened otherwise), bounded, BOM accepted."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ProjectFileError(f"{path}: project file not found; check the path or create a new project") from None
+    except (OSError, ValueError) as exc:
+        raise ProjectFileError(f"{path}: cannot read the project file ({exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ProjectFileError(f"{path}: is a folder, not a project file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ProjectFileError(f"{path}: is not a regular file (a FIFO, socket or device); "
+                               f"choose a {SUFFIX} project file")
+    if st.st_size > MAX_FILE_BYTES:
+        raise ProjectFileError(f"{path}: is {st.st_size:,} bytes, larger than any project file "
+                               f"({MAX_FILE_BYTES // (1 << 20)} MiB at most); choose a {SUFFIX} project file")
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ProjectFileError(f"{path}: cannot read the project file ({exc})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ProjectFileError(f"{path}: grew beyond {MAX_FILE_BYTES // (1 << 20)} MiB while being read; "
+                               f"choose a {SUFFIX} project file")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ProjectFileError(f"{path}: the project file is not UTF-8 text (byte {exc.start}); "
+                               "restore it from a backup or open another project") from None
+
+
+def _nesting_depth(text: str) -> int:
+    """The deepest nesting of ``[`` / ``{`` in JSON text (brackets inside strings do not count)."""
+    bare = _JSON_STRING.sub('""', text).encode("utf-8", "surrogatepass")
+    codes = np.frombuffer(bare, dtype=np.uint8)
+    step = np.isin(codes, (ord("["), ord("{"))).astype(np.int32) - np.isin(codes, (ord("]"), ord("}")))
+    return int(np.cumsum(step).max(initial=0))
+
+
+def _parse_json(path: Path, text: str) -> Any:
+    corrupt = (f"{path}: the project file is corrupt ({{}}). "
+               "The file was not changed; restore it from a backup or open another project.")
+
+    def no_constants(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON number")
+
+    depth = _nesting_depth(text)
+    if depth > MAX_DEPTH:
+        raise ProjectFileError(corrupt.format(f"nested {depth} levels deep; project files nest at most "
+                                              f"{MAX_DEPTH} levels"))
+    try:
+        return json.loads(text, parse_constant=no_constants)
+    except json.JSONDecodeError as exc:
+        raise ProjectFileError(corrupt.format(f"invalid JSON at line {exc.lineno}, column {exc.colno}")) from None
+    except RecursionError:
+        raise ProjectFileError(corrupt.format("nested too deeply")) from None
+    except ValueError as exc:  # a number of thousands of digits, NaN, Infinity
+        what = "a number with thousands of digits" if "digits" in str(exc) else str(exc)
+        raise ProjectFileError(corrupt.format(f"invalid value: {what}")) from None
+
+
+def _at(where: str, key: str | int) -> str:
+    return f"{where}[{key}]" if isinstance(key, int) else (f"{where}.{key}" if where else key)
+
+
+class _ProjectReader:
+    """Checks every shape of parsed project JSON; errors and warnings name the JSON path."""
+
+    def __init__(self, source: str, base: Path | None):
+        self.source = source
+        self.base = base
+        self.warnings: list[str] = []
+
+    def bad(self, where: str, what: str) -> ProjectFileError:
+        place = f"at {where}: " if where else ""
+        return ProjectFileError(f"{self.source}: {place}{what}. The file was not changed; fix it or open "
+                                "another project.")
+
+    def warn(self, where: str, what: str) -> None:
+        self.warnings.append(f"{self.source}: at {where}: {what}")
+
+    def obj(self, v: Any, where: str, what: str = "an object") -> dict:
+        if not isinstance(v, dict):
+            raise self.bad(where, f"must be {what}, not {_kind(v)}")
+        return v
+
+    def text(self, v: Any, where: str, default: str | None = None) -> str:
+        if v is None and default is not None:
+            return default
+        if not isinstance(v, str) or not v:
+            raise self.bad(where, f"must be a non-empty string, not {_kind(v)}")
+        if "\0" in v:
+            raise self.bad(where, "must not contain a NUL character")
+        return v
+
+    def path(self, v: Any, where: str) -> Path | None:
+        if v is None:
+            return None
+        return self._abs(self.text(v, where))
+
+    def _abs(self, v: str) -> Path:
+        p = Path(v)
+        if not p.is_absolute() and self.base is not None:
+            p = self.base / p
+        return Path(os.path.normpath(p))
+
+    # -------------------------------------------------------------- the whole file
+    def project(self, cls: type[Project], data: Any) -> Project:
+        if not isinstance(data, dict):
+            raise self.bad("", f"not a fewshot-gui project (expected a JSON object, not {_kind(data)})")
+        if data.get("format") != FORMAT:
+            raise self.bad("", f"not a fewshot-gui project (\"format\" must be {FORMAT!r})")
+        version = data.get("version")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise self.bad("version", "missing or invalid \"version\" (a whole number)")
+        if version > VERSION:
+            raise self.bad("", f"written by a newer version of fewshot-gui (project version "
+                               f"{_short(version)}, this program reads up to {VERSION}); update fewshot-gui")
+        if version < 1:
+            raise self.bad("version", f"unknown project version {_short(version)}")
+        sets_raw = data.get("label_sets")
+        if not isinstance(sets_raw, list) or not sets_raw:
+            raise self.bad("label_sets", f"\"label_sets\" must be a non-empty list, not {_kind(sets_raw)}")
+        label_sets: list[LabelSet] = []
+        for i, s in enumerate(sets_raw):
+            ls = self.label_set(s, _at("label_sets", i))
+            if any(o.name == ls.name for o in label_sets):
+                raise self.bad(_at(_at("label_sets", i), "name"), f"two label sets are named {ls.name!r}")
+            label_sets.append(ls)
+        settings = self.settings(data.get("settings", {}))
+        active = data.get("active_label_set")
+        if not any(ls.name == active for ls in label_sets):
+            active = label_sets[0].name
+        project = cls(
+            label_sets=label_sets,
+            query_folder=self.path(data.get("query_folder"), "query_folder"),
+            backbone=self.text(data.get("backbone"), "backbone", default_backbone()),
+            model_file=self.path(data.get("model_file"), "model_file"),
+            method=self.text(data.get("method"), "method", DEFAULT_METHOD),
+            active_label_set=active,
+            settings=settings,
+        )
+        project.warnings = self.warnings
+        return project
+
+    def label_set(self, s: Any, where: str) -> LabelSet:
+        s = self.obj(s, where)
+        ls = LabelSet(self.text(s.get("name"), _at(where, "name")))
+        classes = s.get("classes", [])
+        if not isinstance(classes, list):
+            raise self.bad(_at(where, "classes"), f"\"classes\" of label set {ls.name!r} must be a list, "
+                                                  f"not {_kind(classes)}")
+        for j, c in enumerate(classes):
+            at = _at(_at(where, "classes"), j)
+            c = self.obj(c, at)
+            name = self.text(c.get("name"), _at(at, "name"))
+            if name in ls.class_names:
+                raise self.bad(_at(at, "name"), f"label set {ls.name!r}: two classes are named {name!r}")
+            color = c.get("color") or palette_color(j)
+            if not isinstance(color, str) or not _is_color(color):
+                raise self.bad(_at(at, "color"), f"label set {ls.name!r}: class {name!r} has an invalid "
+                                                 f"colour {_short(color)} (use #rrggbb)")
+            sup = c.get("support", [])
+            if not isinstance(sup, list):
+                raise self.bad(_at(at, "support"), f"class {name!r}: \"support\" must be a list of paths, "
+                                                   f"not {_kind(sup)}")
+            support = [p for k, v in enumerate(sup)
+                       if (p := self.support_path(v, _at(_at(at, "support"), k), name)) is not None]
+            ls.classes.append(ClassDef(name, color, support))
+        ls.confirmed = self.confirmed(s.get("confirmed", {}), _at(where, "confirmed"), ls.name)
+        return ls
+
+    def support_path(self, v: Any, where: str, class_name: str) -> Path | None:
+        """The support image's path, or None (with a warning) when the entry cannot be one.
+
+        A missing file is kept (its drive may be elsewhere; labeling reports it); anything that
+        exists but is not a regular file is dropped without ever being opened.
+        """
+        if not isinstance(v, str) or not v or "\0" in v:
+            self.warn(where, f"support entry {_short(v)} of class {class_name!r} is not a path; ignored")
+            return None
+        p = self._abs(v)
+        try:
+            mode = os.stat(p).st_mode
+        except (OSError, ValueError):
+            return p
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, socket or device)"
+            self.warn(where, f"support image {p} of class {class_name!r} is {kind}; ignored")
+            return None
+        return p
+
+    def confirmed(self, conf: Any, where: str, set_name: str) -> dict[str, str]:
+        conf = self.obj(conf, where, "an object mapping image paths to class names")
+        good = {k: v for k, v in conf.items() if isinstance(v, str) and v and "\0" not in k + v}
+        if len(good) < len(conf):
+            self.warn(where, f"label set {set_name!r}: {len(conf) - len(good)} confirmed label(s) are not "
+                             "class names; ignored (the other confirmed labels are kept)")
+        return good
+
+    def settings(self, settings: Any) -> dict[str, Any]:
+        settings = dict(self.obj(settings, "settings"))
+        if "threshold" in settings:
+            t = settings["threshold"]
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0:
+                self.warn("settings.threshold", f"{_short(t)} is not a confidence between 0 and 1; "
+                                                "the default is used")
+                del settings["threshold"]
+        return settings
+
+
+def _kind(v: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "true/false", int: "a number",
+            float: "a number", type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def _short(v: Any, limit: int = 40) -> str:
+    """``repr(v)`` cut to ``limit`` characters (values from a file can be huge)."""
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) > 10 ** 30:
+        return "a number of many digits"
+    text = repr(v) if not isinstance(v, (dict, list)) else _kind(v)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
