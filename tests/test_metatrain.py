@@ -237,3 +237,102 @@ def test_loading_a_model_file_does_not_import_training(dataset, tmp_path):
                           cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------ a full disk
+def _temps(folder):
+    return [p.name for p in folder.iterdir() if p.name.endswith(".fewshot-tmp")]
+
+
+@pytest.fixture
+def disk_full_on_second_write(monkeypatch):
+    """The writer of model files fails with ENOSPC, half-way, from its second file on."""
+    import errno
+
+    from fewshot_gui.core import atomic
+    from fewshot_gui.core.models import format as model_format
+
+    real = model_format.atomic_write_bytes
+    calls = []
+
+    def writer(path, data):
+        calls.append(Path(path))
+        if len(calls) < 2:
+            return real(path, data)
+        with atomic.atomic_open(path, "wb") as fh:
+            fh.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(model_format, "atomic_write_bytes", writer)
+    return calls
+
+
+def test_full_disk_while_checkpointing_stops_with_a_message_and_keeps_the_last_checkpoint(
+        dataset, tmp_path, disk_full_on_second_write):
+    from fewshot_gui.core.errors import WriteError
+
+    ck, out = tmp_path / "run.ckpt", tmp_path / "run.safetensors"
+    cfg = _cfg(dataset, out, episodes=9, val_data=None, checkpoint=str(ck))
+    with pytest.raises(WriteError) as ei:
+        _run(cfg)
+    message = str(ei.value)
+    assert "after 6 training episodes" in message and "disk is full" in message
+    assert f"--resume {ck}" in message and "(3 training episodes) is intact" in message
+    assert disk_full_on_second_write == [ck, ck]
+    meta, _ = read_model_file(ck)
+    assert meta["checkpoint"]["iteration"] == 3
+    assert not out.exists() and _temps(tmp_path) == []
+
+    disk_full_on_second_write.clear()  # resumed: the checkpoint at 6 is written, the model file is not
+    with pytest.raises(WriteError, match="writing the trained model.*disk is full.*6 training episodes"):
+        _run(_cfg(dataset, out, episodes=9, val_data=None, checkpoint=str(ck), resume=str(ck)))
+    assert read_model_file(ck)[0]["checkpoint"]["iteration"] == 6 and not out.exists()
+
+
+def test_full_disk_in_the_cli_is_one_message_and_exit_1(dataset, tmp_path, capsys, disk_full_on_second_write):
+    from fewshot_gui.cli import main
+
+    out = tmp_path / "cli.safetensors"
+    rc = main(["train", "--data", str(dataset), "--way", "3", "--query", "2", "--episodes", "9", "--hidden", "8",
+               "--val-every", "3", "--quiet", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert err.startswith("fewshot: error: training stopped") and f"--resume {out}.ckpt" in err
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_training(dataset, tmp_path):
+    from fewshot_gui.core.errors import WriteError
+
+    (tmp_path / "folder.safetensors").mkdir()
+    with pytest.raises(WriteError, match="is a folder"):
+        next(meta_train(_cfg(dataset, tmp_path / "folder.safetensors")))
+
+
+def test_real_full_disk_keeps_the_previous_checkpoint(dataset, tmp_path):
+    from small_disk import fill, small_disk
+
+    from fewshot_gui.core.errors import WriteError
+
+    with small_disk(tmp_path / "disk", "2m") as disk:
+        ck, out = disk / "run.ckpt", disk / "run.safetensors"
+        gen = meta_train(_cfg(dataset, out, episodes=9, val_data=None, checkpoint=str(ck)))
+        with pytest.raises(WriteError) as ei:
+            for _ in gen:
+                if ck.exists() and not (disk / "filler.bin").exists():
+                    fill(disk)
+        assert "disk is full" in str(ei.value) and f"--resume {ck}" in str(ei.value)
+        assert read_model_file(ck)[0]["checkpoint"]["iteration"] == 3
+        assert not out.exists() and _temps(disk) == []
+
+
+def test_read_only_disk_is_refused_before_training(dataset, tmp_path):
+    import subprocess
+
+    from small_disk import small_disk
+
+    from fewshot_gui.core.errors import WriteError
+
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        if subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True).returncode:
+            pytest.skip("cannot remount read-only")
+        with pytest.raises(WriteError, match="read-only"):
+            next(meta_train(_cfg(dataset, disk / "m.safetensors")))

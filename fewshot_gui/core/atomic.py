@@ -209,6 +209,30 @@ def _is_disk_error(exc: BaseException, target: Path) -> bool:
     return False
 
 
+def check_writable(target: str | Path) -> None:
+    """Raise :class:`WriteError` now if ``target`` clearly cannot be written later: it is a folder,
+    or its nearest existing folder is read-only or not writable. Creates nothing."""
+    target = Path(target)
+    if target.is_dir():
+        raise WriteError(target, errno.EISDIR, f"{target}: is a folder; give the name of a file to write")
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise WriteError(target, errno.ENOTDIR, f"{target}: {folder} is a file, not a folder; choose another "
+                                                "place to write")
+    if not os.access(folder, os.W_OK):
+        code = errno.EROFS if _read_only_fs(folder) else errno.EACCES
+        raise _write_error(target, OSError(code, os.strerror(code)), target.exists())
+
+
+def _read_only_fs(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & getattr(os, "ST_RDONLY", 1))
+    except (OSError, AttributeError):
+        return False
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8",
                 newline: str | None = None) -> Iterator[IO]:

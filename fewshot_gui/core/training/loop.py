@@ -31,10 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewshot_gui.core.atomic import check_writable
 from fewshot_gui.core.embed.conv4 import ImageSpec
 from fewshot_gui.core.episodes.evaluate import ci95, iter_evaluate_episodes
 from fewshot_gui.core.episodes.sampler import Episode, EpisodeSampler
-from fewshot_gui.core.errors import DataError, ModelFileError
+from fewshot_gui.core.errors import DataError, ModelFileError, WriteError
 from fewshot_gui.core.jobs import CancelToken, Progress
 from fewshot_gui.core.models.format import read_model_file, save_model
 from fewshot_gui.core.models.nets import build_net, net_state
@@ -109,6 +110,30 @@ def _resume(path: str, net: nn.Module, opt: torch.optim.Optimizer, net_meta: dic
     return int(c["iteration"]), list(c["history"]), float(c["wall_time_s"])
 
 
+class _Saved:
+    """Writes the run's files; a write that fails (disk full, read-only, no permission) stops the run
+    with a :class:`WriteError` that says which checkpoint is intact and how to resume from it."""
+
+    def __init__(self, checkpoint: Path, resumed_from: Path | None, episodes: int):
+        self.last: Path | None = resumed_from  # the newest intact checkpoint, if any
+        self.last_episodes = episodes
+        self.checkpoint = checkpoint
+
+    def checkpoint_written(self, episodes: int) -> None:
+        self.last, self.last_episodes = self.checkpoint, episodes
+
+    def write(self, path: Path, tensors: dict, meta: dict, doing: str) -> None:
+        try:
+            save_model(path, tensors, meta)
+        except WriteError as exc:
+            if self.last is not None and self.last.exists():
+                then = (f"The checkpoint {self.last} ({self.last_episodes} training episodes) is intact: free "
+                        f"some space, then run the same command with --resume {self.last}.")
+            else:
+                then = "No checkpoint was written before; free some space, then run the command again."
+            raise WriteError(path, exc.errno, f"training stopped while {doing}: {exc} {then}") from None
+
+
 # ------------------------------------------------------------------------------ episodes
 def _training_step(net: nn.Module, cfg: TrainConfig, data: TrainingData, samplers: list[EpisodeSampler],
                    weights: list[float], update: int) -> tuple[float, float]:
@@ -165,6 +190,9 @@ def meta_train(cfg: TrainConfig, cancel: CancelToken | None = None
                ) -> Generator[Progress | ValidationResult, None, TrainResult]:
     """The training job (see the module docstring)."""
     check_config(cfg)
+    ckpt_path = Path(cfg.checkpoint or (str(cfg.out) + ".ckpt"))
+    check_writable(cfg.out)
+    check_writable(ckpt_path)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     data = yield from load_training_data(cfg, cancel)
@@ -182,10 +210,10 @@ def meta_train(cfg: TrainConfig, cancel: CancelToken | None = None
     net.train()
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.lr)
     updates = max(1, cfg.episodes // max(1, cfg.meta_batch))
-    ckpt_path = Path(cfg.checkpoint or (str(cfg.out) + ".ckpt"))
     start, history, wall_before = 0, [], 0.0
     if cfg.resume:
         start, history, wall_before = _resume(cfg.resume, net, opt, net_meta)
+    saved = _Saved(ckpt_path, Path(cfg.resume) if cfg.resume else None, start * cfg.meta_batch)
 
     def add_validation(v: ValidationResult) -> None:
         history.append({"episode": v.episode, "val_acc": round(v.accuracy, 2), "val_ci95": round(v.ci95, 2)})
@@ -218,16 +246,19 @@ def meta_train(cfg: TrainConfig, cancel: CancelToken | None = None
             yield v
         if done % ckpt_every == 0:
             tensors, groups = _checkpoint_tensors(net, opt)
-            save_model(ckpt_path, tensors, {"format": "fewshot-checkpoint", "checkpoint": {
+            saved.write(ckpt_path, tensors, {"format": "fewshot-checkpoint", "checkpoint": {
                 "iteration": done, "history": history, "wall_time_s": wall_before + time.monotonic() - t0,
-                "net": net_meta, "config": asdict(cfg), "param_groups": groups}})
+                "net": net_meta, "config": asdict(cfg), "param_groups": groups}},
+                f"writing the checkpoint after {done * cfg.meta_batch} training episodes")
+            saved.checkpoint_written(done * cfg.meta_batch)
     wall = wall_before + time.monotonic() - t0
     final = yield from _validate(net, cfg, data, val_samplers, updates * cfg.meta_batch, protocol, cancel)
     if final is not None:
         add_validation(final)
         yield final
     meta = _model_meta(cfg, data, net_meta, weights, updates, final, history, wall, time.process_time() - c0)
-    save_model(cfg.out, {f"net.{k}": v for k, v in net.state_dict().items()}, meta)
+    saved.write(Path(cfg.out), {f"net.{k}": v for k, v in net.state_dict().items()}, meta,
+                "writing the trained model")
     if ckpt_path.exists():
         ckpt_path.unlink()
     return TrainResult(str(cfg.out), meta, history, wall)
