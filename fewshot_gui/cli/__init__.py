@@ -2,14 +2,18 @@
 
 Each sub-command lives in its own module exposing ``add_parser(subparsers)`` and
 ``run(args) -> int``. Exit codes: 0 success (even when some files were bad and reported),
-1 failure, 2 usage error.
+1 failure, 2 usage error. Expected failures (:class:`~fewshot_gui.core.errors.FewShotError`, an
+output that cannot be written, running out of memory) print one ``fewshot: error:`` line; anything
+else is a bug and prints its traceback with a line saying so.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
+import traceback
 
 from fewshot_gui import __version__
 from fewshot_gui.cli import backbones, demo, label, train
@@ -18,6 +22,9 @@ from fewshot_gui.cli.common import UsageError
 from fewshot_gui.core.errors import Cancelled, FewShotError
 
 SUBCOMMANDS = (label, evaluate, backbones, train, demo)
+# OSErrors that mean "the output cannot be written" (a full disk, a read-only or protected folder)
+OUTPUT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
+                 getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +55,36 @@ def main(argv: list[str] | None = None) -> int:
     except FewShotError as exc:
         print(f"fewshot: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        if exc.errno not in OUTPUT_ERRNOS:
+            return _unexpected()
+        print(f"fewshot: error: {_os_error_text(exc)}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("fewshot: error: out of memory; try a smaller --batch-size, fewer images at once, or close "
+              "other programs", file=sys.stderr)
+        return 1
+    except Exception:
+        return _unexpected()
+
+
+def _os_error_text(exc: OSError) -> str:
+    where = f"{exc.filename}: " if exc.filename else ""
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        todo = "check the permissions of that file or folder, or choose another one"
+    elif exc.errno == errno.EROFS:
+        todo = "the file system is read-only; choose a folder you can write to"
+    else:
+        todo = "free some space or choose a folder on another disk, then run the command again"
+    return f"{where}{exc.strerror or exc}; {todo}"
+
+
+def _unexpected() -> int:
+    """A failure the program did not foresee (a bug): the traceback, then what to do with it."""
+    traceback.print_exc()
+    print(f"fewshot: internal error (a bug in fewshot_gui {__version__}); please report it with the "
+          "traceback above and the command you ran", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover
