@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 
 from fewshot_gui.core import atomic
-from fewshot_gui.core.errors import ExportError
-from fewshot_gui.core.io.export import (LabelColumns, export_class_folders, neutralise, read_csv,
-                                     relative_posix, safe_folder_name, write_csv)
+from fewshot_gui.core.io.export import LabelColumns, neutralise, read_csv, relative_posix, write_csv
 
 
 def _cols():
@@ -75,32 +73,6 @@ def test_csv_write_replaces_atomically(tmp_path, monkeypatch):
     write_csv(target, ["a.png"], {}, LabelColumns(["a", "b"], np.array([[0.5, 0.5]])))
     assert len(calls) == 1 and Path(calls[0][1]) == target and Path(calls[0][0]).parent == tmp_path
     assert read_csv(target)[0]["path"] == "a.png"
-
-
-@pytest.mark.parametrize("name", ["../evil", "..", "/abs", "a/../../b", "con", "x\\..\\y", ".", ""])
-def test_safe_folder_name_cannot_escape(tmp_path, name):
-    folder = (tmp_path / safe_folder_name(name)).resolve()
-    assert folder.parent == tmp_path.resolve()
-
-
-def test_export_class_folders_copy_and_link(tmp_path):
-    q = tmp_path / "q"
-    (q / "s").mkdir(parents=True)
-    for rel in ("a.png", "s/a.png", "b.png", "bad.png"):
-        (q / rel).write_bytes(rel.encode())
-    rels = ["a.png", "s/a.png", "b.png", "bad.png"]
-    labels = ["cat", "cat", "../../dog", ""]
-    counts = export_class_folders(tmp_path / "out", q, rels, labels, mode="copy")
-    assert counts == {"cat": 2, "../../dog": 1}
-    cat = sorted(p.name for p in (tmp_path / "out" / "cat").iterdir())
-    assert cat == ["a.png", "a_1.png"]  # no overwrite on a name clash
-    escaped = [p for p in (tmp_path / "out").iterdir() if p.is_dir()]
-    assert all(p.parent == tmp_path / "out" for p in escaped) and not (tmp_path / "dog").exists()
-    counts = export_class_folders(tmp_path / "lnk", q, rels, labels, mode="link")
-    linked = tmp_path / "lnk" / "cat" / "a.png"
-    assert linked.read_bytes() == b"a.png"
-    with pytest.raises(ExportError):
-        export_class_folders(tmp_path / "x", q, rels, labels, mode="move")
 
 
 def test_relative_posix(tmp_path):

@@ -453,3 +453,4 @@ def test_builtin_demo_is_consistent():
     assert (demo / "LICENSE-omniglot.txt").read_text().startswith("The MIT License")
     total = sum(p.stat().st_size for p in demo.rglob("*") if p.is_file())
     assert total < 1_000_000
+

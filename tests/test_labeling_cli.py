@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -111,7 +112,8 @@ def test_cli_label_end_to_end(sets, tmp_path, capsys):
         assert 0 <= float(by_path[p]["confidence"]) <= 1
         assert abs(sum(float(by_path[p][f"p_class{k}"]) for k in range(3)) - 1) < 1e-3
     assert by_path["zero.jpg"]["label"] == "" and by_path["zero.jpg"]["error"]
-    assert sorted(p.name for p in (tmp_path / "by_class").iterdir()) == ["class0", "class1", "class2"]
+    assert sorted(p.name for p in (tmp_path / "by_class").iterdir() if p.is_dir()) == ["class0", "class1", "class2"]
+    assert (tmp_path / "by_class" / "_manifest.csv").is_file()  # which class went to which folder
     assert len(list((tmp_path / "by_class" / "class1").iterdir())) == 5
 
 
@@ -250,3 +252,108 @@ def test_help_does_not_load_torch():
             "sys.exit(3 if 'torch' in sys.modules else 0)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------------------------
+# Hostile inputs: --out, exports inside the query folder, hostile names, links, pipes
+# ------------------------------------------------------------------------------------------------
+def _label(support, query, out, *extra):
+    return main(["label", "--support", str(support), "--query", str(query), "--out", str(out),
+                 "--backbone", TINY, "--no-cache", *map(str, extra)])
+
+
+def _rows(out):
+    with open(out, newline="", encoding="utf-8") as fh:
+        return {r["path"]: r for r in csv.DictReader(fh)}
+
+
+def test_out_naming_an_input_image_is_refused_before_any_work(sets, tmp_path, capsys):
+    support, query, _ = sets
+    image = query / "sub" / "class0_0.png"
+    before = image.read_bytes()
+    image.chmod(0o444)
+    (tmp_path / "innocent.csv").symlink_to(image)
+    support_image = next((support / "class1").iterdir())
+    for out in (image, tmp_path / "innocent.csv", support_image):
+        assert _label(support, query, out) == 2
+        err = capsys.readouterr().err
+        assert "input file" in err and str(out) in err
+    assert image.read_bytes() == before and support_image.stat().st_size > 0
+
+
+def test_out_inside_the_query_folder_only_as_a_labels_csv(sets, tmp_path, capsys):
+    support, query, _ = sets
+    (query / "notes.txt").write_text("mine")
+    assert _label(support, query, query / "notes.txt") == 2
+    assert "not a labels CSV" in capsys.readouterr().err and (query / "notes.txt").read_text() == "mine"
+    assert _label(support, query, query / "labels.jpeg") == 2  # would be read as an image next time
+    assert not (query / "labels.jpeg").exists()
+    assert _label(support, query, query / "labels.csv") == 0  # a new CSV: fine
+    first = _rows(query / "labels.csv")
+    assert _label(support, query, query / "labels.csv") == 0  # rewriting the CSV it wrote: fine
+    assert _rows(query / "labels.csv").keys() == first.keys()
+
+
+def test_an_export_inside_the_query_folder_never_becomes_queries(sets, tmp_path, capsys):
+    support, query, _ = sets
+    n = len(scan_folder(query))
+    for _ in range(2):
+        assert _label(support, query, tmp_path / "o.csv", "--export-folders", query / "by_class") == 0
+        assert len(_rows(tmp_path / "o.csv")) == n
+    text = capsys.readouterr().out
+    assert "not scanned (class-folder exports): by_class/" in text
+    assert "already there intact (kept)" in text  # the rerun kept the files, added no _1 copies
+    labelled = sum(1 for r in _rows(tmp_path / "o.csv").values() if r["label"])
+    assert len([p for p in (query / "by_class").rglob("*.png")]) == labelled  # one copy each
+    assert _label(support, query, tmp_path / "o.csv", "--export-folders", query) == 2
+    assert "query folder itself" in capsys.readouterr().err
+
+
+def test_links_pipes_and_unreadable_folders_get_rows_or_a_counted_warning(sets, tmp_path, capsys, monkeypatch):
+    import fewshot_gui.core.io.images as images_mod
+
+    support, query, _ = sets
+    (query / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    (query / "loop.png").symlink_to(query / "loop.png")
+    os.mkfifo(query / "pipe.jpg")
+    (query / "locked").mkdir()
+    real = os.scandir
+    monkeypatch.setattr(images_mod.os, "scandir", lambda p: (_ for _ in ()).throw(
+        PermissionError(13, "Permission denied", str(p))) if str(p) == str(query / "locked") else real(p))
+    assert _label(support, query, tmp_path / "o.csv") == 0
+    rows = _rows(tmp_path / "o.csv")
+    assert "broken symbolic link" in rows["dangling.jpg"]["error"]
+    assert "link loop" in rows["loop.png"]["error"]
+    assert "named pipe" in rows["pipe.jpg"]["error"]
+    assert "1 folder could not be read: locked/" in capsys.readouterr().out
+
+
+def test_project_with_hostile_names_exports_inside_the_target_only(sets, tmp_path, capsys):
+    from fewshot_gui.core.session.project import Project
+
+    support, query, _ = sets
+    os.mkfifo(support / "class0" / "pipe.png")  # a FIFO among the examples: an error, never a hang
+    proj = Project.from_folders(support, query, backbone=TINY)
+    proj.label_sets[0].name = "../../escape_set"
+    names = ["a/b", "a_b", "a\\b", "a:b", "a*b", ".", "..", "...", "x" * 300, "x" * 299 + "y"]
+    hostile = proj.add_label_set("/abs/path")
+    examples = [sorted((support / f"class{k}").glob("*.png")) for k in range(3)]
+    for i, name in enumerate(names):
+        hostile.add_class(name, support=[p.resolve() for p in examples[i % 3]])
+    pfile = proj.save(tmp_path / "p.fewshot.json")
+    dest = tmp_path / "nest" / "dir"
+    outside_before = sorted(str(p) for p in tmp_path.rglob("*") if "nest" not in p.parts)
+    assert main(["label", "--project", str(pfile), "--out", str(tmp_path / "p.csv"), "--no-cache",
+                 "--export-folders", str(dest)]) == 0
+    outside_after = sorted(str(p) for p in tmp_path.rglob("*") if "nest" not in p.parts)
+    assert set(outside_after) - set(outside_before) == {str(tmp_path / "p.csv")}
+    assert not (tmp_path / "escape_set").exists() and not (tmp_path.parent / "escape_set").exists()
+    set_folders = [p for p in dest.iterdir() if p.is_dir()]
+    assert len(set_folders) == 2
+    hostile_folder = next(p for p in set_folders if p.name == "_abs_path")
+    used = {r["class"] for r in csv.DictReader(open(hostile_folder / "_manifest.csv", encoding="utf-8"))}
+    assert used == set(names)  # N distinct classes -> N folders (those with images have theirs)
+    exported = [p for p in hostile_folder.iterdir() if p.is_dir()]
+    labelled = {r["/abs/path:label"] for r in _rows(tmp_path / "p.csv").values() if r["/abs/path:label"]}
+    assert len(exported) == len(labelled)
+    assert "could not be read" not in capsys.readouterr().err

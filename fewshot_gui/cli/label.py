@@ -1,16 +1,27 @@
-"""``fewshot label``: label a query folder from support sets, write a CSV (and class folders)."""
+"""``fewshot label``: label a query folder from support sets, write a CSV (and class folders).
+
+Before any work the output paths are checked: ``--out`` must not be an input (a query or support
+image, the project or model file; compared by resolved file, so links count), and inside the
+query folder it must be a new ``.csv`` file or a labels CSV written before. ``--export-folders``
+must not be the query folder itself; an export inside it is left out of the scan.
+"""
 
 from __future__ import annotations
 
+import csv
+import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Iterable
 
 from fewshot_gui.cli.common import UsageError, add_model_options, make_cache, resolve_model
 from fewshot_gui.cli.progress import ProgressBar
-from fewshot_gui.core.io.export import export_class_folders
-from fewshot_gui.core.io.images import scan_folder
+from fewshot_gui.core.errors import ImageLoadError
+from fewshot_gui.core.io.class_folders import ExportReport, export_class_folders, export_label_sets
+from fewshot_gui.core.io.images import ScanResult, open_regular_file, scan_folder
 from fewshot_gui.core.jobs import run_job
 from fewshot_gui.core.session.job import label_folder, support_from_folder
+from fewshot_gui.core.session.project import Project
 from fewshot_gui.core.session.runs import label_project
 from fewshot_gui.core.session.summary import summary_lines
 
@@ -52,8 +63,11 @@ def run(args) -> int:
         d = getattr(args, flag)
         if not d.is_dir():
             raise UsageError(f"--{flag} {d}: no such folder; give a folder that exists")
+    _check_export_target(args.export_folders, args.query)
     support = support_from_folder(args.support)
-    query_paths = scan_folder(args.query)
+    query_paths = _scan_query(args.query, args.export_folders)
+    _check_out(args.out, args.query, [*query_paths, *(p for ps in support.values() for p in ps),
+                                      *([args.model] if args.model else [])])
     backbone, method = resolve_model(args)
     bar = ProgressBar()
     result = run_job(label_folder(support, args.query, query_paths, backbone=backbone, method=method,
@@ -63,14 +77,22 @@ def run(args) -> int:
     bar.close()
     result.write_csv(args.out)
     if args.export_folders:
-        _export(result, args.export_folders, "link" if args.link else "copy")
+        _print_export(export_class_folders(args.export_folders, result.query_root, result.rel_paths,
+                                           result.labels, mode=_mode(args), classes=result.classes))
     print_summary(result, args.out)
+    _print_scan_notes(query_paths, args.query)
     return 0
 
 
-def _export(result, target, mode):
-    counts = export_class_folders(target, result.query_root, result.rel_paths, result.labels, mode=mode)
-    print(f"exported {sum(counts.values())} images into {len(counts)} class folders under {target} ({mode})")
+def _mode(args) -> str:
+    return "link" if args.link else "copy"
+
+
+def _print_export(report: ExportReport) -> None:
+    print(f"exported {report.total} images into {len(report.counts)} class folders under {report.target} "
+          f"({report.mode})")
+    for note in report.notes():
+        print(note)
 
 
 def print_summary(result, out) -> None:
@@ -78,11 +100,106 @@ def print_summary(result, out) -> None:
         print(line)
 
 
+# ------------------------------------------------------------------------------------------------
+# Output checks, before any work
+# ------------------------------------------------------------------------------------------------
+def _scan_query(query: Path, export_target: Path | None) -> ScanResult:
+    return scan_folder(query, skip=[export_target] if export_target else ())
+
+
+def _check_export_target(target: Path | None, query: Path) -> None:
+    if target is None:
+        return
+    if os.path.lexists(target) and not target.is_dir():
+        raise UsageError(f"--export-folders {target}: exists and is not a folder; give a folder")
+    if target.resolve() == query.resolve():
+        raise UsageError(f"--export-folders {target}: this is the query folder itself; give a new folder "
+                         f"(e.g. {target / 'by_class'}, which is then left out of the scan)")
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _check_out(out: Path, query: Path, inputs: Iterable[Path]) -> None:
+    """Refuse an ``--out`` that is an input file, or that would overwrite anything in the query
+    folder but a labels CSV (see the module docstring)."""
+    if out.is_dir():
+        raise UsageError(f"--out {out}: is a folder; give a file name such as {out / 'labels.csv'}")
+    out_id = _file_id(out)
+    if out_id is not None:
+        same = next((p for p in inputs if _file_id(p) == out_id), None)
+        if same is not None:
+            raise UsageError(f"--out {out}: this is an input file ({same}); writing the CSV there would "
+                             f"destroy it. Give a new file name, e.g. labels.csv")
+    qroot, where = query.resolve(), out.resolve()
+    if where != qroot and qroot not in where.parents:
+        return
+    if os.path.lexists(out):
+        if not _is_labels_csv(out):
+            raise UsageError(f"--out {out}: is inside the query folder {query} and is not a labels CSV "
+                             f"written by fewshot; refusing to overwrite it. Give a new .csv file name, or "
+                             f"a path outside the query folder")
+    elif out.suffix.lower() != ".csv":
+        raise UsageError(f"--out {out}: is inside the query folder {query}; there it must be a .csv file "
+                         f"(e.g. {out.with_suffix('.csv')}), so it is never taken for an image")
+
+
+def _is_labels_csv(path: Path) -> bool:
+    """Whether ``path`` is a regular file whose header is that of a labels CSV."""
+    try:
+        with open_regular_file(path) as fh:
+            first = fh.read(1 << 16).decode("utf-8", "replace").splitlines()[:1]
+    except (ImageLoadError, OSError):
+        return False
+    cells = next(csv.reader(first), []) if first else []
+    if len(cells) < 3 or cells[0] != "path":
+        return False
+    return cells[1:3] == ["label", "confidence"] or (cells[1].endswith(":label") and cells[2].endswith(":confidence"))
+
+
+def _print_scan_notes(scan, query: Path) -> None:
+    def names(folders: list[Path]) -> str:
+        shown = [_relative(p, query) for p in folders[:5]]
+        return ", ".join(shown) + (f" and {len(folders) - 5} more" if len(folders) > 5 else "")
+
+    unreadable = getattr(scan, "unreadable_folders", [])
+    if unreadable:
+        n = len(unreadable)
+        print(f"{n} folder{'s' if n != 1 else ''} could not be read: {names(unreadable)} "
+              f"(images in {'them' if n != 1 else 'it'} have no row; check the permissions)")
+    exports = getattr(scan, "export_folders", [])
+    if exports:
+        print(f"not scanned (class-folder exports): {names(exports)}")
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix() + "/"
+    except ValueError:
+        return str(path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Projects
+# ------------------------------------------------------------------------------------------------
 def _run_project(args) -> int:
     """Label every label set of the project through a labeling session, as the app does."""
+    project = Project.load(args.project)
     out = args.out or args.project.with_suffix(".csv")
+    scan = None
+    if project.query_folder is not None and project.query_folder.is_dir():
+        _check_export_target(args.export_folders, project.query_folder)
+        scan = _scan_query(project.query_folder, args.export_folders)
+        support = [p for ls in project.label_sets for ps in ls.support().values() for p in ps]
+        _check_out(out, project.query_folder, [*scan, *support, args.project,
+                                               *([project.model_file] if project.model_file else [])])
     bar = ProgressBar()
-    session = label_project(args.project, out, progress=bar, cache_dir=args.cache_dir,
+    session = label_project(project, out, progress=bar, cache_dir=args.cache_dir,
                             refine=False if args.no_refine else None,
                             unknown_threshold=args.unknown_threshold, device=args.device)
     bar.close()
@@ -95,11 +212,15 @@ def _run_project(args) -> int:
         # the figures of the CSV: predictions re-fitted with the confirmed labels
         print_summary(replace(result, probs=cols.probs, extra=cols.extra,
                               notes=trust.summary_lines() if trust is not None else []), out)
-        if args.export_folders:
-            target = args.export_folders / name if len(session.results) > 1 else args.export_folders
-            labels = [groups[name].label_of(i) if i not in session.errors else "" for i in range(len(session.rel))]
-            counts = export_class_folders(target, session.project.query_folder, session.rel, labels,
-                                          mode="link" if args.link else "copy")
-            print(f"exported {sum(counts.values())} images into {len(counts)} class folders under {target} "
-                  f"({'link' if args.link else 'copy'})")
+    if args.export_folders:
+        sets = {name: ([groups[name].label_of(i) if i not in session.errors else "" for i in range(len(session.rel))],
+                       list(result.classes)) for name, result in session.results.items()}
+        reports = export_label_sets(args.export_folders, session.project.query_folder, session.rel, sets,
+                                    mode=_mode(args))
+        for name, report in reports.items():
+            if len(reports) > 1:
+                print(f"== export of label set {name!r}")
+            _print_export(report)
+    if scan is not None:
+        _print_scan_notes(scan, project.query_folder)
     return 0

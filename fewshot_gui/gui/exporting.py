@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from fewshot_gui.core.errors import ExportError
-from fewshot_gui.core.io.export import export_class_folders
+from fewshot_gui.core.io.class_folders import export_class_folders
 from fewshot_gui.core.session.session import LabelingSession
 
 
@@ -34,11 +34,15 @@ def current_labels(session: LabelingSession) -> list[str]:
 
 
 def export_folders(session: LabelingSession, target: Path, mode: str) -> tuple[list[tuple[str, int]], list[str]]:
-    """Copy (or link) each labeled image into ``target/<class>/``; (images per class, notes)."""
+    """Copy (or link) each labeled image into its class folder under ``target`` (the core's
+    class-folder export: safe, distinct folder names, a manifest, crash-safe writes, reruns keep
+    what is already there); (images per class, notes)."""
     if session.project.query_folder is None:
         raise ExportError(f"{target}: no query folder to export from; choose one first")
     labels = current_labels(session)
-    counts = export_class_folders(target, session.project.query_folder, session.rel, labels, mode=mode)
-    skipped = sum(1 for label in labels if not label)
-    notes = [f"{skipped} images without a label were skipped."] if skipped else []
-    return [(c, counts.get(c, 0)) for c in session.class_names], notes
+    report = export_class_folders(target, session.project.query_folder, session.rel, labels, mode=mode,
+                                  classes=session.class_names)
+    unlabeled = sum(1 for label in labels if not label)
+    notes = [f"{unlabeled} images without a label were skipped."] if unlabeled else []
+    notes += report.notes()
+    return [(c, report.counts.get(c, 0)) for c in session.class_names], notes

@@ -1,4 +1,6 @@
-"""Export labeling results: a CSV (one row per query image, failures included) and class folders.
+"""Export labeling results as a CSV (one row per query image, failures included).
+
+Class folders: :mod:`fewshot_gui.core.io.class_folders`.
 
 CSV columns, in order: ``path`` (relative to the query folder, ``/`` separators), ``label``
 (empty on failure), ``confidence`` (0-1), ``margin`` (top-1 minus top-2 probability), ``error``
@@ -14,9 +16,7 @@ neutralised with a leading apostrophe. Files are written atomically.
 from __future__ import annotations
 
 import csv
-import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -132,79 +132,6 @@ def write_csv(path: str | Path, rel_paths: Sequence[str], errors: dict[int, str]
 def read_csv(path: str | Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
-
-
-_BAD_NAME = re.compile(r'[\x00-\x1f<>:"/\\|?*]')
-_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
-
-
-def safe_folder_name(name: str) -> str:
-    """A folder name for class ``name`` that cannot escape its parent (no separators, no ``..``)."""
-    cleaned = _BAD_NAME.sub("_", name).strip().strip(".")
-    if not cleaned or cleaned.upper().split(".")[0] in _RESERVED:
-        cleaned = f"_{cleaned or 'class'}"
-    return cleaned[:120]
-
-
-def export_class_folders(target: str | Path, query_root: str | Path, rel_paths: Sequence[str],
-                         labels: Sequence[str | None], mode: str = "copy") -> dict[str, int]:
-    """Copy or link each labelled image into ``target/<class>/``. Returns counts per class.
-
-    ``labels[i]`` empty/None (failed images) are skipped. ``mode`` is "copy" or "link"
-    (a symbolic link; falls back to a hard link, then to a copy, where links are not allowed).
-    Existing files are never overwritten: a clashing name gets a ``_1``, ``_2``... suffix.
-    """
-    if mode not in ("copy", "link"):
-        raise ExportError(f"unknown export mode {mode!r}; use 'copy' or 'link'")
-    target = Path(target)
-    root = Path(query_root)
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ExportError(f"cannot create {target}: {exc.strerror or exc}") from exc
-    troot = target.resolve()
-    counts: dict[str, int] = {}
-    folder_of: dict[str, Path] = {}
-    for rel, label in zip(rel_paths, labels):
-        if not label:
-            continue
-        if label not in folder_of:
-            folder = (troot / safe_folder_name(label)).resolve()
-            if folder.parent != troot:  # paranoia: must be a direct child
-                raise ExportError(f"class name {label!r} cannot be used as a folder name")
-            folder.mkdir(exist_ok=True)
-            folder_of[label] = folder
-        src = root / rel
-        dst = _free_name(folder_of[label] / Path(rel).name)
-        try:
-            if mode == "copy":
-                shutil.copy2(src, dst)
-            else:
-                _link(src.resolve(), dst)
-        except OSError as exc:
-            raise ExportError(f"cannot export {src} to {dst}: {exc.strerror or exc}") from exc
-        counts[label] = counts.get(label, 0) + 1
-    return counts
-
-
-def _link(src: Path, dst: Path) -> None:
-    for fn in (os.symlink, os.link):
-        try:
-            fn(src, dst)
-            return
-        except OSError:
-            continue
-    shutil.copy2(src, dst)
-
-
-def _free_name(dst: Path) -> Path:
-    if not dst.exists() and not dst.is_symlink():
-        return dst
-    for k in range(1, 100000):
-        cand = dst.with_name(f"{dst.stem}_{k}{dst.suffix}")
-        if not cand.exists() and not cand.is_symlink():
-            return cand
-    raise ExportError(f"too many files named like {dst}")
 
 
 def relative_posix(paths: Iterable[Path], root: Path) -> list[str]:

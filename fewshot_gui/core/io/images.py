@@ -3,23 +3,45 @@
 ``load_image`` is on the hot path (thousands of images per run), so it opens the file once,
 decodes JPEGs at reduced size when the caller needs far fewer pixels, and converts to RGB in one
 step. Every failure becomes an :class:`ImageLoadError` naming the file with a short reason.
+
+Only regular files are opened (:func:`open_regular_file`): a named pipe, a device, a broken or
+looping symbolic link gives an error, never a read that blocks or never ends.
+
+HEIC/HEIF photos (iPhones) load through the ``pillow-heif`` plugin when it is installed; they are
+listed by :func:`scan_folder` either way, and without the plugin each gets an error saying how to
+install it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 import struct
 from pathlib import Path
+from typing import BinaryIO, Iterable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fewshot_gui.core.errors import DataError, ImageLoadError
+from fewshot_gui.core.io.folder_names import MANIFEST_NAME, read_manifest_folders
+
+try:
+    from pillow_heif import register_heif_opener
+except ImportError:  # optional: HEIC files then get an error naming the package
+    HEIF_SUPPORT = False
+else:
+    register_heif_opener()
+    HEIF_SUPPORT = True
 
 __all__ = [
+    "HEIF_EXTENSIONS",
+    "ScanResult",
     "image_extensions",
     "natural_key",
+    "open_regular_file",
     "scan_folder",
     "scan_class_folders",
     "load_image",
@@ -28,18 +50,23 @@ __all__ = [
 _WHITE = (255, 255, 255)
 # Formats that Pillow decodes through another format's opener (MPO files open via JPEG).
 _EXTRA_OPENABLE = {"MPO"}
+# Listed whether or not the plugin is installed: a photo is never silently left out.
+HEIF_EXTENSIONS = frozenset({".heic", ".heif", ".hif"})
+_NO_HEIF = ("HEIC/HEIF photo, and HEIC support is not installed: install it with "
+            "`pip install pillow-heif` (or convert the photo to JPEG)")
 
 
 # --------------------------------------------------------------------------------------------
 # Folder scanning
 # --------------------------------------------------------------------------------------------
 def image_extensions() -> frozenset[str]:
-    """Lower-case extensions (with the dot) of every format Pillow can open."""
+    """Lower-case extensions (with the dot) of every format Pillow can open, and the HEIC/HEIF
+    ones (which need the ``pillow-heif`` plugin to load)."""
     registered = Image.registered_extensions()  # calls Image.init() once
     return frozenset(
         ext.lower() for ext, fmt in registered.items()
         if fmt in Image.OPEN or fmt in _EXTRA_OPENABLE
-    )
+    ) | HEIF_EXTENSIONS
 
 
 _DIGITS = re.compile(r"(\d+)")
@@ -69,18 +96,68 @@ def _check_folder(root: Path, what: str) -> None:
                         f"not a single file.")
 
 
-def scan_folder(root: str | Path, recursive: bool = True) -> list[Path]:
+class ScanResult(list):
+    """The image paths a scan found (it is that list), and the folders it did not look into.
+
+    ``unreadable_folders``: sub-folders that could not be listed (no permission, I/O error);
+    ``export_folders``: sub-folders left out because they are class-folder exports (they hold an
+    export manifest, or were named in ``skip``).
+    """
+
+    def __init__(self, paths: Iterable[Path] = (), unreadable_folders: Iterable[Path] = (),
+                 export_folders: Iterable[Path] = ()) -> None:
+        super().__init__(paths)
+        self.unreadable_folders = list(unreadable_folders)
+        self.export_folders = list(export_folders)
+
+
+def _folder_ids(folders: Iterable[str | Path]) -> set[tuple[int, int]]:
+    ids = set()
+    for f in folders:
+        try:
+            st = os.stat(f)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            ids.add((st.st_dev, st.st_ino))
+    return ids
+
+
+def _is_link_to_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_symlink() and entry.is_dir()
+    except OSError:
+        return False  # a broken or looping link: listed, and load_image says what is wrong
+
+
+def scan_folder(root: str | Path, recursive: bool = True, skip: Iterable[str | Path] = ()) -> ScanResult:
     """Image files under ``root`` in natural order of their relative paths.
 
-    Hidden files and hidden folders (name starting with ``.``) are skipped, as are files whose
-    extension Pillow does not know (case-insensitive). Sub-folders that cannot be read are
-    skipped. An empty folder gives an empty list; callers decide whether that is an error.
-    Raises :class:`DataError` when ``root`` is missing or not a folder.
+    An image file is any entry whose extension is an image extension (case-insensitive,
+    :func:`image_extensions`) and that is not a folder: regular files, and also broken or looping
+    symbolic links, named pipes and devices, so that each gets a row (``load_image`` says what is
+    wrong with it). Hidden files and folders (name starting with ``.``) are skipped. Sub-folders
+    that cannot be read are skipped and listed in ``unreadable_folders``; class-folder exports
+    (a sub-folder holding an export manifest, the class folders that ``root``'s own manifest
+    lists, the folders in ``skip``) in ``export_folders``. Symbolic links to folders are not
+    followed. An empty folder gives an empty list; callers decide whether that is an error.
+    Raises :class:`DataError` when ``root`` is missing, not a folder, or cannot be read.
     """
     root = Path(root)
     _check_folder(root, "Folder")
     exts = image_extensions()
+    skip_ids = _folder_ids(skip)
     found: list[tuple[tuple[str, ...], Path]] = []
+    result = ScanResult()
+
+    def skipped(entry: os.DirEntry) -> bool:
+        if not skip_ids:
+            return False
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) in skip_ids
 
     def walk(folder: Path, rel: tuple[str, ...]) -> None:
         try:
@@ -89,21 +166,33 @@ def scan_folder(root: str | Path, recursive: bool = True) -> list[Path]:
         except OSError:
             if not rel:
                 raise
-            return  # unreadable sub-folder: skip it
+            result.unreadable_folders.append(folder)
+            return
+        exported: set[str] = set()
+        if any(e.name == MANIFEST_NAME for e in entries):
+            listed = read_manifest_folders(folder)
+            if listed is not None:
+                if rel:  # this sub-folder is an export target
+                    result.export_folders.append(folder)
+                    return
+                exported = set(listed)
         for entry in entries:
             name = entry.name
             if name.startswith("."):
                 continue
             try:
-                if entry.is_dir(follow_symlinks=False):
-                    if recursive:
-                        walk(Path(entry.path), rel + (name,))
-                    continue
-                if not entry.is_file():
-                    continue
+                is_dir = entry.is_dir(follow_symlinks=False)
             except OSError:
+                is_dir = False
+            if is_dir:
+                if not recursive:
+                    continue
+                if name in exported or skipped(entry):
+                    result.export_folders.append(Path(entry.path))
+                else:
+                    walk(Path(entry.path), rel + (name,))
                 continue
-            if os.path.splitext(name)[1].lower() in exts:
+            if os.path.splitext(name)[1].lower() in exts and not _is_link_to_folder(entry):
                 found.append((rel + (name,), Path(entry.path)))
 
     try:
@@ -113,7 +202,10 @@ def scan_folder(root: str | Path, recursive: bool = True) -> list[Path]:
     except OSError as exc:
         raise DataError(f"Cannot read folder {root}: {exc.strerror or exc}.") from exc
     found.sort(key=lambda item: _path_key(item[0]))
-    return [path for _, path in found]
+    result.extend(path for _, path in found)
+    result.unreadable_folders.sort(key=lambda p: natural_key(str(p)))
+    result.export_folders.sort(key=lambda p: natural_key(str(p)))
+    return result
 
 
 def scan_class_folders(root: str | Path) -> dict[str, list[Path]]:
@@ -207,16 +299,53 @@ def _bomb_reason(w: int, h: int) -> str:
             f"limit of {limit:,} pixels); refusing to decode it")
 
 
-def load_image(path: str | Path, min_side: int | None = None) -> Image.Image:
-    """Open ``path`` as an RGB image with its EXIF orientation applied.
+_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
-    With ``min_side``, JPEGs are decoded at a reduced scale (1/2, 1/4 or 1/8) chosen so that the
-    shorter side stays >= ``min_side``; the caller resizes to its exact input size.
-    Every failure raises :class:`ImageLoadError` with a short reason.
+
+def _not_regular(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "is a folder, not an image file"
+    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    return f"{kind}, not an image file; only regular files are read"
+
+
+def _nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+
+
+def _link_target(path: Path) -> str:
+    try:
+        return f"the file it points to ({os.readlink(path)})"
+    except OSError:
+        return "the file it points to"
+
+
+def open_regular_file(path: str | Path) -> BinaryIO:
+    """Open ``path`` for binary reading if it is a regular file (following symbolic links).
+
+    Checked with ``os.stat`` before opening, and again on the open file: a named pipe, a device,
+    a socket, a folder, a broken or looping link raises :class:`ImageLoadError` with the reason;
+    opening never blocks.
     """
     path = Path(path)
     try:
-        fh = open(path, "rb")
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise ImageLoadError(path, f"broken symbolic link: {_link_target(path)} does not exist") from None
+        raise ImageLoadError(path, "file not found") from None
+    except PermissionError:
+        raise ImageLoadError(path, "permission denied (check the permissions of the file and its folders)") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageLoadError(path, "symbolic link loop (the link leads back to itself); "
+                                       "replace it with the image or a link to it") from None
+        raise ImageLoadError(path, f"cannot open file: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageLoadError(path, _not_regular(st.st_mode))
+    try:
+        fh = open(path, "rb", opener=_nonblocking)
     except FileNotFoundError:
         raise ImageLoadError(path, "file not found") from None
     except IsADirectoryError:
@@ -225,6 +354,23 @@ def load_image(path: str | Path, min_side: int | None = None) -> Image.Image:
         raise ImageLoadError(path, "permission denied (check the file's read permissions)") from None
     except OSError as exc:
         raise ImageLoadError(path, f"cannot open file: {exc.strerror or exc}") from None
+    mode = os.fstat(fh.fileno()).st_mode
+    if not stat.S_ISREG(mode):  # swapped for something else since the stat
+        fh.close()
+        raise ImageLoadError(path, _not_regular(mode))
+    return fh
+
+
+def load_image(path: str | Path, min_side: int | None = None) -> Image.Image:
+    """Open ``path`` as an RGB image with its EXIF orientation applied.
+
+    With ``min_side``, JPEGs are decoded at a reduced scale (1/2, 1/4 or 1/8) chosen so that the
+    shorter side stays >= ``min_side``; the caller resizes to its exact input size.
+    Only regular files are opened (:func:`open_regular_file`). Every failure raises
+    :class:`ImageLoadError` with a short reason.
+    """
+    path = Path(path)
+    fh = open_regular_file(path)
     with fh:
         try:
             if os.fstat(fh.fileno()).st_size == 0:
@@ -232,6 +378,8 @@ def load_image(path: str | Path, min_side: int | None = None) -> Image.Image:
             try:
                 im = Image.open(fh)
             except UnidentifiedImageError:
+                if not HEIF_SUPPORT and path.suffix.lower() in HEIF_EXTENSIONS:
+                    raise ImageLoadError(path, _NO_HEIF) from None
                 raise ImageLoadError(path, "not an image or unsupported format") from None
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
                 raise ImageLoadError(path, f"image too large, refusing to decode it ({exc})") from None
