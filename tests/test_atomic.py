@@ -91,6 +91,21 @@ def test_a_temp_file_held_by_a_live_writer_is_not_removed(tmp_path):
     assert not held.exists() and target.read_text() == "two"
 
 
+def test_a_file_system_without_locks_still_writes_and_cleans_by_age(tmp_path, monkeypatch):
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(atomic.fcntl, "flock", no_locks)
+    target = tmp_path / "p.fewshot.json"
+    fresh = tmp_path / f".p.fewshot.json.00000000abcd{TEMP_SUFFIX}"  # may be a live writer's
+    stale = tmp_path / f".p.fewshot.json.00000000dcba{TEMP_SUFFIX}"
+    for p in (fresh, stale):
+        p.write_text("partial")
+    old = time.time() - 2 * atomic.UNLOCKED_STALE_AFTER_S
+    os.utime(stale, (old, old))
+    atomic_write_text(target, "ok")
+    assert target.read_text() == "ok" and fresh.exists() and not stale.exists()
+
+
 def test_a_killed_writer_leaves_a_temp_file_that_the_next_write_removes(tmp_path):
     target = tmp_path / "big.bin"
     target.write_bytes(b"previous")

@@ -7,9 +7,10 @@ behind, unlocked. The next write of the same target removes such leftovers (:fun
 a temp file of that target is removed only when nobody holds its lock, so two processes writing
 the same target never break each other (the last rename wins, and each rename is a whole file).
 Where ``flock`` does not exist (Windows), a leftover is removed once it is older than
-:data:`STALE_AFTER_S` seconds (an open file cannot be removed there anyway). Temp files of the
-earlier naming scheme (``.<name>.<8 characters>.tmp``) are removed once older than
-:data:`LEGACY_STALE_AFTER_S` seconds.
+:data:`STALE_AFTER_S` seconds (an open file cannot be removed there anyway); on a file system
+that refuses locks (some network and FUSE mounts), once it is older than
+:data:`UNLOCKED_STALE_AFTER_S` seconds. Temp files of the earlier naming scheme
+(``.<name>.<8 characters>.tmp``, never locked) are removed once older than that too.
 
 Permissions: a new file gets the user's normal permissions (``0o666`` less the umask); a file
 that is overwritten keeps its permission bits.
@@ -39,8 +40,9 @@ except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
 TEMP_SUFFIX = ".fewshot-tmp"
-STALE_AFTER_S = 5.0  # where temp files cannot be locked: age after which a leftover is removed
-LEGACY_STALE_AFTER_S = 60.0  # unlocked temp files of the earlier naming scheme
+STALE_AFTER_S = 5.0  # without flock (Windows): age after which a leftover is removed
+UNLOCKED_STALE_AFTER_S = 60.0  # where a file cannot be locked, and for the earlier naming scheme
+_NO_LOCKS = {errno.ENOLCK, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
 _TOKEN_HEX = 12
 _MAX_NAME_BYTES = 255  # a file name's limit on common file systems
 # what is needed around the target's name in a temp name: ".", ".", token, suffix
@@ -96,7 +98,7 @@ def remove_stale_temps(target: str | Path) -> list[Path]:
         if _is_temp_of(name, target.name):
             min_age = None if fcntl is not None else STALE_AFTER_S
         elif legacy.fullmatch(name):
-            min_age = LEGACY_STALE_AFTER_S
+            min_age = UNLOCKED_STALE_AFTER_S
         else:
             continue
         path = target.parent / name
@@ -116,13 +118,15 @@ def _remove_if_unlocked(path: Path, min_age: float | None) -> bool:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return False
-        if min_age is not None and time.time() - st.st_mtime < min_age:
+        age = time.time() - st.st_mtime
+        if min_age is not None and age < min_age:
             return False
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                return False  # a live writer holds it
+            except OSError as exc:
+                if exc.errno not in _NO_LOCKS or age < UNLOCKED_STALE_AFTER_S:
+                    return False  # a live writer holds it (or may: this file system has no locks)
         # The writer holds its lock until after its rename, so the name may have gone (renamed
         # into place by a writer that finished): remove it only if it is still this same file.
         try:
@@ -151,7 +155,12 @@ def _create_locked_temp(target: Path) -> tuple[int, Path]:
         if fcntl is None:
             return fd, tmp
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                if exc.errno in _NO_LOCKS:
+                    return fd, tmp  # no locks here: cleaners go by age
+                raise
             # A cleaner may have taken the file in the instant between creation and lock.
             same = os.stat(tmp, follow_symlinks=False)
             mine = os.fstat(fd)
