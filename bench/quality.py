@@ -9,7 +9,7 @@ on the alphabets it was never trained on). Each is embedded once and cached (``-
 
     .venv/bin/python bench/quality.py [--domains caltech,gtsrb,omniglot-lite0,omniglot-conv4]
         [--episodes 600] [--quick] [--seed 0] [--leave-one-out | --fit-on DOMAINS] [--no-shipped]
-        [--json FIGURES.json] [--baseline bench/quality_baseline.json] [--out docs/quality.md]
+        [--extras caltech] [--json FIGURES.json] [--baseline bench/quality_baseline.json] [--out docs/quality.md]
     .venv/bin/python bench/quality.py --merge A.json B.json ... --out docs/quality.md
 
 ``--quick``: 100 episodes, one setting per domain (its 5-shot setting). ``--leave-one-out``: for
@@ -18,7 +18,8 @@ other domains (other image collections: both Omniglot domains are left out toget
 domain is measured with them; ``--fit-on`` fits once on the named domains; ``--fit`` refits the
 shipped Lite0 tables on the Caltech base half and prints them. Protocols and figures:
 ``bench/trustbench/protocols.py``; fitting: ``bench/trustbench/fitting.py``. Runs with one
-thread (torch and ONNX Runtime).
+thread (torch and ONNX Runtime). ``--extras DOMAIN`` adds the support diagnostics and the
+simulated review (``bench/quality_extras.py``) on one domain.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from trustbench import protocols as P  # noqa: E402
 from trustbench.domains import COLLECTION, DOMAINS, caltech_base_half, default_cache_dir, load_domain  # noqa: E402
 from trustbench.fitting import fit_profile  # noqa: E402
 from trustbench.report import write_markdown  # noqa: E402
+import quality_extras  # noqa: E402
 
 QUICK_EPISODES = 100
 DEFAULT_BASELINE = ROOT / "bench" / "quality_baseline.json"
@@ -144,6 +146,13 @@ def run(args) -> dict:
                                      "settings": P.run_domain(d, prof, settings, episodes, args.seed)}
         entry["seconds"] = time.perf_counter() - t0
         results["domains"][name] = entry
+    if args.extras:
+        name = args.extras
+        d, prof = get(name), TrustProfile.for_backbone(get(name).backbone)
+        print(f"{name}: support diagnostics and simulated review ...", flush=True)
+        results["extras"] = {"domain": name,
+                             "diagnostics": quality_extras.support_diagnostics(d, prof, episodes, args.seed),
+                             "review": quality_extras.simulated_review(d, prof, args.review_episodes, args.seed)}
     return results
 
 
@@ -154,6 +163,7 @@ def merge(paths: list[str]) -> dict:
         if out is None:
             out = r
         else:
+            out.setdefault("extras", r.get("extras"))
             for name, entry in r["domains"].items():
                 out["domains"].setdefault(name, {"title": entry["title"], "summary": entry.get("summary", ""),
                                                  "runs": {}})["runs"].update(entry["runs"])
@@ -173,6 +183,9 @@ def main(argv=None) -> int:
     ap.add_argument("--fit", action="store_true",
                     help="refit the shipped Lite0 tables on the Caltech base half, print them and stop")
     ap.add_argument("--no-shipped", action="store_true", help="skip the run with the shipped constants")
+    ap.add_argument("--extras", default="", metavar="DOMAIN",
+                    help="also measure support diagnostics (--episodes) and the simulated review on DOMAIN")
+    ap.add_argument("--review-episodes", type=int, default=60)
     ap.add_argument("--cache", default=None, help="embedding cache folder (default $FEWSHOT_QUALITY_CACHE or "
                                                   "/tmp/fewshot_quality_cache)")
     ap.add_argument("--label", default="", help="a name for this run in the report")
@@ -200,7 +213,11 @@ def main(argv=None) -> int:
         if bp and bp.is_file() and (not args.json or bp.resolve() != Path(args.json).resolve()):
             base = json.loads(bp.read_text())
             results["baseline_label"] = f"{base.get('label') or bp.name} (code {base.get('commit', '?')})"
-        atomic_write_text(Path(args.out), write_markdown(results, base, protocol_lines(results)))
+        text = write_markdown(results, base, protocol_lines(results))
+        ex = results.get("extras")
+        if ex:
+            text += "\n" + "\n".join(quality_extras.markdown(ex["domain"], ex.get("diagnostics"), ex.get("review")))
+        atomic_write_text(Path(args.out), text)
         print(f"wrote {args.out}")
     print(f"total {time.perf_counter() - t0:.0f}s")
     return 0
