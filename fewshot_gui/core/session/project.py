@@ -450,7 +450,7 @@ class _ProjectReader:
 
     def confirmed(self, conf: Any, where: str, set_name: str) -> dict[str, str]:
         conf = self.obj(conf, where, "an object mapping image paths to class names")
-        good = {k: v for k, v in conf.items() if isinstance(v, str) and v and "\0" not in k + v}
+        good = {k: v for k, v in conf.items() if isinstance(v, str)}
         if len(good) < len(conf):
             self.warn(where, f"label set {set_name!r}: {len(conf) - len(good)} confirmed label(s) are not "
                              "class names; ignored (the other confirmed labels are kept)")
