@@ -102,7 +102,9 @@ def protocol_lines(meta: dict) -> list[str]:
         "at the default setting (`Trust.unknown.mask()`).",
         f"- **folder** protocol (realistic folder): every class gets 1–{P.FOLDER_QMAX} queries (uniform, capped "
         f"by what it has outside its support tracks), plus {P.FOLDER_UNKNOWN:.0%} of the folder from classes "
-        "without examples; accuracy over the known images, shipped (refined) vs inductive, paired difference.",
+        "without examples; accuracy over the known images, shipped (refined) vs inductive, paired difference; "
+        "false flags and unknown recall at the default; confident errors among the known images and among the "
+        "images shown with a label (not flagged; a label on an unknown image counts as wrong).",
         "- **Fitting**: *shipped* runs use `TrustProfile.for_backbone(backbone)` as shipped; *leave one domain "
         "out* runs fit the constants the trust code exposes for fitting on the other image collections and say "
         "below, per domain, what was fitted on what (`bench/trustbench/fitting.py`).",

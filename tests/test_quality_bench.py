@@ -172,7 +172,8 @@ def test_report_names_targets_with_met_or_not_met_and_shows_the_baseline():
            "auroc_shipped": [97.0, 1.0], "auroc_plain": [90.0, 1.0], "folder_diff": [-1.0, 0.3]}
     res = {"seed": 0, "episodes": 10, "domains": {"caltech": {"title": "t", "summary": "s", "runs": {
         "shipped": {"constants": ["shipped"], "settings": {"5-way 5-shot": row}}}}}}
-    base = {"domains": {"caltech": {"runs": {"shipped": {"settings": {"5-way 5-shot": dict(row, ece_shipped=[0.09, 0])}}}}}}
+    worse = dict(row, ece_shipped=[0.09, 0])
+    base = {"domains": {"caltech": {"runs": {"shipped": {"settings": {"5-way 5-shot": worse}}}}}}
     md = write_markdown(res, base, ["header"])
     assert "ECE ≤ 0.04" in md and "met: 0.020" in md and "baseline **not met**: 0.090" in md
     assert "folder: refined ≥ inductive − 0.5 points (every setting) | **not met**" in md

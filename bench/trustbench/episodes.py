@@ -51,7 +51,8 @@ class Sampler:
         for c, idx in self.items.items():
             g = item_groups[idx]
             self.groups[c] = [idx[g == u] for u in np.unique(g)]
-        cg = np.zeros(int(labels.max()) + 1 if len(labels) else 0, int) if class_groups is None else np.asarray(class_groups)
+        n_classes = int(labels.max()) + 1 if len(labels) else 0
+        cg = np.zeros(n_classes, int) if class_groups is None else np.asarray(class_groups)
         self.class_group = {int(c): int(cg[c]) for c in self.classes}
         self.within_group = bool(within_group)
 

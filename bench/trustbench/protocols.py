@@ -18,7 +18,8 @@ Protocols, per (way, shot) setting:
   and of unknown images flagged (recall) at the default setting;
 * ``folder``: the realistic folder (1-50 queries per class, 20% images of classes without
   examples) -> known-class accuracy refined vs inductive (paired difference), false flags and
-  unknown recall at the default setting, confident errors among the known images.
+  unknown recall at the default setting, confident errors among the known images and among the
+  images shown with a label (not flagged; an unknown image's label counts as wrong).
 """
 
 from __future__ import annotations
@@ -82,8 +83,8 @@ def assess(domain: Domain, profile, task: Task, refine: bool | None = None) -> A
     """``assess_folder`` on one task, as the app calls it (``refine=None``: its default)."""
     F = domain.features
     names = [domain.classes[int(c)] for c in task.classes]
-    trust = trust_report.assess_folder(domain.new_method(), F[task.support], task.support_labels, F[task.query], names, profile,
-                          refine=refine, diagnostics=False)
+    trust = trust_report.assess_folder(domain.new_method(), F[task.support], task.support_labels, F[task.query],
+                                       names, profile, refine=refine, diagnostics=False)
     u = trust.unknown
     return Assessed(np.asarray(trust.probs, np.float64), np.asarray(u.mask(), bool), np.asarray(u.scores, np.float64))
 
@@ -142,7 +143,7 @@ def run_open(domain, profile, sampler, way, shot, episodes, seed) -> dict:
 
 def run_folder(domain, profile, sampler, way, shot, episodes, seed) -> dict:
     rng = _rng(seed, domain.name, "folder", way, shot)
-    a_ind, a_ref, ff, rec, ce, sizes = [], [], [], [], [], []
+    a_ind, a_ref, ff, rec, ce, ce_lab, sizes = [], [], [], [], [], [], []
     for _ in range(episodes):
         t = sampler.folder(rng, way, shot, FOLDER_QMAX, FOLDER_UNKNOWN)
         k = t.known
@@ -155,10 +156,14 @@ def run_folder(domain, profile, sampler, way, shot, episodes, seed) -> dict:
             rec.append(shipped.flags[~k].mean())
         p = shipped.probs[k]
         ce.append(confident_error_share(p.max(1), p.argmax(1) == t.query_labels[k]))
+        lab = ~shipped.flags  # images shown with a label: an unknown image's label is always wrong
+        pl = shipped.probs[lab]
+        ce_lab.append(confident_error_share(pl.max(1), pl.argmax(1) == t.query_labels[lab]))
         sizes.append(len(t.query))
     return {"folder_acc_inductive": _pc(a_ind), "folder_acc_refined": _pc(a_ref),
             "folder_diff": _pc(np.array(a_ref) - np.array(a_ind)),
             "folder_false_flag": _pc(ff), "folder_unknown_recall": _pc(rec), "folder_conf_err": _pc(ce),
+            "folder_conf_err_labeled": _pc(ce_lab),
             "folder_size": [float(np.mean(sizes)), 0.0]}
 
 

@@ -32,11 +32,12 @@ ROWS = (
     ("folder_false_flag", "folder: known flagged (%)", True),
     ("folder_unknown_recall", "folder: unknown flagged (%)", True),
     ("folder_conf_err", "folder: confident errors among known (%)", True),
+    ("folder_conf_err_labeled", "folder: confident errors among labeled (not flagged; %)", True),
 )
 
 
 def _cell(v, pct: bool, ci: bool = True) -> str:
-    if v is None or not isinstance(v, (list, tuple)) or v[0] is None or (isinstance(v[0], float) and math.isnan(v[0])):
+    if not isinstance(v, (list, tuple)) or v[0] is None or (isinstance(v[0], float) and math.isnan(v[0])):
         return "—"
     m, c = v
     if not pct:
