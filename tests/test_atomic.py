@@ -212,6 +212,16 @@ def test_a_folder_that_cannot_be_written_gives_a_typed_error(tmp_path, monkeypat
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_folder_that_cannot_be_created_gives_a_typed_error(tmp_path, monkeypatch):
+    target = tmp_path / "new" / "sub" / "labels.csv"
+
+    def no_mkdir(self, *a, **kw):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "new"))
+    monkeypatch.setattr(Path, "mkdir", no_mkdir)
+    with pytest.raises(WriteError, match="permission denied"):
+        atomic_write_text(target, "x")
+
+
 def test_other_errors_in_the_block_pass_through_unchanged(tmp_path):
     target = tmp_path / "t.csv"
     with pytest.raises(PermissionError) as ei:

@@ -184,7 +184,8 @@ def _keep_mode(fd: int, target: Path) -> None:
     except OSError:
         return
     if hasattr(os, "fchmod"):
-        os.fchmod(fd, mode)
+        with contextlib.suppress(OSError):  # file systems without Unix permissions
+            os.fchmod(fd, mode)
 
 
 def _write_error(target: Path, exc: OSError, existed: bool) -> WriteError:
@@ -213,7 +214,7 @@ def _is_disk_error(exc: BaseException, target: Path) -> bool:
         if name is None:
             continue
         p = Path(os.fsdecode(name))
-        if p in (target, target.parent) or (p.parent == target.parent and _is_temp_of(p.name, target.name)):
+        if p == target or p in target.parents or (p.parent == target.parent and _is_temp_of(p.name, target.name)):
             return True
     return False
 
