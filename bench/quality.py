@@ -195,6 +195,7 @@ def main(argv=None) -> int:
     ap.add_argument("--merge", nargs="+", default=None, help="combine figure files instead of running")
     ap.add_argument("--baseline", default=str(DEFAULT_BASELINE), help="figures shown beside (if the file exists)")
     ap.add_argument("--out", default=None, help="write the markdown report here (e.g. docs/quality.md)")
+    ap.add_argument("--notes", default=None, help="a markdown file inserted after the targets")
     args = ap.parse_args(argv)
     args.episodes_given = any(a.startswith("--episodes") for a in (argv if argv is not None else sys.argv[1:]))
     t0 = time.perf_counter()
@@ -215,7 +216,8 @@ def main(argv=None) -> int:
         if bp and bp.is_file() and (not args.json or bp.resolve() != Path(args.json).resolve()):
             base = json.loads(bp.read_text())
             results["baseline_label"] = f"{base.get('label') or bp.name} (code {base.get('commit', '?')})"
-        text = write_markdown(results, base, protocol_lines(results))
+        notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
+        text = write_markdown(results, base, protocol_lines(results), notes)
         ex = results.get("extras")
         if ex:
             text += "\n" + "\n".join(quality_extras.markdown(ex["domain"], ex.get("diagnostics"), ex.get("review")))

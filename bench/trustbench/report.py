@@ -79,14 +79,13 @@ def _targets(domain: str, run: dict) -> list[tuple[str, bool | None, str]]:
          if "auroc_shipped" in v and k.endswith(" 5-shot")]
     if domain == "caltech":
         ok = all(s >= 95 for _, s, _ in a) if a else None
-        name = "unknown AUROC ≥ 0.95 at 5-shot"
     else:
         ok = all(s >= 95 or s >= p + 10 for _, s, p in a) if a else None
-        name = "unknown AUROC ≥ 0.95 or ≥ plain + 0.10 at 5-shot"
-    out.append((name, ok, "; ".join(f"{s / 100:.3f} (plain {p / 100:.3f})" for _, s, p in a) or "—"))
+    out.append(("unknown AUROC at 5-shot ≥ 0.95 (Caltech); elsewhere ≥ 0.95 or ≥ plain + 0.10", ok,
+                "; ".join(f"{s / 100:.3f} (plain {p / 100:.3f})" for _, s, p in a) or "—"))
     d = vals("folder_diff")
-    out.append(("folder: refined ≥ inductive − 0.5 points (every setting)", all(x >= -0.5 for _, x in d) if d else None,
-                span([x for _, x in d], lambda x: f"{x:+.2f}")))
+    out.append(("folder: refined ≥ inductive − 0.5 points (every setting)",
+                all(x >= -0.5 for _, x in d) if d else None, span([x for _, x in d], lambda x: f"{x:+.2f}")))
     return out
 
 
@@ -134,7 +133,9 @@ def domain_table(run: dict, baseline_run: dict | None) -> list[str]:
     return L
 
 
-def write_markdown(results: dict, baseline: dict | None, protocol_lines: list[str]) -> str:
+def write_markdown(results: dict, baseline: dict | None, protocol_lines: list[str], notes: str = "") -> str:
+    """The report: protocol, targets (met / not met, baseline beside), ``notes`` (markdown), one
+    section per domain."""
     L = ["# Trust measurements across domains", ""]
     L += protocol_lines
     L.append("")
@@ -145,6 +146,8 @@ def write_markdown(results: dict, baseline: dict | None, protocol_lines: list[st
           + (" (baseline: the shipped figures of the baseline run)" if baseline else "") + ".", ""]
     L += targets_table(results, judged, baseline)
     L.append("")
+    if notes.strip():
+        L += [notes.strip(), ""]
     for d in DOMAINS:
         if d not in results["domains"]:
             continue
