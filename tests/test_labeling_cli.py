@@ -307,6 +307,8 @@ def test_an_export_inside_the_query_folder_never_becomes_queries(sets, tmp_path,
     assert len([p for p in (query / "by_class").rglob("*.png")]) == labelled  # one copy each
     assert _label(support, query, tmp_path / "o.csv", "--export-folders", query) == 2
     assert "query folder itself" in capsys.readouterr().err
+    assert _label(support, query, tmp_path / "o.csv", "--export-folders", support / "new") == 2
+    assert "support folder" in capsys.readouterr().err and not (support / "new").exists()
 
 
 def test_links_pipes_and_unreadable_folders_get_rows_or_a_counted_warning(sets, tmp_path, capsys, monkeypatch):

@@ -3,7 +3,8 @@
 Before any work the output paths are checked: ``--out`` must not be an input (a query or support
 image, the project or model file; compared by resolved file, so links count), and inside the
 query folder it must be a new ``.csv`` file or a labels CSV written before. ``--export-folders``
-must not be the query folder itself; an export inside it is left out of the scan.
+must not be the query folder itself nor lie in the support folder; an export inside the query
+folder is left out of the scan.
 """
 
 from __future__ import annotations
@@ -34,13 +35,15 @@ def add_parser(sub):
     p.add_argument("--query", metavar="DIR", type=Path, help="folder of images to label (searched recursively)")
     p.add_argument("--out", metavar="FILE.csv", type=Path,
                    help="CSV to write (with --project the default is the project file's path with .csv "
-                        "in place of .json)")
+                        "in place of .json); never an input image, and inside the query folder only a .csv")
     p.add_argument("--project", metavar="FILE", type=Path,
                    help="a project file saved by the app: its label sets, support images, query folder, "
                         "backbone or model file, method and confirmed labels are used")
     p.add_argument("--export-folders", metavar="DIR", type=Path,
                    help="also copy each labeled image into DIR/<class>/ (DIR/<label set>/<class>/ for a "
-                        "project with several label sets)")
+                        "project with several label sets); names that are not usable as folder names are "
+                        "made safe and distinct, DIR/_manifest.csv lists which class went where, and a "
+                        "rerun keeps the images already there")
     p.add_argument("--link", action="store_true", help="with --export-folders: link instead of copying")
     p.add_argument("--no-refine", action="store_true",
                    help="do not refine the class prototypes over the whole query folder (transductive "
@@ -63,7 +66,7 @@ def run(args) -> int:
         d = getattr(args, flag)
         if not d.is_dir():
             raise UsageError(f"--{flag} {d}: no such folder; give a folder that exists")
-    _check_export_target(args.export_folders, args.query)
+    _check_export_target(args.export_folders, args.query, args.support)
     support = support_from_folder(args.support)
     query_paths = _scan_query(args.query, args.export_folders)
     _check_out(args.out, args.query, [*query_paths, *(p for ps in support.values() for p in ps),
@@ -107,14 +110,18 @@ def _scan_query(query: Path, export_target: Path | None) -> ScanResult:
     return scan_folder(query, skip=[export_target] if export_target else ())
 
 
-def _check_export_target(target: Path | None, query: Path) -> None:
+def _check_export_target(target: Path | None, query: Path, support: Path | None = None) -> None:
     if target is None:
         return
     if os.path.lexists(target) and not target.is_dir():
         raise UsageError(f"--export-folders {target}: exists and is not a folder; give a folder")
-    if target.resolve() == query.resolve():
+    where = target.resolve()
+    if where == query.resolve():
         raise UsageError(f"--export-folders {target}: this is the query folder itself; give a new folder "
                          f"(e.g. {target / 'by_class'}, which is then left out of the scan)")
+    if support is not None and (where == support.resolve() or support.resolve() in where.parents):
+        raise UsageError(f"--export-folders {target}: is inside the support folder {support}, where the "
+                         f"copies would become examples; give a folder outside it")
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:

@@ -30,7 +30,7 @@ from fewshot_gui.core.io.folder_names import MANIFEST_NAME, read_manifest_folder
 
 try:
     from pillow_heif import register_heif_opener
-except ImportError:  # optional: HEIC files then get an error naming the package
+except (ImportError, OSError):  # optional: HEIC files then get an error naming the package
     HEIF_SUPPORT = False
 else:
     register_heif_opener()
