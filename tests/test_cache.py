@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 
 import numpy as np
 import pytest
@@ -87,22 +88,152 @@ def test_corrupt_database_file_is_rebuilt(tmp_path, caplog):
     assert sorted(c2.lookup(paths)) == [0, 1]
 
 
-def test_wrong_blob_size_is_detected_and_rebuilt(tmp_path, caplog):
-    import sqlite3
+def _sql(c: EmbeddingCache, statement: str, *params) -> None:
+    """Run one statement on the cache's database from another connection (a corrupting hand)."""
+    conn = sqlite3.connect(str(c.path))
+    conn.execute(statement, params)
+    conn.commit()
+    conn.close()
 
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_wrong_blob_size_is_dropped_and_the_rest_served(tmp_path, caplog):
     paths = _files(tmp_path, 2)
     c = EmbeddingCache(tmp_path / "cache", "bb")
     c.store(paths, np.ones((2, 4), np.float32))
     c.close()
+    _sql(c, "UPDATE vec SET data = ? WHERE path = ?", b"abc", os.path.realpath(paths[0]))
+    c2 = EmbeddingCache(tmp_path / "cache", "bb")
+    with caplog.at_level(logging.WARNING):
+        assert sorted(c2.lookup(paths)) == [1]
+    assert not c2.rebuilt and c2.dropped == 1 and len(c2) == 1
+    assert len(_warnings(caplog)) == 1 and str(c2.path) in caplog.text
+
+
+@pytest.mark.parametrize("flip", ["exponent", "sign", "crc"])
+def test_flipped_bits_in_stored_vectors_are_dropped_with_one_warning(tmp_path, caplog, flip):
+    paths = _files(tmp_path, 6)
+    feats = np.random.default_rng(1).standard_normal((6, 8)).astype(np.float32)
+    c = EmbeddingCache(tmp_path / "cache", "bb")
+    c.store(paths, feats)
+    c.close()
     conn = sqlite3.connect(str(c.path))
-    conn.execute("UPDATE vec SET data = ? WHERE path = ?", (b"abc", os.path.realpath(paths[0])))
+    for p in paths[:4]:
+        rp = os.path.realpath(p)
+        if flip == "crc":
+            conn.execute("UPDATE vec SET crc = (crc | 1) - (crc & 1) WHERE path = ?", (rp,))
+            continue
+        data = bytearray(conn.execute("SELECT data FROM vec WHERE path = ?", (rp,)).fetchone()[0])
+        data[3 + 4 * 2] ^= 0x40 if flip == "exponent" else 0x80  # a float's top byte: exponent / sign bit
+        conn.execute("UPDATE vec SET data = ? WHERE path = ?", (bytes(data), rp))
     conn.commit()
     conn.close()
     c2 = EmbeddingCache(tmp_path / "cache", "bb")
     with caplog.at_level(logging.WARNING):
+        got = c2.lookup(paths)
+    assert sorted(got) == [4, 5]
+    for i in got:
+        np.testing.assert_array_equal(got[i], feats[i])
+    warnings = _warnings(caplog)
+    assert len(warnings) == 1 and str(c2.path) in warnings[0] and " 4 stored vector" in warnings[0]
+    assert len(c2) == 2  # the damaged rows were deleted
+    caplog.clear()
+    c2.store(paths[:4], feats[:4])
+    with caplog.at_level(logging.WARNING):
+        assert sorted(c2.lookup(paths)) == list(range(6))
+    assert not _warnings(caplog)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_stored_vectors_are_dropped_even_with_a_matching_crc(tmp_path, caplog, value):
+    from fewshot_gui.core.embed.cache import vector_crc
+
+    paths = _files(tmp_path, 3)
+    c = EmbeddingCache(tmp_path / "cache", "bb")
+    c.store(paths, np.ones((3, 4), np.float32))
+    c.close()
+    rp = os.path.realpath(paths[1])
+    bad = np.array([1, value, 1, 1], np.float32).tobytes()
+    _sql(c, "UPDATE vec SET data = ?, crc = ? WHERE path = ?", bad, vector_crc(rp, bad), rp)
+    c2 = EmbeddingCache(tmp_path / "cache", "bb")
+    with caplog.at_level(logging.WARNING):
+        assert sorted(c2.lookup(paths)) == [0, 2]
+    assert len(_warnings(caplog)) == 1 and c2.dropped == 1
+
+
+def test_a_vector_moved_to_another_path_fails_its_check(tmp_path):
+    paths = _files(tmp_path, 2)
+    c = EmbeddingCache(tmp_path / "cache", "bb")
+    c.store(paths, np.array([[1, 1], [2, 2]], np.float32))
+    c.close()
+    a, b = os.path.realpath(paths[0]), os.path.realpath(paths[1])
+    conn = sqlite3.connect(str(c.path))
+    data, crc = conn.execute("SELECT data, crc FROM vec WHERE path = ?", (a,)).fetchone()
+    conn.execute("UPDATE vec SET data = ?, crc = ? WHERE path = ?", (data, crc, b))
+    conn.commit()
+    conn.close()
+    assert sorted(EmbeddingCache(tmp_path / "cache", "bb").lookup(paths)) == [0]
+
+
+@pytest.mark.parametrize("edit", [
+    "UPDATE meta SET v = '7' WHERE k = 'dim'",
+    "UPDATE meta SET v = 'seven' WHERE k = 'dim'",
+    "DELETE FROM meta WHERE k = 'dim'",
+    "UPDATE meta SET v = 'x' WHERE k = 'check'",
+    "DELETE FROM meta",
+    "DROP TABLE meta",
+], ids=["dim", "dim-not-a-number", "no-dim", "check", "no-metadata", "no-meta-table"])
+def test_damaged_metadata_rebuilds_the_cache_with_one_warning(tmp_path, caplog, edit):
+    paths = _files(tmp_path, 3)
+    c = EmbeddingCache(tmp_path / "cache", "bb")
+    c.store(paths, np.ones((3, 4), np.float32))
+    c.close()
+    _sql(c, edit)
+    with caplog.at_level(logging.WARNING):
+        c2 = EmbeddingCache(tmp_path / "cache", "bb")
+        c2.require_dim(4)
         assert c2.lookup(paths) == {}
-    assert c2.rebuilt
-    assert len(c2) == 0
+    assert c2.rebuilt and len(_warnings(caplog)) == 1 and str(c2.path) in caplog.text
+    assert c2.store(paths, np.ones((3, 4), np.float32)) == 3
+    c2.close()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        c3 = EmbeddingCache(tmp_path / "cache", "bb")
+        assert sorted(c3.lookup(paths)) == [0, 1, 2]
+    assert not c3.rebuilt and not _warnings(caplog)
+
+
+def test_a_consistent_but_wrong_dim_is_rebuilt_when_the_backbone_says_otherwise(tmp_path, caplog):
+    paths = _files(tmp_path, 2)
+    c = EmbeddingCache(tmp_path / "cache", "bb")
+    c.store(paths, np.ones((2, 4), np.float32))
+    c.close()
+    with caplog.at_level(logging.WARNING):
+        c2 = EmbeddingCache(tmp_path / "cache", "bb")
+        c2.require_dim(6)
+    assert c2.rebuilt and len(_warnings(caplog)) == 1 and "6" in caplog.text
+    assert c2.lookup(paths) == {} and c2.store(paths, np.ones((2, 6), np.float32)) == 2
+
+
+def test_a_cache_of_the_earlier_schema_is_started_afresh_quietly(tmp_path, caplog):
+    paths = _files(tmp_path, 1)
+    c = EmbeddingCache(tmp_path / "cache", "bb")
+    c.close()
+    c.path.unlink()
+    conn = sqlite3.connect(str(c.path))
+    conn.execute("CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)")
+    conn.execute("CREATE TABLE vec (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, "
+                 "data BLOB NOT NULL)")
+    conn.executemany("INSERT INTO meta VALUES (?, ?)", [("schema", "1"), ("key", "bb"), ("dim", "4")])
+    conn.commit()
+    conn.close()
+    with caplog.at_level(logging.WARNING):
+        c2 = EmbeddingCache(tmp_path / "cache", "bb")
+    assert c2.rebuilt and not _warnings(caplog)
+    assert c2.store(paths, np.ones((1, 4), np.float32)) == 1 and len(c2.lookup(paths)) == 1
 
 
 def test_store_rejects_mismatched_shapes(tmp_path):

@@ -17,14 +17,27 @@ from safetensors.numpy import load_file, save
 from fewshot_gui.core.errors import ModelFileError
 from fewshot_gui.core.models import format as model_format
 from fewshot_gui.core.models.bundle import load_model
-from fewshot_gui.core.models.format import (EXTENSION, LEGACY_EXTENSION, METADATA_KEY, convert_legacy_file,
-                                            file_digest, read_model_file, save_model)
+from fewshot_gui.core.models.format import (DIGEST_KEY, EXTENSION, LEGACY_EXTENSION, METADATA_KEY,
+                                            convert_legacy_file, file_digest, read_model_file, save_model,
+                                            tensor_digest)
+from fewshot_gui.core.models.nets import build_net
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = REPO_ROOT / "resources" / "models"
 MODEL_META = {"format": "fewshot-model", "method": "protonet", "nested": {"x": [1, 2.5]}, "text": "ü ∑"}
+
+
+def _conv4_model(hidden: int = 4) -> tuple[dict, dict]:
+    """(meta, tensors) of a small, valid Conv-4 ProtoNet model."""
+    meta = {"format": "fewshot-model", "version": 1, "method": "protonet", "backbone": "conv4",
+            "input": {"size": 28, "channels": 1, "invert": True, "mean": [0.0], "std": [1.0],
+                      "resize": "squash-lanczos"},
+            "net": {"type": "protonet-conv4", "conv4": {"in_channels": 1, "hidden": hidden, "pools": [True] * 4,
+                                                        "bn": "running", "flatten": True}}}
+    torch.manual_seed(0)
+    return meta, {f"net.{k}": v for k, v in build_net(meta["net"]).state_dict().items()}
 
 
 def _tensors():
@@ -64,16 +77,33 @@ def test_round_trip(tmp_path):
     _assert_same_tensors(got, tensors)
     assert got["scalar"].shape == () and float(got["scalar"]) == 2.5
     assert all(t.flags.writeable for t in got.values())
+
+
+def test_a_model_file_loads_as_a_bundle(tmp_path):
+    meta, tensors = _conv4_model()
+    p = tmp_path / f"m{EXTENSION}"
+    save_model(p, tensors, meta)
     b = load_model(p)
-    assert b.meta["method"] == "protonet" and b.digest == file_digest(p)
+    assert b.meta == meta and b.method == "protonet" and b.digest == file_digest(p)
+    assert b.make_backbone().dim == 4
+
+
+def test_the_same_content_gives_the_same_bytes(tmp_path):
+    for name in ("a", "b", "c"):
+        save_model(tmp_path / f"{name}{EXTENSION}", _tensors(), MODEL_META)
+    assert len({(tmp_path / f"{name}{EXTENSION}").read_bytes() for name in ("a", "b", "c")}) == 1
 
 
 def test_the_file_is_plain_safetensors_with_the_metadata_as_json_text(tmp_path):
     p = tmp_path / f"m{EXTENSION}"
     save_model(p, _tensors(), MODEL_META)
     (header_len,) = struct.unpack("<Q", p.read_bytes()[:8])
+    assert header_len % 8 == 0
     header = json.loads(p.read_bytes()[8:8 + header_len])
-    assert header["__metadata__"] == {METADATA_KEY: json.dumps(MODEL_META, sort_keys=True)}
+    digests = {k: tensor_digest(v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
+               for k, v in _tensors().items()}
+    assert header["__metadata__"] == {METADATA_KEY: json.dumps(MODEL_META, sort_keys=True),
+                                      DIGEST_KEY: json.dumps(digests, sort_keys=True)}
     assert header["a"]["dtype"] == "F32" and header["a"]["shape"] == [2, 3]
     _assert_same_tensors(dict(sorted(load_file(str(p)).items())), _tensors())
 
@@ -294,7 +324,8 @@ def test_legacy_fsm_files_still_load(tmp_path):
     meta, got = read_model_file(p)
     assert meta == MODEL_META
     _assert_same_tensors(got, _tensors())
-    assert load_model(p).meta["method"] == "protonet"
+    meta, tensors = _conv4_model()
+    assert load_model(_write_fsm(tmp_path / "model.fsm", tensors, meta)).meta == meta
 
 
 def test_legacy_fsm_converts_to_identical_safetensors(tmp_path):

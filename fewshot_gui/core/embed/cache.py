@@ -2,10 +2,18 @@
 
 Rows are keyed by the resolved file path and validated against the file's size and
 ``mtime_ns``, so a second run over a folder embeds nothing and a changed file is embedded anew.
-Vectors are float32 blobs. A corrupt or foreign database is detected (SQLite errors, failed
-``quick_check``, wrong blob size, other backbone key) and rebuilt with a warning.
+Vectors are float32 blobs. What is read back is checked:
 
-The lookup path is cheap: one ``stat`` per file plus batched ``IN (...)`` queries.
+* each vector is stored with a CRC-32 of its path and bytes; a lookup checks the CRC, the length
+  (the cache's ``dim``) and that every value is finite (in bulk, per chunk of rows). A row that
+  fails is deleted and reported as a miss, so it is embedded again; one warning per lookup names
+  the cache file and counts the rows dropped;
+* the metadata (schema version, backbone key, ``dim``) carries a checksum. Metadata that does not
+  match it or cannot be read, a ``dim`` other than the backbone's (:meth:`EmbeddingCache.require_dim`),
+  a foreign backbone key, or a database SQLite finds corrupt (errors, failed ``quick_check``)
+  rebuilds the cache with one warning; a database of another schema version is rebuilt quietly.
+
+The lookup path is cheap: one ``stat`` per file, batched ``IN (...)`` queries, one CRC per row.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import re
 import sqlite3
 import stat
 import threading
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -26,7 +35,7 @@ from fewshot_gui.core.errors import CacheError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _CHUNK = 500  # stays below SQLite's default host-parameter limit
 
 
@@ -90,21 +99,52 @@ def file_identities(paths: Sequence[str | Path]) -> list[tuple[str, int, int] | 
     return out
 
 
+def vector_crc(path: str, data: bytes) -> int:
+    """The checksum stored beside a vector: CRC-32 of the resolved path's UTF-8 bytes, then of the
+    vector's bytes (a row moved to another path fails it too)."""
+    return zlib.crc32(data, zlib.crc32(path.encode("utf-8")))
+
+
+def _meta_check(rows: dict[str, str]) -> str:
+    text = "\n".join(f"{k}={rows[k]}" for k in sorted(rows) if k != "check")
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def _storable(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # an undecodable file name: SQLite cannot hold it; never cached
+        return False
+    return True
+
+
 class _Corrupt(Exception):
     pass
 
 
+class _OtherVersion(_Corrupt):
+    pass
+
+
 class EmbeddingCache:
-    """Embeddings of files for one backbone key, stored under ``root`` (default cache dir)."""
+    """Embeddings of files for one backbone key, stored under ``root`` (default cache dir).
+
+    ``dim``: the vector size when known (else learnt from the database or the first store).
+    ``rebuilt``: the database was found unusable and started afresh; ``dropped``: how many stored
+    vectors failed their check (and were deleted) so far.
+    """
 
     def __init__(self, root: str | Path | None, backbone_key: str, dim: int | None = None):
         self.root = Path(root) if root is not None else default_cache_dir()
         self.backbone_key = backbone_key
         self.dim = dim
+        self._dim_given = dim
+        self._dim_recorded = False
         self.path = self.root / "embeddings" / f"{key_slug(backbone_key)}.sqlite"
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self.rebuilt = False
+        self.dropped = 0
         with self._lock:
             self._open(check=True)
 
@@ -122,27 +162,57 @@ class EmbeddingCache:
         return conn
 
     def _init_schema(self, conn: sqlite3.Connection) -> None:
-        conn.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)")
-        conn.execute("CREATE TABLE IF NOT EXISTS vec (path TEXT PRIMARY KEY, size INTEGER NOT NULL,"
-                     " mtime_ns INTEGER NOT NULL, data BLOB NOT NULL)")
-        rows = dict(conn.execute("SELECT k, v FROM meta").fetchall())
-        if not rows:
-            conn.executemany("INSERT INTO meta (k, v) VALUES (?, ?)",
-                             [("schema", str(SCHEMA_VERSION)), ("key", self.backbone_key)]
-                             + ([("dim", str(self.dim))] if self.dim else []))
-            return
-        if rows.get("schema") != str(SCHEMA_VERSION) or rows.get("key") != self.backbone_key:
-            raise _Corrupt("written for another backbone or version")
+        """Create or check the tables and the metadata, in one transaction."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)")
+            conn.execute("CREATE TABLE IF NOT EXISTS vec (path TEXT PRIMARY KEY, size INTEGER NOT NULL,"
+                         " mtime_ns INTEGER NOT NULL, crc INTEGER NOT NULL, data BLOB NOT NULL)")
+            rows = {str(k): str(v) for k, v in conn.execute("SELECT k, v FROM meta").fetchall()}
+            if not rows:
+                if conn.execute("SELECT 1 FROM vec LIMIT 1").fetchone():
+                    raise _Corrupt("its vectors have no metadata")
+                rows = {"schema": str(SCHEMA_VERSION), "key": self.backbone_key}
+                if self.dim:
+                    rows["dim"] = str(self.dim)
+                self._write_meta(conn, rows)
+            else:
+                self._check_meta(conn, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+
+    def _check_meta(self, conn: sqlite3.Connection, rows: dict[str, str]) -> None:
+        if rows.get("schema") != str(SCHEMA_VERSION):
+            raise _OtherVersion(f"written by another version (schema {rows.get('schema')!r})")
+        if rows.get("check") != _meta_check(rows):
+            raise _Corrupt("its metadata does not match its checksum")
+        if rows.get("key") != self.backbone_key:
+            raise _Corrupt("written for another backbone")
         if "dim" in rows:
             d = int(rows["dim"])
+            if d <= 0:
+                raise _Corrupt(f"vector size {d} in its metadata")
             if self.dim is None:
                 self.dim = d
             elif d != self.dim:
-                raise _Corrupt(f"vector size {d} != {self.dim}")
+                raise _Corrupt(f"its metadata gives vectors of {d} values, the backbone computes {self.dim}")
+            self._dim_recorded = True
         elif self.dim:
-            conn.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('dim', ?)", (str(self.dim),))
+            self._write_meta(conn, {**rows, "dim": str(self.dim)})
+
+    def _write_meta(self, conn: sqlite3.Connection, rows: dict[str, str]) -> None:
+        rows = {k: v for k, v in rows.items() if k != "check"}
+        rows["check"] = _meta_check(rows)
+        conn.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", sorted(rows.items()))
+        self._dim_recorded = "dim" in rows
 
     def _open(self, check: bool) -> None:
+        conn = None
         try:
             conn = self._connect()
             if check:
@@ -152,17 +222,23 @@ class EmbeddingCache:
             self._init_schema(conn)
             self._conn = conn
         except sqlite3.OperationalError as exc:
+            if conn is not None:
+                conn.close()
             raise CacheError(f"{self.path}: cannot open the embedding cache ({exc}). Pass another "
                              "--cache-dir or set FEWSHOT_CACHE_DIR.") from exc
         except (sqlite3.DatabaseError, _Corrupt, ValueError) as exc:
-            try:
-                conn.close()  # type: ignore[possibly-undefined]
-            except Exception:
-                pass
+            if conn is not None:
+                try:
+                    conn.close()
+                except Exception:
+                    pass
             self._rebuild(exc)
 
     def _rebuild(self, reason: BaseException) -> None:
-        log.warning("Embedding cache %s is unusable (%s); rebuilding it.", self.path, reason)
+        if isinstance(reason, _OtherVersion):
+            log.info("Embedding cache %s was %s; starting it afresh.", self.path, reason)
+        else:
+            log.warning("Embedding cache %s is unusable (%s); rebuilding it.", self.path, reason)
         if self._conn is not None:
             try:
                 self._conn.close()
@@ -177,10 +253,11 @@ class EmbeddingCache:
             except OSError as exc:
                 raise CacheError(f"{self.path}: corrupt and cannot be removed ({exc}). Delete it "
                                  "by hand or pass another --cache-dir.") from exc
+        self.dim, self._dim_recorded = self._dim_given, False
         try:
             conn = self._connect()
             self._init_schema(conn)
-        except (sqlite3.DatabaseError, _Corrupt) as exc:
+        except (sqlite3.DatabaseError, _Corrupt, ValueError) as exc:
             raise CacheError(f"{self.path}: cannot create the embedding cache ({exc}). Pass "
                              "another --cache-dir or set FEWSHOT_CACHE_DIR.") from exc
         self._conn = conn
@@ -216,48 +293,92 @@ class EmbeddingCache:
             return default
 
     # -- public API ----------------------------------------------------------------------------
+    def require_dim(self, dim: int) -> None:
+        """Say the vectors have ``dim`` values: a cache whose metadata says otherwise is rebuilt."""
+        dim = int(dim)
+        with self._lock:
+            self._dim_given = dim
+            if self.dim is None:
+                self.dim = dim
+            elif self.dim != dim:
+                self._rebuild(_Corrupt(f"its metadata gives vectors of {self.dim} values, the backbone "
+                                       f"computes {dim}"))
+
     def lookup(self, paths: Sequence[str | Path],
                identities: Sequence[tuple[str, int, int] | None] | None = None) -> dict[int, np.ndarray]:
         """Cached vectors of still-unchanged files: ``{index in paths: vector}``.
 
-        ``identities``: precomputed :func:`file_identities` of ``paths`` (saves the stats)."""
+        ``identities``: precomputed :func:`file_identities` of ``paths`` (saves the stats).
+        Stored vectors that fail their check are deleted and left out (see the module docstring).
+        """
         idents = identities if identities is not None else file_identities(paths)
         want: dict[str, list[tuple[int, int, int]]] = {}
         for i, ident in enumerate(idents):
             if ident is not None:
                 want.setdefault(ident[0], []).append((i, ident[1], ident[2]))
-        if not want:
+        keys = [k for k in want if _storable(k)]
+        if not keys:
             return {}
-        keys = list(want)
 
         def run(conn: sqlite3.Connection) -> dict[int, np.ndarray]:
             found: dict[int, np.ndarray] = {}
+            bad: list[tuple[str, object]] = []
             nbytes = None if self.dim is None else 4 * self.dim
             for s in range(0, len(keys), _CHUNK):
                 chunk = keys[s:s + _CHUNK]
-                q = f"SELECT path, size, mtime_ns, data FROM vec WHERE path IN ({','.join('?' * len(chunk))})"
-                for path, size, mtime, data in conn.execute(q, chunk):
-                    if nbytes is None:
+                q = f"SELECT path, size, mtime_ns, crc, data FROM vec WHERE path IN ({','.join('?' * len(chunk))})"
+                good = []
+                for path, size, mtime, crc, data in conn.execute(q, chunk):
+                    if nbytes is None and isinstance(data, bytes) and data and len(data) % 4 == 0:
                         nbytes = len(data)
-                    if len(data) != nbytes or nbytes == 0 or nbytes % 4:
-                        raise _Corrupt(f"stored vector has {len(data)} bytes, expected {nbytes}")
-                    vec = None
+                    if not isinstance(data, bytes) or len(data) != nbytes or vector_crc(path, data) != crc:
+                        bad.append((path, crc))
+                    else:
+                        good.append((path, size, mtime, crc, data))
+                if not good:
+                    continue
+                vecs = np.frombuffer(b"".join(row[4] for row in good), dtype=np.float32).reshape(len(good), -1)
+                finite = np.isfinite(vecs).all(axis=1)
+                for j, (path, size, mtime, crc, _) in enumerate(good):
+                    if not finite[j]:
+                        bad.append((path, crc))
+                        continue
                     for i, sz, mt in want.get(path, ()):
                         if sz == size and mt == mtime:
-                            if vec is None:
-                                vec = np.frombuffer(data, dtype=np.float32)
-                            found[i] = vec
+                            found[i] = vecs[j]
+            if bad:
+                self._drop(conn, bad)
             return found
 
         with self._lock:
             return self._guard(run, {})
+
+    def _drop(self, conn: sqlite3.Connection, bad: list[tuple[str, object]]) -> None:
+        """Delete rows that failed their check (unless rewritten since): one warning for the first
+        lookup that finds some, info for the later ones (``dropped`` counts them all)."""
+        first = self.dropped == 0
+        self.dropped += len(bad)
+        (log.warning if first else log.info)(
+            "Embedding cache %s: %d stored vector(s) failed their integrity check (damaged, wrong length or not "
+            "finite); they were dropped and are embedded again%s.", self.path, len(bad),
+            " (any more found by this run are dropped without another warning)" if first else "")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("DELETE FROM vec WHERE path = ? AND crc IS ?", bad)
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
     def store(self, paths: Sequence[str | Path], feats: np.ndarray,
               identities: Sequence[tuple[str, int, int] | None] | None = None) -> int:
         """Store one vector per path (rows of ``feats``); returns how many were stored.
 
         ``identities`` (from :func:`file_identity`, taken before the file was read) avoid a
-        second stat and a race with a file changing while it is decoded.
+        second stat and a race with a file changing while it is decoded. Non-finite rows are
+        not stored.
         """
         feats = np.ascontiguousarray(feats, dtype=np.float32)
         if feats.ndim != 2 or feats.shape[0] != len(paths):
@@ -268,18 +389,27 @@ class EmbeddingCache:
             raise ValueError(f"vectors have {feats.shape[1]} values, cache expects {self.dim}")
         if identities is None:
             identities = file_identities(paths)
-        rows = [(ident[0], ident[1], ident[2], feats[i].tobytes())
-                for i, ident in enumerate(identities)
-                if ident is not None and np.all(np.isfinite(feats[i]))]
+        finite = np.isfinite(feats).all(axis=1)
+        rows = []
+        for i, ident in enumerate(identities):
+            if ident is not None and finite[i] and _storable(ident[0]):
+                data = feats[i].tobytes()
+                rows.append((ident[0], ident[1], ident[2], vector_crc(ident[0], data), data))
         if not rows:
             return 0
 
         def run(conn: sqlite3.Connection) -> int:
-            conn.execute("BEGIN")
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.execute("INSERT OR IGNORE INTO meta (k, v) VALUES ('dim', ?)", (str(self.dim),))
-                conn.executemany("INSERT OR REPLACE INTO vec (path, size, mtime_ns, data) "
-                                 "VALUES (?, ?, ?, ?)", rows)
+                if not self._dim_recorded:
+                    meta = {str(k): str(v) for k, v in conn.execute("SELECT k, v FROM meta").fetchall()}
+                    if meta.get("check") != _meta_check(meta):
+                        raise _Corrupt("its metadata does not match its checksum")
+                    if meta.get("dim") not in (None, str(self.dim)):
+                        raise _Corrupt(f"its metadata gives vectors of {meta['dim']} values, not {self.dim}")
+                    self._write_meta(conn, {**meta, "dim": str(self.dim)})
+                conn.executemany("INSERT OR REPLACE INTO vec (path, size, mtime_ns, crc, data) "
+                                 "VALUES (?, ?, ?, ?, ?)", rows)
                 conn.execute("COMMIT")
             except BaseException:
                 try:

@@ -5,6 +5,10 @@ Cached vectors are yielded first. The misses are decoded (PIL releases the GIL) 
 in a small thread pool while the main thread runs inference; at most ``prefetch`` decoded
 batches wait in memory whatever the folder size. Broken files are reported per index, never
 abort a batch. The cancel token is checked between batches.
+
+A backbone that computes NaN or infinite values for a readable image has damaged weights: that
+raises :class:`~fewshot_gui.core.errors.ModelFileError` naming the backbone and its weights file,
+rather than passing the rows on as unreadable images (cached rows were checked on lookup).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 
 from fewshot_gui.core.embed.cache import file_identities
 from fewshot_gui.core.embed.hardware import usable_cpus
-from fewshot_gui.core.errors import Cancelled, FewShotError, ImageLoadError
+from fewshot_gui.core.errors import Cancelled, FewShotError, ImageLoadError, ModelFileError
 from fewshot_gui.core.io.images import load_image
 from fewshot_gui.core.jobs import CancelToken, Progress
 
@@ -82,6 +86,17 @@ def _decode(paths: Sequence[Path], indices: Sequence[int], backbone, loader, min
     return list(indices), arr, good, errors
 
 
+def non_finite_error(backbone, bad: int, total: int) -> ModelFileError:
+    """The error for a backbone that computed NaN/inf features for ``bad`` of ``total`` images."""
+    source = getattr(backbone, "weights_file", None)
+    name = getattr(backbone, "name", "the backbone")
+    engine = getattr(backbone, "engine", "torch")
+    where = f"{source}: " if source else ""
+    return ModelFileError(
+        f"{where}the model {name!r} ({engine}) computed NaN or infinite features for {bad} of {total} readable "
+        "images, so its weights are damaged (the images are fine). Re-download or retrain the model.")
+
+
 def iter_embeddings(paths: Sequence[str | Path], backbone, cache=None, batch_size: int = 32,
                     cancel: CancelToken | None = None, *, workers: int | None = None,
                     prefetch: int | None = None,
@@ -111,6 +126,8 @@ def iter_embeddings(paths: Sequence[str | Path], backbone, cache=None, batch_siz
     idents = None
     hits: dict[int, np.ndarray] = {}
     if cache is not None:
+        if hasattr(cache, "require_dim"):
+            cache.require_dim(dim)
         idents = file_identities(paths)
         hits = cache.lookup(paths, identities=idents)
         if hits:
@@ -146,6 +163,9 @@ def iter_embeddings(paths: Sequence[str | Path], backbone, cache=None, batch_siz
             feats = np.full((len(indices), dim), np.nan, dtype=np.float32)
             if good.any():
                 out = backbone.embed(arr[good] if not good.all() else arr)
+                finite = np.isfinite(out).all(axis=1)
+                if not finite.all():
+                    raise non_finite_error(backbone, int((~finite).sum()), len(out))
                 feats[good] = out
                 if cache is not None:
                     gidx = [i for i, g in zip(indices, good) if g]

@@ -222,7 +222,7 @@ def evaluate_dataset(dataset_dir: Any, backbone: Any = None, method: Any = None,
     (counted in ``result.info["failed"]``); a class then needs ``shot + query`` good images.
     """
     if backbone is None or isinstance(backbone, str):
-        backbone = get_backbone(backbone or DEFAULT_BACKBONE)
+        backbone = get_backbone(backbone or DEFAULT_BACKBONE, cache_dir=cache_dir)
     factory = _factory(method if method is not None else method_name)
     kind = getattr(factory(), "input_kind", "features")
     dataset = dataset_dir if hasattr(dataset_dir, "load") else open_dataset(dataset_dir)

@@ -22,14 +22,15 @@ def resolve_model(model_file: str | Path | None = None, backbone: str | None = N
     """``(backbone, method)`` objects for a run.
 
     ``model_file``: a file from ``fewshot train``; its own method is used when ``method`` is None or
-    names that same method. ``weights`` and ``cache_dir`` only apply to a named backbone.
+    names that same method. ``weights`` only applies to a named backbone; ``cache_dir`` is where a
+    frozen backbone's ONNX export is kept (a named one, or the backbone under a model file's head).
     """
     chosen = None
     if model_file is not None:
         from fewshot_gui.core.models.bundle import load_model  # lazy: torch, for the model file's networks
 
         bundle = load_model(model_file)
-        net = bundle.make_backbone(device=device)
+        net = bundle.make_backbone(device=device, cache_dir=cache_dir)
         if not method or method == bundle.method:
             chosen = bundle.make_method()
     else:

@@ -12,12 +12,14 @@ use the same writer) is a plain `safetensors <https://github.com/huggingface/saf
                                                       "data_offsets": [begin, end]}, ...}
     data                           the raw little-endian tensor bytes, offsets relative to here
 
-The header's ``__metadata__`` holds string values only; the one entry ``fewshot`` is the JSON text
+The header's ``__metadata__`` holds string values only. The entry ``fewshot`` is the JSON text
 of the model's ``meta`` dictionary (keys sorted), for example ``{"format": "fewshot-model",
 "method": "protonet", "backbone": "conv4", "input": {...}, "net": {...}, ...}``. What the keys
 mean is the business of :mod:`fewshot_gui.core.models.bundle` (models) and of the trainer
-(``"format": "fewshot-checkpoint"``). Tensor names are free-form (``net.encoder.0.weight``);
-dtypes are F32, F16, F64, I64, I32, U8 and BOOL.
+(``"format": "fewshot-checkpoint"``). The entry ``fewshot-sha256`` is the JSON text of
+``{tensor name: SHA-256 of "<dtype>|<shape>|" and the tensor's bytes}`` (:func:`tensor_digest`),
+written by :func:`save_model` for every tensor. Tensor names are free-form
+(``net.encoder.0.weight``); dtypes are F32, F16, F64, I64, I32, U8 and BOOL.
 
 Reading
 -------
@@ -25,6 +27,9 @@ Reading
 bytes are parsed by the safetensors library (never by pickle). Reading refuses, with a
 :class:`ModelFileError` that names the file and says what to do:
 
+* anything but a regular file (a folder, FIFO, device such as ``/dev/zero``): checked with
+  ``os.stat`` before the file is opened, and again on the opened descriptor (opened without
+  blocking), so nothing waits on a FIFO or reads an endless device;
 * a Python pickle, or a ``torch.save`` checkpoint (a zip archive of pickles, or a bare pickle in
   the older layout): unpickling can run arbitrary code, so such a file is recognised by its first
   bytes and never opened further;
@@ -36,8 +41,11 @@ bytes are parsed by the safetensors library (never by pickle). Reading refuses, 
   checked by the safetensors library when it opens the file (it maps the file and allocates
   nothing larger than the header before these checks pass);
 * a valid safetensors file without the ``fewshot`` metadata entry (someone else's weights), or
-  with one that is not a JSON object, or a tensor of another dtype (BF16, ...): checked here
-  before any tensor is read.
+  with one that is not a JSON object (or nested too deeply to parse), or a tensor of another dtype
+  (BF16, ...): checked here before any tensor is read;
+* tensors that do not match their recorded digests (``fewshot-sha256``; a damaged file), or a
+  digest record that does not list exactly the file's tensors. Files without the record (written
+  before it existed, and ``.fsm`` files) are read without this check.
 
 Files of the earlier format (``*.fsm``, see :func:`read_legacy_model_file`) are still read, so
 models trained before keep working; :func:`convert_legacy_file` (and
@@ -53,6 +61,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import struct
 from pathlib import Path
 from typing import IO, Any
@@ -68,6 +77,7 @@ from fewshot_gui.core.errors import ModelFileError
 EXTENSION = ".safetensors"
 LEGACY_EXTENSION = ".fsm"
 METADATA_KEY = "fewshot"
+DIGEST_KEY = "fewshot-sha256"
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 # numpy dtype name -> safetensors dtype code, for the dtypes a model file may hold
 _DTYPES = {"float32": "F32", "float16": "F16", "float64": "F64", "int64": "I64", "int32": "I32",
@@ -90,11 +100,35 @@ def _to_numpy(name: str, t: Any) -> np.ndarray:
     return a.astype(a.dtype.newbyteorder("<"), copy=False)
 
 
+def tensor_digest(a: np.ndarray) -> str:
+    """SHA-256 (hex) of ``"<safetensors dtype>|<shape>|"`` followed by the array's little-endian bytes."""
+    a = np.ascontiguousarray(a)
+    a = a.astype(a.dtype.newbyteorder("<"), copy=False)
+    sha = hashlib.sha256(f"{_DTYPES[a.dtype.name]}|{list(a.shape)}|".encode())
+    sha.update(a.reshape(-1).view(np.uint8).data)
+    return sha.hexdigest()
+
+
 def save_model(path: str | Path, tensors: dict[str, Any], meta: dict[str, Any]) -> None:
-    """Write ``tensors`` (name -> torch/numpy array) and ``meta`` (JSON-able) atomically."""
+    """Write ``tensors`` (name -> torch/numpy array), their digests and ``meta`` (JSON-able) atomically."""
     arrays = {str(k): _to_numpy(str(k), v) for k, v in tensors.items()}
-    data = safetensors_bytes(arrays, metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
-    atomic_write_bytes(path, data)
+    digests = {name: tensor_digest(a) for name, a in sorted(arrays.items())}
+    data = safetensors_bytes(arrays, metadata={METADATA_KEY: json.dumps(meta, sort_keys=True),
+                                               DIGEST_KEY: json.dumps(digests, sort_keys=True)})
+    atomic_write_bytes(path, _sorted_metadata(data))
+
+
+def _sorted_metadata(data: bytes) -> bytes:
+    """``data`` (safetensors bytes) with the header's ``__metadata__`` entries in name order, so
+    that the same tensors and metadata always give the same file (the library writes them in hash
+    order). The header stays padded with spaces to a multiple of 8 bytes; the data is unchanged."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    metadata = header.pop("__metadata__", None)
+    ordered = {"__metadata__": dict(sorted(metadata.items())), **header} if metadata else header
+    raw = json.dumps(ordered, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw + data[8 + n:]
 
 
 def read_model_file(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -110,7 +144,9 @@ def read_model_file(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndar
     _check_header_length(path, header_len, 8, size)
     try:
         with safe_open(str(path), framework="numpy") as f:
-            meta = _fewshot_meta(path, f.metadata() or {})
+            metadata = f.metadata() or {}
+            meta = _fewshot_meta(path, metadata)
+            digests = _recorded_digests(path, metadata)
             names = sorted(f.keys())
             for name in names:
                 dtype = f.get_slice(name).get_dtype()
@@ -122,6 +158,8 @@ def read_model_file(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndar
         raise ModelFileError(f"{path}: model file is corrupt ({exc}); re-download or retrain it") from None
     except OSError as exc:
         raise ModelFileError(f"{path}: cannot read model file ({exc})") from None
+    if digests is not None:
+        _check_digests(path, tensors, digests)
     return meta, tensors
 
 
@@ -143,12 +181,30 @@ _ZIP_MAGIC = b"PK\x03\x04"
 
 
 def _open_model_file(path: Path) -> IO[bytes]:
+    """``path`` opened for reading if it is a regular file (stat before open; the descriptor is
+    opened without blocking, so a FIFO swapped in meanwhile is refused too, never waited on)."""
     try:
-        return open(path, "rb")
+        _require_regular(path, os.stat(path).st_mode)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise ModelFileError(f"{path}: model file not found; check the path") from None
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise ModelFileError(f"{path}: cannot read model file ({exc})") from None
+    try:
+        _require_regular(path, os.fstat(fd).st_mode)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _require_regular(path: Path, mode: int) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else \
+        "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else \
+        "not a regular file"
+    raise ModelFileError(f"{path}: cannot read model file (it is {kind}, not a file); pass a model file")
 
 
 def _read(path: Path, fh: IO[bytes], n: int) -> bytes:
@@ -195,10 +251,38 @@ def _fewshot_meta(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
     except ValueError as exc:
         raise ModelFileError(f"{path}: model file is corrupt (fewshot metadata is not JSON: {exc}); "
                              "re-download or retrain it") from None
+    except RecursionError:
+        raise ModelFileError(f"{path}: model file is corrupt (fewshot metadata is nested too deeply); "
+                             "re-download or retrain it") from None
     if not isinstance(meta, dict):
         raise ModelFileError(f"{path}: model file is corrupt (fewshot metadata is not a JSON object); "
                              "re-download or retrain it")
     return meta
+
+
+def _recorded_digests(path: Path, metadata: dict[str, str]) -> dict[str, str] | None:
+    """The tensors' recorded digests, or None for a file written without them."""
+    if DIGEST_KEY not in metadata:
+        return None
+    try:
+        digests = json.loads(metadata[DIGEST_KEY])
+    except (ValueError, RecursionError):
+        digests = None
+    if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
+        raise ModelFileError(f"{path}: model file is damaged (its tensor digests cannot be read); "
+                             "re-download or retrain it")
+    return digests
+
+
+def _check_digests(path: Path, tensors: dict[str, np.ndarray], digests: dict[str, str]) -> None:
+    missing, extra = sorted(set(digests) - set(tensors)), sorted(set(tensors) - set(digests))
+    if missing or extra:
+        what = f"tensor {missing[0]!r} is missing" if missing else f"tensor {extra[0]!r} has no digest"
+        raise ModelFileError(f"{path}: model file is damaged ({what}); re-download or retrain it")
+    for name, a in tensors.items():
+        if tensor_digest(a) != digests[name]:
+            raise ModelFileError(f"{path}: model file is damaged (tensor {name!r} does not match its "
+                                 "recorded digest); re-download or retrain it")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -239,6 +323,9 @@ def read_legacy_model_file(path: str | Path) -> tuple[dict[str, Any], dict[str, 
             meta, layout = _legacy_layout(header, size - 20 - header_len)
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelFileError(f"{path}: model file is corrupt ({exc}); re-download or retrain it") from None
+        except RecursionError:
+            raise ModelFileError(f"{path}: model file is corrupt (its header is nested too deeply); "
+                                 "re-download or retrain it") from None
         body = _read(path, fh, size - 20 - header_len)
     tensors = {}
     for name, (dtype, shape, offset, nbytes) in sorted(layout.items()):

@@ -62,7 +62,7 @@ def run_demo(out: str | Path = "demo_labels.csv", cache_dir: str | Path | None =
     """Label the demo query folder with the default backbone and method, write the CSV to ``out``
     and score the labels against ``query_truth.csv``. ``on_event`` gets every job event."""
     root = demo_dir()
-    backbone = get_backbone()
+    backbone = get_backbone(cache_dir=cache_dir or None)
     cache = EmbeddingCache(Path(cache_dir) if cache_dir else None, backbone.key)
     result = run_job(label_folder(support_from_folder(root / "support"), root / "query",
                                   scan_folder(root / "query"), backbone=backbone, cache=cache), on_event)

@@ -137,7 +137,7 @@ def load_features(spec_str: str, backbone_name: str, cache_dir: str | None = Non
     ds = open_data_spec(spec_str)
     if not isinstance(ds, ImageFolderDataset):
         raise DataError(f"{spec_str}: feature heads train on ImageFolder directories, not zips")
-    backbone = get_backbone(backbone_name)
+    backbone = get_backbone(backbone_name, cache_dir=cache_dir)
     cache = EmbeddingCache(cache_dir, backbone.key)
     paths, labels = ds.paths()
     feats = np.full((len(paths), backbone.dim), np.nan, dtype=np.float32)
