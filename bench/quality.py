@@ -148,6 +148,8 @@ def run(args) -> dict:
                                      "settings": P.run_domain(d, prof, settings, episodes, args.seed)}
         entry["seconds"] = time.perf_counter() - t0
         results["domains"][name] = entry
+        if args.json:  # after every domain, so that a long run keeps what it measured
+            atomic_write_text(Path(args.json), json.dumps(results, indent=1) + "\n")
     if args.extras:
         name = args.extras
         d, prof = get(name), TrustProfile.for_backbone(get(name).backbone)
@@ -200,6 +202,8 @@ def main(argv=None) -> int:
     args.episodes_given = any(a.startswith("--episodes") for a in (argv if argv is not None else sys.argv[1:]))
     t0 = time.perf_counter()
     P.skip_review_order()
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     if args.fit:
         d = caltech_base_half(load_domain("caltech", Path(args.cache) if args.cache else default_cache_dir()))
         _, lines = fit_profile([d], d.backbone, args.fit_episodes, args.seed)
@@ -207,7 +211,6 @@ def main(argv=None) -> int:
         return 0
     results = merge(args.merge) if args.merge else run(args)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(args.json), json.dumps(results, indent=1) + "\n")
         print(f"wrote {args.json}")
     if args.out:

@@ -9,7 +9,9 @@ business:
   backbone)`` it is called with the list of :class:`FitTask` below and the evaluated domain's
   backbone name and must return a ``TrustProfile``; the report names it with the first line of
   its docstring;
-* otherwise the constants the code has today are refitted the way they were first fitted
+* otherwise the constants the code has today, which are per backbone, are refitted on the fit
+  domains with the evaluated domain's backbone (all fit domains when none has it) the way they
+  were first fitted
   (``bench/quality.py --fit`` before): the ProtoNet probability scales
   (``calibration.FITTED_SCALES``: inductive and transductive, 1- and 5-shot, NLL on 5-way tasks
   without unknown images) and the unknown cosine thresholds ``t(n)``
@@ -118,5 +120,9 @@ def fit_profile(fit_domains: list[Domain], backbone: str, episodes: int, seed: i
         doc = (hook.__doc__ or "").strip().splitlines()
         return prof, [f"`profile.{HOOK}` on {len(tasks)} tasks from {where}"
                       + (f": {doc[0]}" if doc else "")]
+    same = [t for t in tasks if t.backbone == backbone]  # today's tables are per backbone
+    if same:
+        tasks = same
+        where = ", ".join(d.name for d in fit_domains if d.backbone == backbone)
     prof, lines = _refit_current_tables(tasks, backbone)
     return prof, [f"refitted on {len(tasks)} tasks from {where}: {ln}" for ln in lines]
