@@ -161,20 +161,30 @@ def test_an_onnx_file_without_a_matching_record_is_exported_again(tmp_path, capl
     assert not _warnings(caplog)
 
 
+def test_an_export_interrupted_before_its_file_was_written_is_redone_quietly(tmp_path, caplog):
+    assert onnx_engine.attach_onnx(_tiny(), cache_dir=tmp_path)
+    path = onnx_engine.onnx_file(_tiny(), tmp_path)
+    path.unlink()  # the record is written first, then the file
+    with caplog.at_level(logging.WARNING):
+        assert onnx_engine.attach_onnx(_tiny(), cache_dir=tmp_path)
+    assert path.is_file() and not _warnings(caplog)
+
+
 def test_an_export_that_disagrees_with_torch_is_not_used_or_kept(tmp_path, monkeypatch, caplog):
     real_export = onnx_engine.export_onnx
 
-    def bad_export(backbone, path):
-        real_export(backbone, path)
-        _alter_onnx_weights(path)
-        return path.read_bytes()
+    def bad_export(backbone, path=None):
+        scratch = tmp_path / "scratch.onnx"
+        real_export(backbone, scratch)
+        _alter_onnx_weights(scratch)
+        return scratch.read_bytes()
 
     monkeypatch.setattr(onnx_engine, "export_onnx", bad_export)
     bb = _tiny()
     with caplog.at_level(logging.WARNING):
         assert not onnx_engine.attach_onnx(bb, cache_dir=tmp_path)
     assert bb.engine == "torch" and "differs from torch" in caplog.text
-    assert not list((tmp_path / "onnx").iterdir())
+    assert not (tmp_path / "onnx").exists() or not list((tmp_path / "onnx").iterdir())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -522,6 +532,14 @@ def test_onnx_runtime_writes_nothing_into_the_home_folder(tmp_path):
             "ort = import_onnxruntime()\nort.SessionOptions()\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env=_clean_env(home), cwd=REPO_ROOT)
     assert list(home.rglob("*")) == []
+
+
+def test_a_project_keeps_its_onnx_export_under_the_cache_dir(tmp_path):
+    from fewshot_gui.core.session.model import ModelLoader
+    from fewshot_gui.core.session.project import Project
+
+    backbone, _ = ModelLoader().load(Project(backbone=TINY), cache_dir=tmp_path / "c")
+    assert backbone.engine == "onnx" and list((tmp_path / "c" / "onnx").glob("*.onnx"))
 
 
 @pytest.mark.slow

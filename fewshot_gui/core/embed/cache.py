@@ -324,6 +324,7 @@ class EmbeddingCache:
             found: dict[int, np.ndarray] = {}
             bad: list[tuple[str, object]] = []
             nbytes = None if self.dim is None else 4 * self.dim
+            crc32 = zlib.crc32  # vector_crc, inlined: this loop runs once per cached image
             for s in range(0, len(keys), _CHUNK):
                 chunk = keys[s:s + _CHUNK]
                 q = f"SELECT path, size, mtime_ns, crc, data FROM vec WHERE path IN ({','.join('?' * len(chunk))})"
@@ -331,7 +332,7 @@ class EmbeddingCache:
                 for path, size, mtime, crc, data in conn.execute(q, chunk):
                     if nbytes is None and isinstance(data, bytes) and data and len(data) % 4 == 0:
                         nbytes = len(data)
-                    if not isinstance(data, bytes) or len(data) != nbytes or vector_crc(path, data) != crc:
+                    if type(data) is not bytes or len(data) != nbytes or crc32(data, crc32(path.encode())) != crc:
                         bad.append((path, crc))
                     else:
                         good.append((path, size, mtime, crc, data))

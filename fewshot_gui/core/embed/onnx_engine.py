@@ -7,11 +7,12 @@ Runtime. The torch module is exported once (dynamic batch axis) to
 torch, onnx-exporter and ONNX Runtime versions; the file is written atomically.
 
 Every exported file has a sidecar record ``<file>.json`` holding the SHA-256 of the ONNX file and
-of the torch weights it was exported from, written only after the export has been run against
-torch on a test batch and agreed with it. Each later load reads the file once, checks both
-digests and builds the session from those same bytes; a file that does not match its record (or
-has none, or does not load) is exported again with one warning naming it, and checked against
-torch again. The backbone's cache key then names the ONNX file's digest (``|onnx=<digest>``), so
+of the torch weights it was exported from. An export is made in memory and run against torch on
+a test batch; only when it agrees are the record and then the file written (each atomically), so
+an interrupted export leaves a record without its file (exported again quietly), never a file
+without its record. Each later load reads the file once, checks both digests and builds the
+session from those same bytes; a file that does not match its record (or has none, or does not
+load) is exported again with one warning naming it, and checked against torch again. The backbone's cache key then names the ONNX file's digest (``|onnx=<digest>``), so
 vectors computed by one file are never served for another. Any failure (export, loading, a test
 run that disagrees with torch) logs a warning and leaves the backbone on torch.
 
@@ -103,8 +104,8 @@ def record_file(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def export_onnx(backbone: TorchFeatureExtractor, path: Path) -> bytes:
-    """Export ``backbone.module`` (on CPU) to ``path`` atomically; returns the file's bytes."""
+def export_onnx(backbone: TorchFeatureExtractor, path: Path | None = None) -> bytes:
+    """Export ``backbone.module`` (on CPU) to ONNX bytes, also written to ``path`` atomically when given."""
     import torch
 
     module = backbone.module
@@ -120,7 +121,8 @@ def export_onnx(backbone: TorchFeatureExtractor, path: Path) -> bytes:
                               dynamic_axes={"input": {0: "batch"}, "features": {0: "batch"}},
                               opset_version=OPSET, dynamo=False, do_constant_folding=True)
     data = buf.getvalue()
-    atomic_write_bytes(path, data)
+    if path is not None:
+        atomic_write_bytes(path, data)
     return data
 
 
@@ -193,14 +195,6 @@ def _check_against_torch(backbone: TorchFeatureExtractor, runner: OrtRunner) -> 
         raise DiffersFromTorch(f"ONNX output differs from torch (max diff {diff:.3g})")
 
 
-def _forget(path: Path) -> None:
-    for p in (record_file(path), path):
-        try:
-            os.unlink(p)
-        except OSError:
-            pass
-
-
 def attach_onnx(backbone: TorchFeatureExtractor, cache_dir: str | Path | None = None,
                 threads: int | None = None, verify: bool = True) -> bool:
     """Run ``backbone`` through ONNX Runtime; returns False (and keeps torch) on any failure.
@@ -208,7 +202,6 @@ def attach_onnx(backbone: TorchFeatureExtractor, cache_dir: str | Path | None = 
     ``verify``: run a fresh export against torch before using it (and before recording it)."""
     if backbone.device != "cpu":
         return False
-    path = None
     try:
         path = onnx_file(backbone, cache_dir)
         weights = backbone.weights_digest()
@@ -222,17 +215,15 @@ def attach_onnx(backbone: TorchFeatureExtractor, cache_dir: str | Path | None = 
         if runner is None:
             if problem:
                 log.warning("ONNX file %s %s; exporting it again from the torch weights.", path, problem)
-            _forget(path)
-            data = export_onnx(backbone, path)
+            data = export_onnx(backbone)
             runner = OrtRunner(path, threads, model=data)
             if verify:
                 _check_against_torch(backbone, runner)
             record = {"onnx_sha256": hashlib.sha256(data).hexdigest(), "weights_sha256": weights,
                       "backbone": backbone.name, "checked_against_torch": bool(verify)}
             atomic_write_text(record_file(path), json.dumps(record, indent=1, sort_keys=True) + "\n")
+            atomic_write_bytes(path, data)
     except Exception as exc:
-        if path is not None and isinstance(exc, DiffersFromTorch):
-            _forget(path)
         log.warning("ONNX Runtime engine unavailable for %s (%s: %s); using torch instead.",
                     backbone.name, type(exc).__name__, exc)
         return False
