@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fewshot_gui.cli.arguments import device_name, whole_number
 from fewshot_gui.core.embed.backbones import DEFAULT_BACKBONE
 from fewshot_gui.core.embed.cache import EmbeddingCache
 from fewshot_gui.core.models.choice import DEFAULT_METHOD
@@ -38,11 +39,11 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", metavar="NAME", default=None,
                    help=f"few-shot method: {', '.join(METHOD_NAMES)} (default: the model file's own "
                         f"method with --model, else {DEFAULT_METHOD})")
-    p.add_argument("--device", metavar="DEV", default=None,
+    p.add_argument("--device", metavar="DEV", default=None, type=device_name,
                    help="torch device: cpu or cuda (default: cuda when present)")
     add_cache_dir_option(p)
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
-    p.add_argument("--batch-size", type=int, default=32, metavar="N",
+    p.add_argument("--batch-size", type=whole_number(1), default=32, metavar="N",
                    help="images embedded at once (default: 32)")
 
 
