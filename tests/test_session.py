@@ -122,8 +122,14 @@ def check_correction_flow(session: LabelingSession, finished, tmp_path: Path, ca
     assert app_csv.read_bytes() == cli_csv.read_bytes()
     with open(app_csv, newline="", encoding="utf-8") as fh:
         rows = {r["path"]: r for r in csv.DictReader(fh)}
-    assert rows[session.rel[first]]["label"] == label  # the confirmed label wins
-    assert rows[session.rel[first]]["review_rank"] == str(trust.review_rank[first])
+    row = rows[session.rel[first]]
+    assert row["label"] == label and row["confirmed"] == "1"  # the confirmed label wins ...
+    probs = {c: float(row[f"p_{c}"]) for c in session.class_names}
+    assert row["predicted"] == max(probs, key=probs.get)  # ... the model's own guess stays beside it
+    assert float(row["confidence"]) == pytest.approx(probs[label], abs=1e-6)  # the probability of the label
+    assert row["review_rank"] == ""  # nothing left to review
+    others = [r for p, r in rows.items() if p != session.rel[first] and not r["error"]]
+    assert all(r["confirmed"] == "0" and r["predicted"] == r["label"] and r["review_rank"] for r in others)
     assert {"unknown", "unknown_score", "review_rank"} <= set(next(iter(rows.values())))
 
     # clearing the correction gives back exactly what the labeling job computed

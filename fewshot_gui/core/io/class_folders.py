@@ -14,6 +14,10 @@ left by an interrupted export are removed at the start of the next export into t
 Copies are not fsynced one by one: a copy a power cut truncated is found and replaced by the
 next export, like any leftover.
 
+Images that fit no class (labels equal to :data:`~fewshot_gui.core.io.export.UNKNOWN_LABEL`:
+confirmed "none of these", or flagged by the model) go into a folder of that name, ``_unknown/``,
+or are left out and counted (``unknown_folder="skip"``).
+
 Reruns: the destination of an image is its file name, or ``<stem>_<k><suffix>`` when that name
 is taken by a different image. A destination that already holds the same image (same size and
 modification time as the copy made of it, same bytes, or a link to it) is kept as it is; a
@@ -36,6 +40,7 @@ from typing import Mapping, Sequence
 
 from fewshot_gui.core.atomic import TEMP_SUFFIX, remove_stale_temps, temp_path_for
 from fewshot_gui.core.errors import ExportError, ImageLoadError
+from fewshot_gui.core.io.export import UNKNOWN_LABEL
 from fewshot_gui.core.io.folder_names import (CLASS_HEADER, LABEL_SET_HEADER, MANIFEST_NAME, safe_folder_name,
                                               unique_folder_names, write_manifest)
 from fewshot_gui.core.io.images import open_regular_file
@@ -46,6 +51,7 @@ except ImportError:  # Windows: leftovers are removed by age (see core.atomic)
     fcntl = None  # type: ignore[assignment]
 
 MODES = ("copy", "link")
+UNKNOWN_FOLDER_CHOICES = ("folder", "skip")  # images that fit no class: into _unknown/, or left out
 _TEMP_NAME = re.compile(r"^\.(.+)\.[0-9a-f]{12}" + re.escape(TEMP_SUFFIX) + "$", re.S)
 _CHUNK = 1 << 20
 _MAX_SUFFIX = 100000
@@ -54,8 +60,10 @@ _MAX_SUFFIX = 100000
 @dataclass
 class ExportReport:
     """What an export did. ``counts``: images per class now in the export (written or already
-    there); ``folders``: the folder name of every class; ``skipped``: relative path -> reason for
-    labelled images that could not be exported (gone, not a regular file)."""
+    there; the images that fit no class under :data:`UNKNOWN_LABEL`); ``folders``: the folder name
+    of every class; ``skipped``: relative path -> reason for labelled images that could not be
+    exported (gone, not a regular file); ``unknown_left_out``: images that fit no class, left out
+    by ``unknown_folder="skip"``."""
 
     target: Path
     mode: str
@@ -66,6 +74,12 @@ class ExportReport:
     replaced: int = 0
     temps_removed: int = 0
     skipped: dict[str, str] = field(default_factory=dict)
+    unknown_left_out: int = 0
+
+    @property
+    def unknown(self) -> int:
+        """Images exported into the folder of the images that fit no class."""
+        return self.counts.get(UNKNOWN_LABEL, 0)
 
     @property
     def manifest(self) -> Path:
@@ -87,9 +101,15 @@ class ExportReport:
                     f"{self.replaced} incomplete or outdated copies replaced" if self.replaced else "",
                     f"{self.written} written" if self.written else ""]
             out.append("Images: " + "; ".join(d for d in done if d) + ".")
+        if self.unknown:
+            out.append(f"{self.unknown} images that fit no class (confirmed \u201cnone of these\u201d or flagged "
+                       f"unknown) are in {self.folders.get(UNKNOWN_LABEL, UNKNOWN_LABEL)}/.")
+        if self.unknown_left_out:
+            out.append(f"{self.unknown_left_out} images that fit no class (confirmed \u201cnone of these\u201d or "
+                       "flagged unknown) were left out.")
         if self.temps_removed:
             out.append(f"{self.temps_removed} temp files of an interrupted export were removed.")
-        renamed = self.renamed()
+        renamed = {c: f for c, f in self.renamed().items() if c != UNKNOWN_LABEL}
         if renamed:
             shown = ", ".join(f"{_short(c)} -> {_short(f, quote=False)}" for c, f in list(renamed.items())[:8])
             more = f" and {len(renamed) - 8} more" if len(renamed) > 8 else ""
@@ -109,29 +129,36 @@ def _short(name: str, quote: bool = True, limit: int = 40) -> str:
 
 def export_class_folders(target: str | Path, query_root: str | Path, rel_paths: Sequence[str],
                          labels: Sequence[str | None], mode: str = "copy",
-                         classes: Sequence[str] | None = None) -> ExportReport:
+                         classes: Sequence[str] | None = None, unknown_folder: str = "folder") -> ExportReport:
     """Copy or link each labelled image into its class folder under ``target``.
 
-    ``labels[i]`` empty/None (failed images) are skipped. ``classes``: every class of the label
+    ``labels[i]`` empty/None (failed images) are skipped; :data:`UNKNOWN_LABEL` (the image fits
+    no class) goes into the ``_unknown`` folder, or with ``unknown_folder="skip"`` is left out
+    and counted in :attr:`ExportReport.unknown_left_out`. ``classes``: every class of the label
     set (gives the folder names even to classes without images this time, so they stay the same
     from run to run); by default the distinct labels. ``mode`` is "copy" or "link" (a symbolic
     link to the resolved image; a hard link, then a copy, where symbolic links are not allowed).
     Raises :class:`ExportError` for a target that cannot be written or would put images into the
     query folder; images that cannot be read are reported in :attr:`ExportReport.skipped`.
     """
-    if mode not in MODES:
-        raise ExportError(f"unknown export mode {mode!r}; use 'copy' or 'link'")
+    _check_choices(mode, unknown_folder)
     troot = _make_target(Path(target))
     qroot = Path(query_root).resolve()
     if troot == qroot:
         raise ExportError(f"{target}: this is the query folder itself; export into a new folder "
                           f"(inside it, e.g. {Path(target) / 'by_class'}, or elsewhere)")
     wanted = [(rel, label) for rel, label in zip(rel_paths, labels) if label]
-    folders = unique_folder_names(list(classes or []) + [label for _, label in wanted])
+    left_out = 0
+    if unknown_folder == "skip":
+        left_out = sum(1 for _, label in wanted if label == UNKNOWN_LABEL)
+        wanted = [(rel, label) for rel, label in wanted if label != UNKNOWN_LABEL]
+    names = [c for c in (classes or []) if c != UNKNOWN_LABEL] + [label for _, label in wanted]
+    folders = unique_folder_names(names + ([UNKNOWN_LABEL] if unknown_folder == "folder" else []))
     planned = Counter(label for _, label in wanted)
-    report = ExportReport(troot, mode, folders)
+    report = ExportReport(troot, mode, folders, unknown_left_out=left_out)
     report.temps_removed = _remove_leftovers(troot)
-    _write_manifest(troot, CLASS_HEADER, [(c, folders[c], planned.get(c, 0)) for c in folders])
+    listed = [c for c in folders if c != UNKNOWN_LABEL or planned.get(c)]  # _unknown only when used
+    _write_manifest(troot, CLASS_HEADER, [(c, folders[c], planned.get(c, 0)) for c in listed])
     made: dict[str, Path] = {}
     claimed: dict[str, set[str]] = {}
     for rel, label in wanted:
@@ -150,25 +177,33 @@ def export_class_folders(target: str | Path, query_root: str | Path, rel_paths: 
 
 def export_label_sets(target: str | Path, query_root: str | Path, rel_paths: Sequence[str],
                       label_sets: Mapping[str, tuple[Sequence[str | None], Sequence[str]]],
-                      mode: str = "copy") -> dict[str, ExportReport]:
+                      mode: str = "copy", unknown_folder: str = "folder") -> dict[str, ExportReport]:
     """Export several label sets, ``{name: (labels, classes)}``: one label set straight into
     ``target``; several into ``target/<label set folder>/`` (safe, distinct folder names; a
-    ``label_set,folder,images`` manifest in ``target``)."""
-    if mode not in MODES:
-        raise ExportError(f"unknown export mode {mode!r}; use 'copy' or 'link'")
+    ``label_set,folder,images`` manifest in ``target``). ``unknown_folder`` as for
+    :func:`export_class_folders`."""
+    _check_choices(mode, unknown_folder)
     if len(label_sets) == 1:
         name, (labels, classes) = next(iter(label_sets.items()))
-        return {name: export_class_folders(target, query_root, rel_paths, labels, mode, classes)}
+        return {name: export_class_folders(target, query_root, rel_paths, labels, mode, classes, unknown_folder)}
     troot = _make_target(Path(target))
     qroot = Path(query_root).resolve()
     folders = unique_folder_names(label_sets)
     _write_manifest(troot, LABEL_SET_HEADER,
-                    [(n, folders[n], sum(1 for label in labels if label)) for n, (labels, _) in label_sets.items()])
+                    [(n, folders[n], sum(1 for label in labels if label and (unknown_folder == "folder" or label != UNKNOWN_LABEL)))
+                     for n, (labels, _) in label_sets.items()])
     reports = {}
     for name, (labels, classes) in label_sets.items():
         sub = _child_folder(troot, folders[name], qroot, f"label set {name!r}")
-        reports[name] = export_class_folders(sub, query_root, rel_paths, labels, mode, classes)
+        reports[name] = export_class_folders(sub, query_root, rel_paths, labels, mode, classes, unknown_folder)
     return reports
+
+
+def _check_choices(mode: str, unknown_folder: str) -> None:
+    if mode not in MODES:
+        raise ExportError(f"unknown export mode {mode!r}; use 'copy' or 'link'")
+    if unknown_folder not in UNKNOWN_FOLDER_CHOICES:
+        raise ExportError(f"unknown choice {unknown_folder!r} for images that fit no class; use 'folder' or 'skip'")
 
 
 # --------------------------------------------------------------------------------------------

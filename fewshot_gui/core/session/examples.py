@@ -1,4 +1,5 @@
-"""The examples a label set is fitted on: its support images plus the confirmed query images."""
+"""The examples a label set is fitted on: its support images plus the confirmed query images
+(a confirmed "none of these" is never an example)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from fewshot_gui.core.io.export import UNKNOWN_LABEL
 from fewshot_gui.core.session.project import LabelSet
 
 
@@ -46,8 +48,8 @@ def training_examples(ls: LabelSet, feature_of: Callable[[Path], np.ndarray | No
 
 def same_examples(ls: LabelSet, result: Any) -> bool:
     """``ls`` has exactly the classes and support images the labeling ``result`` was fitted on
-    (and no confirmed label), so the result's own scores still hold."""
-    if ls.confirmed or result.support_errors:
+    (and no confirmed class; "none of these" changes no fit), so the result's own scores still hold."""
+    if any(c != UNKNOWN_LABEL for c in ls.confirmed.values()) or result.support_errors:
         return False  # corrections, or skipped examples: cannot tell, re-fit instead
     labels = np.asarray(result.support_labels, int)
     paths = [path_key(p) for p in result.support_paths]

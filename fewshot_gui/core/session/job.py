@@ -20,7 +20,7 @@ import numpy as np
 from fewshot_gui.core.errors import DataError, ImageLoadError
 from fewshot_gui.core.fewshot import get_method
 from fewshot_gui.core.fewshot.transductive import refinable
-from fewshot_gui.core.io.export import LabelColumns, relative_posix, write_csv
+from fewshot_gui.core.io.export import UNKNOWN_LABEL, LabelColumns, relative_posix, write_csv
 from fewshot_gui.core.io.images import load_image, scan_class_folders, scan_folder
 from fewshot_gui.core.jobs import CancelToken, Progress, run_job  # noqa: F401  (run_job re-exported)
 from fewshot_gui.core.trust.profile import TrustProfile
@@ -82,6 +82,9 @@ class LabelResult:
 def _check_support(support: Mapping[str, Sequence[Path]]) -> None:
     if not support:
         raise DataError("no classes: add at least two classes, each with at least one example image")
+    if UNKNOWN_LABEL in support:
+        raise DataError(f"a class is named {UNKNOWN_LABEL!r}, the label reserved for images that fit none of the "
+                        "classes; rename that class (its folder)")
     empty = [name for name, paths in support.items() if len(paths) == 0]
     if empty:
         raise DataError(f"class {empty[0]!r} has no example images; add at least one or delete the class")

@@ -6,6 +6,8 @@
   and re-scores "unknown" with this one context, so both use the run's backbone calibration.
 * :func:`refit_and_assess`: re-fit on support (+ confirmed) embeddings and assess the folder as
   the labeling job does (refined probabilities, unknown scores, review order, diagnostics).
+* :func:`confirmed_overrides` / :func:`reviewed_columns`: what the CSV says for the images a
+  person gave a verdict on.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 
 from fewshot_gui.core.errors import DataError
 from fewshot_gui.core.fewshot import get_method
+from fewshot_gui.core.io.export import UNKNOWN_LABEL
 from fewshot_gui.core.models.choice import DEFAULT_METHOD, resolve_model
 from fewshot_gui.core.session.project import LabelSet, Project
 from fewshot_gui.core.trust.profile import TrustProfile
@@ -103,7 +106,22 @@ def refit_and_assess(run: RunContext, support_feats: np.ndarray, support_labels:
 
 
 def confirmed_overrides(label_set: LabelSet, rel_paths: list[str]) -> dict[int, str]:
-    """``{row index: class}`` for the confirmed labels of ``label_set`` that name a current class."""
-    names = set(label_set.class_names)
+    """``{row index: label}`` for the confirmed labels of ``label_set`` that name a current class
+    or "none of these" (:data:`UNKNOWN_LABEL`)."""
+    names = set(label_set.class_names) | {UNKNOWN_LABEL}
     pos = {r: i for i, r in enumerate(rel_paths)}
     return {pos[r]: c for r, c in label_set.confirmed.items() if r in pos and c in names}
+
+
+def reviewed_columns(columns: dict[str, list], overrides: dict[int, str]) -> dict[str, list]:
+    """The trust CSV columns with the rows a person reviewed (``overrides``: row -> label) saying
+    their verdict: ``unknown`` is 1 for "none of these" and 0 for a class (empty stays empty for
+    a failed row), and ``review_rank`` is empty (nothing left to review)."""
+    out = {name: list(values) for name, values in columns.items()}
+    flags, ranks = out.get("unknown"), out.get("review_rank")
+    for i, label in overrides.items():
+        if flags is not None and i < len(flags) and flags[i] is not None:
+            flags[i] = label == UNKNOWN_LABEL
+        if ranks is not None and i < len(ranks):
+            ranks[i] = None
+    return out

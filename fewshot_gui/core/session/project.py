@@ -8,6 +8,12 @@ atomic; a corrupt or unknown file raises :class:`ProjectFileError` naming the fi
 path of the problem) and is never overwritten by loading it. Reading is bounded: only a regular
 file, at most :data:`MAX_FILE_BYTES`, nested at most :data:`MAX_DEPTH` levels; support entries
 that cannot be images are dropped with a warning (:attr:`Project.warnings`), never opened.
+
+A confirmed label may be :data:`UNKNOWN_LABEL` ("none of these": the image belongs to no class);
+no class may be named so. ``settings`` holds, besides app preferences, the view a person left:
+``sort`` (one of :data:`SORT_KEYS`), ``filter`` (one of :data:`FILTER_KINDS`; ``filter_class``
+names the class of the ``"class"`` filter) and ``unknown_threshold`` (the unknown-score threshold;
+absent: the calibrated default). Invalid values are dropped with a warning.
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,14 +31,18 @@ import numpy as np
 from fewshot_gui.core.atomic import atomic_write_text
 from fewshot_gui.core.embed.backbones import DEFAULT_BACKBONE
 from fewshot_gui.core.errors import ProjectFileError, WriteError
+from fewshot_gui.core.io.export import UNKNOWN_LABEL
 from fewshot_gui.core.io.images import scan_class_folders
 from fewshot_gui.core.models.choice import DEFAULT_METHOD
+from fewshot_gui.core.session.project_file import SUFFIX, parse_json, read_project_text
+
+MAX_FILE_BYTES = 64 * 1024 * 1024  # larger files are refused before they are read
+MAX_DEPTH = 32  # JSON nesting: the format itself needs 5 levels (settings may nest a little)
 
 FORMAT = "fewshot-gui-project"
 VERSION = 1
-SUFFIX = ".fewshot.json"
-MAX_FILE_BYTES = 64 * 1024 * 1024  # larger files are refused before they are read
-MAX_DEPTH = 32  # JSON nesting: the format itself needs 5 levels (settings may nest a little)
+SORT_KEYS = ("rank", "review", "confidence", "class", "name")  # settings["sort"]
+FILTER_KINDS = ("all", "uncertain", "unconfirmed", "confirmed", "unknown", "failed", "class")  # settings["filter"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +61,22 @@ def palette_color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
+def reserved_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a class name because it is reserved, or None."""
+    if name == UNKNOWN_LABEL:
+        return f"{UNKNOWN_LABEL!r} is reserved for images that fit none of the classes (\u201cnone of these\u201d)"
+    return None
+
+
+def check_new_class_name(name: str, existing: list[str]) -> None:
+    """ValueError when ``name`` cannot name a new class beside ``existing``: taken, or reserved."""
+    if name in existing:
+        raise ValueError(f"a class named {name!r} already exists")
+    reserved = reserved_name_problem(name)
+    if reserved:
+        raise ValueError(f"cannot name a class {name!r}: {reserved}")
+
+
 @dataclass
 class ClassDef:
     """One class of a label set: its name, colour (``#rrggbb``) and support images (absolute)."""
@@ -66,7 +91,7 @@ class LabelSet:
     """A labeling task over the project's query images, e.g. "species" or "quality".
 
     ``confirmed`` maps a query image path relative to the query folder (``/`` separators) to the
-    class name a user confirmed or corrected.
+    class name a user confirmed or corrected, or to :data:`UNKNOWN_LABEL` ("none of these").
     """
 
     name: str
@@ -90,6 +115,9 @@ class LabelSet:
     def add_class(self, name: str, color: str | None = None, support: list[Path] | None = None) -> ClassDef:
         if name in self.class_names:
             raise ValueError(f"a class named {name!r} already exists in label set {self.name!r}")
+        reserved = reserved_name_problem(name)
+        if reserved:
+            raise ValueError(f"cannot name a class {name!r}: {reserved}")
         c = ClassDef(name, color or palette_color(len(self.classes)), list(support or []))
         self.classes.append(c)
         return c
@@ -206,8 +234,8 @@ class Project:
         What :meth:`from_dict` dropped is in :attr:`warnings` and logged as warnings.
         """
         path = Path(path).expanduser()
-        raw = _read_project_text(path)
-        data = _parse_json(path, raw)
+        raw = read_project_text(path, MAX_FILE_BYTES)
+        data = parse_json(path, raw, MAX_DEPTH)
         project = cls.from_dict(data, path.resolve().parent, source=str(path))
         project.path = path.resolve()
         for message in project.warnings:
@@ -253,70 +281,6 @@ def _is_color(s: str) -> bool:
 # ------------------------------------------------------------------------------------------------
 # Reading a project file: bounded, and every shape checked
 # ------------------------------------------------------------------------------------------------
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-
-
-def _read_project_text(path: Path) -> str:
-    """The file's text: a regular file only (never opened otherwise), bounded, BOM accepted."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise ProjectFileError(f"{path}: project file not found; check the path or create a new project") from None
-    except (OSError, ValueError) as exc:
-        raise ProjectFileError(f"{path}: cannot read the project file ({exc})") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ProjectFileError(f"{path}: is a folder, not a project file")
-    if not stat.S_ISREG(st.st_mode):
-        raise ProjectFileError(f"{path}: is not a regular file (a FIFO, socket or device); "
-                               f"choose a {SUFFIX} project file")
-    if st.st_size > MAX_FILE_BYTES:
-        raise ProjectFileError(f"{path}: is {st.st_size:,} bytes, larger than any project file "
-                               f"({MAX_FILE_BYTES // (1 << 20)} MiB at most); choose a {SUFFIX} project file")
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ProjectFileError(f"{path}: cannot read the project file ({exc})") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise ProjectFileError(f"{path}: grew beyond {MAX_FILE_BYTES // (1 << 20)} MiB while being read; "
-                               f"choose a {SUFFIX} project file")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ProjectFileError(f"{path}: the project file is not UTF-8 text (byte {exc.start}); "
-                               "restore it from a backup or open another project") from None
-
-
-def _nesting_depth(text: str) -> int:
-    """The deepest nesting of ``[`` / ``{`` in JSON text (brackets inside strings do not count)."""
-    bare = _JSON_STRING.sub('""', text).encode("utf-8", "surrogatepass")
-    codes = np.frombuffer(bare, dtype=np.uint8)
-    step = np.isin(codes, (ord("["), ord("{"))).astype(np.int32) - np.isin(codes, (ord("]"), ord("}")))
-    return int(np.cumsum(step).max(initial=0))
-
-
-def _parse_json(path: Path, text: str) -> Any:
-    corrupt = (f"{path}: the project file is corrupt ({{}}). "
-               "The file was not changed; restore it from a backup or open another project.")
-
-    def no_constants(name: str) -> Any:
-        raise ValueError(f"{name} is not a JSON number")
-
-    depth = _nesting_depth(text)
-    if depth > MAX_DEPTH:
-        raise ProjectFileError(corrupt.format(f"nested {depth} levels deep; project files nest at most "
-                                              f"{MAX_DEPTH} levels"))
-    try:
-        return json.loads(text, parse_constant=no_constants)
-    except json.JSONDecodeError as exc:
-        raise ProjectFileError(corrupt.format(f"invalid JSON at line {exc.lineno}, column {exc.colno}")) from None
-    except RecursionError:
-        raise ProjectFileError(corrupt.format("nested too deeply")) from None
-    except ValueError as exc:  # a number of thousands of digits, NaN, Infinity
-        what = "a number with thousands of digits" if "digits" in str(exc) else str(exc)
-        raise ProjectFileError(corrupt.format(f"invalid value: {what}")) from None
-
-
 def _at(where: str, key: str | int) -> str:
     return f"{where}[{key}]" if isinstance(key, int) else (f"{where}.{key}" if where else key)
 
@@ -414,6 +378,10 @@ class _ProjectReader:
             name = self.text(c.get("name"), _at(at, "name"))
             if name in ls.class_names:
                 raise self.bad(_at(at, "name"), f"label set {ls.name!r}: two classes are named {name!r}")
+            reserved = reserved_name_problem(name)
+            if reserved:
+                raise self.bad(_at(at, "name"), f"label set {ls.name!r}: a class is named {name!r}, but {reserved}; "
+                                                "rename the class")
             color = c.get("color") or palette_color(j)
             if not isinstance(color, str) or not _is_color(color):
                 raise self.bad(_at(at, "color"), f"label set {ls.name!r}: class {name!r} has an invalid "
@@ -464,6 +432,20 @@ class _ProjectReader:
                 self.warn("settings.threshold", f"{_short(t)} is not a confidence between 0 and 1; "
                                                 "the default is used")
                 del settings["threshold"]
+        t = settings.get("unknown_threshold")
+        if "unknown_threshold" in settings and (isinstance(t, bool) or not isinstance(t, (int, float))
+                                                or not np.isfinite(t)):
+            self.warn("settings.unknown_threshold", f"{_short(t)} is not an unknown-score threshold (a number); "
+                                                    "the calibrated default is used")
+            del settings["unknown_threshold"]
+        for key, allowed in (("sort", SORT_KEYS), ("filter", FILTER_KINDS)):
+            if key in settings and settings[key] not in allowed:
+                self.warn(f"settings.{key}", f"{_short(settings[key])} is not one of {', '.join(allowed)}; "
+                                             "the default is used")
+                del settings[key]
+        if "filter_class" in settings and not isinstance(settings["filter_class"], str):
+            self.warn("settings.filter_class", f"{_short(settings['filter_class'])} is not a class name; ignored")
+            del settings["filter_class"]
         return settings
 
 

@@ -4,6 +4,9 @@
   factories (the app runs them in a worker thread; :func:`~fewshot_gui.core.jobs.run_job` runs
   them here). They read a snapshot of the session taken when they are made, and return what
   :meth:`LabelingSession.apply_result` / :meth:`LabelingSession.add_support_features` take.
+* :func:`restore_job`: bring back a project's labeled state from the embedding cache alone
+  (nothing is embedded): when every example and query image is there (same path, size and
+  modification time, same model), the folder is assessed from the cached vectors.
 * :func:`label_project`: label every label set of a project, apply the confirmed labels exactly
   as the app does (re-fit with them), and write the CSV (``fewshot label --project``).
 """
@@ -18,8 +21,8 @@ import numpy as np
 
 from fewshot_gui.core.embed.cache import EmbeddingCache
 from fewshot_gui.core.embed.pipeline import embed_paths
-from fewshot_gui.core.errors import DataError
-from fewshot_gui.core.io.images import scan_folder
+from fewshot_gui.core.errors import DataError, ImageLoadError
+from fewshot_gui.core.io.images import load_image, scan_folder
 from fewshot_gui.core.jobs import CancelToken, Progress, run_job
 from fewshot_gui.core.session.job import LabelResult, label_folder
 from fewshot_gui.core.session.model import ModelLoader, RunContext
@@ -27,6 +30,7 @@ from fewshot_gui.core.session.project import Project
 from fewshot_gui.core.session.session import LabelingSession
 
 Job = Callable[[CancelToken], Generator[Any, None, Any]]
+MAX_PROBED = 64  # cache misses a restore tries to read (unreadable images are no reason to re-embed)
 
 
 @dataclass
@@ -90,20 +94,75 @@ def support_embedding_job(session: LabelingSession, loader: ModelLoader, device:
     return make
 
 
+@dataclass
+class NotRestored:
+    """Why a project's labels could not come back from the embedding cache alone."""
+
+    reason: str
+
+
+def restore_job(session: LabelingSession, loader: ModelLoader, label_set: str | None = None,
+                device: str | None = None, cache_dir: str | Path | None = None) -> Job | None:
+    """Restore ``label_set`` (default: the active one) from cached embeddings, embedding nothing.
+
+    The job loads the project's model and looks up every example and query image in the
+    embedding cache (checked against path, size and modification time). When all are there (an
+    image missing from the cache only because it cannot be read counts as there: it fails as it
+    did), it assesses the folder as a labeling run would and returns a :class:`FinishedRun`;
+    otherwise it returns :class:`NotRestored`. None when there is nothing to restore (no query
+    images, fewer than two classes, a class without examples)."""
+    project = session.project
+    name = label_set or project.active_label_set
+    ls = project.get_label_set(name)
+    root, paths = project.query_folder, list(session.paths)
+    if root is None or not paths or len(ls.classes) < 2 or any(not c.support for c in ls.classes):
+        return None
+    support = ls.support()
+
+    def make(token: CancelToken) -> Generator[Any, None, FinishedRun | NotRestored]:
+        yield Progress("restoring labels", 0, 0)
+        backbone, method = loader.load(project, device)
+        if getattr(method, "input_kind", "features") != "features":
+            return NotRestored(f"{method.name} adapts on the images themselves; press Label to label")
+        cache = EmbeddingCache(cache_dir, backbone.key)
+        cache.require_dim(backbone.dim)
+        wanted = [p for ps in support.values() for p in ps] + paths
+        found = cache.lookup(wanted)
+        missing = [wanted[i] for i in range(len(wanted)) if i not in found]
+        if len(missing) > MAX_PROBED or any(_readable(p, backbone) for p in missing):
+            return NotRestored(f"{len(missing):,} images are not in the embedding cache; press Label to label")
+        token.raise_if_cancelled()
+        result = yield from label_folder(support, root, paths, backbone=backbone, method=method, cache=cache,
+                                         cancel=token)
+        return FinishedRun(name, result, RunContext.of(backbone, method))
+
+    return make
+
+
+def _readable(path: Path, backbone: Any) -> bool:
+    try:
+        load_image(path, min_side=getattr(backbone, "input_size", None))
+    except ImageLoadError:
+        return False
+    return True
+
+
 def label_project(project: Project | str | Path, out: str | Path | None = None,
                   progress: Callable[[Any], None] | None = None, cache_dir: str | Path | None = None,
                   refine: bool | None = None, unknown_threshold: float | None = None,
                   device: str | None = None, cancel: CancelToken | None = None) -> LabelingSession:
     """Label the project's query folder for every label set that has classes, re-fit with the
     confirmed labels, and write the CSV to ``out`` when given. Returns the session (its
-    ``results`` hold each label set's :class:`LabelResult`). ``progress`` gets every job event."""
+    ``results`` hold each label set's :class:`LabelResult`). ``progress`` gets every job event.
+    ``unknown_threshold``: None = the one saved with the project (else the calibrated default)."""
     if not isinstance(project, Project):
         project = Project.load(project)
     where = project.path or "project"
     if project.query_folder is None:
         raise DataError(f"{where}: the project has no query folder; choose one in the app first")
-    session = LabelingSession(project)
-    session.unknown_threshold = unknown_threshold
+    session = LabelingSession(project)  # the unknown threshold saved with the project ...
+    if unknown_threshold is not None:
+        session.unknown_threshold = unknown_threshold  # ... unless one is given
     session.set_query(project.query_folder, scan_folder(project.query_folder))
     loader = ModelLoader()
     for ls in project.label_sets:

@@ -14,6 +14,10 @@ session is given (``submit(fn) -> Future``: the app passes a background one, the
 newer edit superseded is dropped. The run's :class:`~fewshot_gui.core.session.model.RunContext`
 (the backbone the embeddings came from) is the one calibration context for all of it.
 
+A confirmed label is a class name or :data:`~fewshot_gui.core.io.export.UNKNOWN_LABEL` ("none
+of these": kept, exported, never an example). The unknown threshold lives in the project's
+``settings`` and is saved with it (the view a person left too: :func:`~.view.save_view`).
+
 Labeling runs come from :mod:`fewshot_gui.core.session.runs`; :meth:`LabelingSession.write_csv`
 writes what ``fewshot label --project`` writes.
 """
@@ -31,8 +35,8 @@ from fewshot_gui.core.session.background import LatestAnswers
 from fewshot_gui.core.session.events import SessionEvents
 from fewshot_gui.core.session.examples import path_key, same_examples, training_examples
 from fewshot_gui.core.session.job import LabelBatch, LabelResult
-from fewshot_gui.core.session.model import RunContext, confirmed_overrides, refit_and_assess
-from fewshot_gui.core.session.project import ClassDef, LabelSet, Project, palette_color
+from fewshot_gui.core.session.model import RunContext, confirmed_overrides, refit_and_assess, reviewed_columns
+from fewshot_gui.core.session.project import ClassDef, LabelSet, Project, check_new_class_name, palette_color
 from fewshot_gui.core.session.view import LabelState, ViewArrays, view_arrays
 from fewshot_gui.core.trust.report import Trust, trust_columns
 
@@ -44,10 +48,10 @@ class LabelingSession:
     def __init__(self, project: Project | None = None, executor: Any = None):
         self.events = SessionEvents()
         self.background = LatestAnswers(executor)
-        self.unknown_threshold: float | None = None  # None: the run's calibrated default
         self.dirty = False
         self.job_running = False  # a labeling job streams into the active label set
         self.project = project or Project()
+        self.unknown_threshold = _saved_threshold(self.project)  # None: the run's calibrated default
         self.paths: list[Path] = []
         self.rel: list[str] = []
         self._rel_index: dict[str, int] = {}
@@ -73,6 +77,7 @@ class LabelingSession:
     # ------------------------------------------------------------------ project
     def set_project(self, project: Project) -> None:
         self.project = project
+        self.unknown_threshold = _saved_threshold(project)
         self.paths, self.rel, self._rel_index, self._path_index = [], [], {}, {}
         self._forget_examples()
         self._forget_run()
@@ -176,7 +181,16 @@ class LabelingSession:
         return self._arrays
 
     def set_unknown_threshold(self, threshold: float | None) -> None:
+        """Images scoring above ``threshold`` are flagged unknown (None: the calibrated default);
+        kept in the project's settings."""
+        if threshold == self.unknown_threshold:
+            return
         self.unknown_threshold = threshold
+        if threshold is None:
+            self.project.settings.pop("unknown_threshold", None)
+        else:
+            self.project.settings["unknown_threshold"] = float(threshold)
+        self.set_dirty()
         self._changed(None)
 
     def probs_of(self, i: int) -> list[tuple[str, float]]:
@@ -194,13 +208,14 @@ class LabelingSession:
     # ------------------------------------------------------------------ export
     def label_columns(self) -> dict[str, LabelColumns]:
         """The CSV column group of every label set that has predictions, in project order:
-        probabilities, trust columns (``unknown`` at the session's threshold) and confirmed labels."""
-        def columns(trust: Trust | None) -> dict[str, list]:
-            return {} if trust is None else trust_columns(trust, self.errors, self.unknown_threshold)
+        probabilities, trust columns (``unknown`` at the session's threshold; reviewed rows say
+        the person's verdict) and confirmed labels."""
+        def group(ls: LabelSet, st: LabelState) -> LabelColumns:
+            overrides, trust = confirmed_overrides(ls, self.rel), self.trust.get(ls.name)
+            cols = {} if trust is None else trust_columns(trust, self.errors, self.unknown_threshold)
+            return LabelColumns(list(st.classes), st.probs, reviewed_columns(cols, overrides), overrides)
 
-        return {ls.name: LabelColumns(list(st.classes), st.probs, columns(self.trust.get(ls.name)),
-                                      confirmed_overrides(ls, self.rel))
-                for ls in self.project.label_sets if (st := self.states.get(ls.name)) is not None}
+        return {ls.name: group(ls, st) for ls in self.project.label_sets if (st := self.states.get(ls.name)) is not None}
 
     def write_csv(self, path: str | Path) -> Path:
         """The labels CSV (plain columns for one label set, ``<set>:`` groups for several)."""
@@ -228,8 +243,7 @@ class LabelingSession:
 
     # ------------------------------------------------------------------ class edits
     def insert_class(self, index: int, cls: ClassDef, confirmed: dict[str, str] | None = None) -> None:
-        if cls.name in self.class_names:
-            raise ValueError(f"a class named {cls.name!r} already exists")
+        check_new_class_name(cls.name, self.class_names)
         self.classes.insert(index, cls)
         if confirmed:
             self.label_set.confirmed.update(confirmed)
@@ -245,8 +259,7 @@ class LabelingSession:
         return i, cls, conf
 
     def rename_class(self, old: str, new: str) -> None:
-        if new in self.class_names:
-            raise ValueError(f"a class named {new!r} already exists")
+        check_new_class_name(new, self.class_names)
         self.classes[self.class_index(old)].name = new
         for r, c in list(self.label_set.confirmed.items()):
             if c == old:
@@ -470,3 +483,9 @@ class LabelingSession:
             self.events.message.emit(f"Could not update predictions: {text}")
 
         self.background.submit(name, work, answer, failed, cancelled)
+
+
+def _saved_threshold(project: Project) -> float | None:
+    t = project.settings.get("unknown_threshold")
+    return None if t is None else float(t)
+

@@ -2,7 +2,8 @@
 
 :class:`LabelState` holds the predictions of one label set; :func:`view_arrays` turns them, the
 confirmed labels and the trust data into :class:`ViewArrays`: one entry per query image, class
-indices into the label set's current class list.
+indices into the label set's current class list. A confirmed "none of these"
+(:data:`~fewshot_gui.core.io.export.UNKNOWN_LABEL`) is ``none_of_these``, not a class index.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from fewshot_gui.core.io.export import UNKNOWN_LABEL
 
 
 @dataclass
@@ -28,21 +31,32 @@ class ViewArrays:
 
     pred: np.ndarray       # predicted class
     conf: np.ndarray       # confidence of the prediction (NaN: none)
-    confirmed: np.ndarray  # confirmed class
+    confirmed: np.ndarray  # confirmed class (-1: none, or "none of these")
     failed: np.ndarray     # bool
     done: np.ndarray       # bool: has a prediction or an error
-    unknown: np.ndarray    # bool: fits no class well (not confirmed)
+    unknown: np.ndarray    # bool: the model flags it as fitting no class (not reviewed)
     rank: np.ndarray       # review order, 1 = first (0: none)
+    none_of_these: np.ndarray | None = None  # bool: a person confirmed that it fits no class
 
     def __post_init__(self) -> None:
-        #: the class shown: confirmed when set, else predicted
-        self.label = np.where(self.confirmed >= 0, self.confirmed, self.pred)
+        if self.none_of_these is None:
+            self.none_of_these = np.zeros(len(self.pred), bool)
+        #: a person gave its verdict: a class, or "none of these"
+        self.reviewed = (self.confirmed >= 0) | self.none_of_these
+        #: the class shown: confirmed when set, else predicted (-1 for "none of these")
+        self.label = np.where(self.confirmed >= 0, self.confirmed, np.where(self.none_of_these, -1, self.pred))
+
+    def review_progress(self) -> tuple[int, int]:
+        """(reviewed, to review): images with a verdict, of those that have a prediction."""
+        labeled = self.done & ~self.failed
+        return int((self.reviewed & labeled).sum()), int(labeled.sum())
 
 
 def view_arrays(n: int, class_names: list[str], state: LabelState | None, errors: dict[int, str],
                 confirmed: dict[int, str], trust: Any, unknown_threshold: float | None) -> ViewArrays:
-    """The arrays for ``n`` query images. ``confirmed``: {image index: class name};
-    ``trust``: the label set's :class:`~fewshot_gui.core.trust.report.Trust` or None."""
+    """The arrays for ``n`` query images. ``confirmed``: {image index: class name, or
+    :data:`UNKNOWN_LABEL`}; ``trust``: the label set's :class:`~fewshot_gui.core.trust.report.Trust`
+    or None."""
     index = {c: k for k, c in enumerate(class_names)}
     pred = np.full(n, -1, dtype=np.int32)
     conf = np.full(n, np.nan, dtype=np.float32)
@@ -60,13 +74,30 @@ def view_arrays(n: int, class_names: list[str], state: LabelState | None, errors
             colmap = np.array([index.get(c, -1) for c in state.classes], dtype=np.int32)
             pred[ok] = colmap[cols[ok]]
             conf[ok] = state.probs[ok, cols[ok]]
+    none_of_these = np.zeros(n, bool)
     for i, name in confirmed.items():
         confirmed_idx[i] = index.get(name, -1)
+        none_of_these[i] = name == UNKNOWN_LABEL
     unknown = np.zeros(n, bool)
     rank = np.zeros(n, int)
     if trust is not None:
         if trust.unknown is not None and len(trust.unknown.scores) == n:
-            unknown = trust.unknown.mask(unknown_threshold) & (confirmed_idx < 0) & ~failed
+            unknown = trust.unknown.mask(unknown_threshold) & (confirmed_idx < 0) & ~none_of_these & ~failed
         if trust.review_rank is not None and len(trust.review_rank) == n:
             rank = trust.review_rank
-    return ViewArrays(pred, conf, confirmed_idx, failed, done, unknown, rank)
+    return ViewArrays(pred, conf, confirmed_idx, failed, done, unknown, rank, none_of_these)
+
+
+def saved_view(settings: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """(sort, filter, filter class) saved in a project's ``settings`` (None: not saved)."""
+    return settings.get("sort"), settings.get("filter"), settings.get("filter_class")
+
+
+def save_view(settings: dict[str, Any], sort: str, filter_kind: str, filter_class: str | None = None) -> None:
+    """Keep the view in a project's ``settings`` (saved with the project at its next save; a
+    view change alone is no unsaved change)."""
+    settings["sort"], settings["filter"] = sort, filter_kind
+    if filter_class is None:
+        settings.pop("filter_class", None)
+    else:
+        settings["filter_class"] = filter_class
