@@ -391,15 +391,16 @@ def test_drag_tiles_onto_class_and_label_sets(qtbot, win, data, tmp_path):
     assert "labels:label" in header and "quality:label" in header
 
 
-def test_autosave_writes_project_when_dirty(qtbot, win, data, tmp_path):
+def test_autosave_writes_a_recovery_file_not_the_project(qtbot, win, data, tmp_path):
     support, _, _ = data
     f = tmp_path / "auto.fewshot.json"
     assert win.save_to(f)
     setup_classes(win, support)
     assert win.doc.dirty or not win.undo.isClean()
     win.autosave_now()
-    assert Project.load(f).classes == ["class0", "class1", "class2"]
-    assert win.undo.isClean() and not win.doc.dirty
+    assert Project.load(f).classes == []  # the saved file is left as the person saved it
+    assert Project.load(tmp_path / "auto.fewshot.json.recovery").classes == ["class0", "class1", "class2"]
+    assert win.doc.dirty or not win.undo.isClean()
 
 
 def test_recent_projects_menu_and_dialogs(qtbot, win, data, tmp_path):

@@ -1,7 +1,11 @@
 """One class of the active label set as a card: colour, shortcut number, name, counts, support strip.
 
-A card is a drop target: image files or folders from the file manager become examples of its
-class, tiles dragged from the grid are labeled as its class. Edits are undoable commands.
+A card is a drop target: the readable image files (and the readable images in folders) from the
+file manager become examples of its class, and what was left out is reported (:attr:`dropProblem`);
+tiles dragged from the grid are labeled as its class. Edits are undoable commands.
+
+The count line says how many examples the class has (example images that could not be embedded
+are not counted) and, once the folder is labeled, how many images carry its label.
 """
 
 from __future__ import annotations
@@ -10,9 +14,10 @@ from PySide6.QtCore import QPoint, Signal
 from PySide6.QtGui import QColor, QIcon, QPixmap, QUndoStack
 from PySide6.QtWidgets import QColorDialog, QFrame, QHBoxLayout, QLabel, QMenu, QSizePolicy, QToolButton, QVBoxLayout
 
+from fewshot_gui.core.session.examples import path_key
 from fewshot_gui.gui import commands as cmd
 from fewshot_gui.gui.document import Document
-from fewshot_gui.gui.dropped_files import images_in, local_paths
+from fewshot_gui.gui.dropped_files import DropCheck, local_paths, remote_urls
 from fewshot_gui.gui.query_model import MIME_ITEMS, items_from_mime
 from fewshot_gui.gui.support_dialog import SupportDialog
 from fewshot_gui.gui.support_strip import SupportStrip
@@ -26,6 +31,8 @@ class ClassCard(QFrame):
     addFilesRequested = Signal(str)     # class name: choose example files for it
     filterRequested = Signal(int)       # class index: show only this class in the grid
     itemsDropped = Signal(list, str)    # query items dropped on the card, class name
+    deleteRequested = Signal(str)       # class name
+    dropProblem = Signal(str)           # what a drop of files left out, for the person to read
 
     def __init__(self, doc: Document, thumbs: ThumbnailCache, undo: QUndoStack, index: int, parent=None):
         super().__init__(parent)
@@ -33,6 +40,7 @@ class ClassCard(QFrame):
         self.index = index
         self.name = doc.classes[index].name
         self._color: str | None = None  # the colour the style sheet was made for
+        self._labeled: int | None = None  # images labeled as this class (None before labeling)
         self.setFrameShape(QFrame.Shape.StyledPanel)
         self.setAcceptDrops(True)
         self.setObjectName("ClassCard")
@@ -83,7 +91,7 @@ class ClassCard(QFrame):
         lay.addWidget(self.note)
         self.update_from_doc()
 
-    def update_from_doc(self, predicted: int | None = None) -> None:
+    def update_from_doc(self) -> None:
         """Refresh from the document; only what changed is touched (style sheets are costly)."""
         cls = self.doc.classes[self.index]
         self.name = cls.name
@@ -95,16 +103,23 @@ class ClassCard(QFrame):
             self.setStyleSheet(f"#ClassCard {{ border-left: 5px solid {cls.color}; }}")
         if self.name_label.text() != cls.name:
             self.name_label.setText(cls.name)
-        self.set_count(predicted)
+        self.set_count(self._labeled)
         if self.strip.paths != list(cls.support):
             self.strip.set_paths(cls.support)
 
-    def set_count(self, predicted: int | None) -> None:
-        """The example count, and the labeled count when ``predicted`` is given."""
-        n = len(self.doc.classes[self.index].support)
+    def set_count(self, labeled: int | None) -> None:
+        """The example count (unreadable examples left out), and the labeled count when
+        ``labeled`` is given (None: the folder is not labeled)."""
+        self._labeled = labeled
+        support = self.doc.classes[self.index].support
+        bad = self.doc.session.bad_support
+        n_bad = sum(1 for p in support if path_key(p) in bad) if bad else 0
+        n = len(support) - n_bad
         text = f"{n} example{'s' if n != 1 else ''}"
-        if predicted is not None:
-            text += f" \u00b7 {predicted:,} labeled"
+        if n_bad:
+            text += f" ({n_bad} unreadable)"
+        if labeled is not None:
+            text += f" \u00b7 {labeled:,} labeled"
         if self.count_label.text() != text:
             self.count_label.setText(text)
 
@@ -145,7 +160,7 @@ class ClassCard(QFrame):
         dn.setEnabled(self.index < len(self.doc.classes) - 1)
         m.addSeparator()
         m.addAction("Show only this class", lambda: self.filterRequested.emit(self.index))
-        m.addAction("Delete class", lambda: self.undo.push(cmd.DeleteClass(self.doc, self.name)))
+        m.addAction("Delete class\u2026", lambda: self.deleteRequested.emit(self.name))
         m.exec(pos)
 
     def contextMenuEvent(self, e) -> None:
@@ -176,9 +191,12 @@ class ClassCard(QFrame):
         if md.hasFormat(MIME_ITEMS):
             self.itemsDropped.emit(items_from_mime(md), self.name)
         else:
-            paths = images_in(local_paths(md))
+            check = DropCheck(remote=remote_urls(md))
+            paths = check.images(local_paths(md))
             if paths:
                 self.undo.push(cmd.AddSupport(self.doc, self.name, paths))
+            if check.rejected:
+                self.dropProblem.emit(check.message(len(paths)))
         if self.index < len(self.doc.classes):
             self._restore_style()
 

@@ -3,6 +3,11 @@
 Drop image files or folders from the file manager onto a card to add examples, or onto empty
 space to create one class per folder (named after it). Drop tiles from the grid onto a card to
 label them. Every edit is an undoable command.
+
+Only readable images become examples: what a drop or the file dialog left out (files that are not
+images, images that cannot be read, folders without images) is reported through :attr:`problem`,
+naming a few. Class names follow :func:`~fewshot_gui.core.session.names.class_name_problem`;
+deleting a class that has examples or confirmed labels asks first.
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QFrame, QHBoxLayout, QInp
                                QPushButton, QScrollArea, QToolButton, QVBoxLayout, QWidget)
 
 from fewshot_gui.core.io.images import image_extensions
+from fewshot_gui.core.session.names import class_name_from_folder, class_name_problem
 from fewshot_gui.gui import commands as cmd
 from fewshot_gui.gui.class_card import ClassCard
 from fewshot_gui.gui.document import Document
-from fewshot_gui.gui.dropped_files import images_in, local_paths, split_dropped
+from fewshot_gui.gui.dropped_files import DropCheck, local_paths, remote_urls, split_dropped
 from fewshot_gui.gui.query_model import MIME_ITEMS
 from fewshot_gui.gui.thumbs import ThumbnailCache
 from fewshot_gui.gui.timers import single_shot_timer, start_unless_active
@@ -34,6 +40,8 @@ class ClassesPanel(QWidget):
 
     filterRequested = Signal(int)     # class index: show only this class in the grid
     labelSetRequested = Signal(str)   # label set name: switch to it
+    problem = Signal(str)             # something the person must read (the window shows a message)
+    message = Signal(str)             # a line for the status bar
 
     def __init__(self, doc: Document, thumbs: ThumbnailCache, undo: QUndoStack,
                  assign: Callable[[list[int], str], None], parent=None):
@@ -107,6 +115,8 @@ class ClassesPanel(QWidget):
             card.addFilesRequested.connect(self.add_files)
             card.filterRequested.connect(self.filterRequested)
             card.itemsDropped.connect(self._assign)
+            card.deleteRequested.connect(self.delete_class)
+            card.dropProblem.connect(self.problem)
             self.cards_layout.insertWidget(k, card)
             self.cards.append(card)
         self.hint.setVisible(len(self.cards) < 2)
@@ -130,13 +140,27 @@ class ClassesPanel(QWidget):
 
     # -- operations -----------------------------------------------------------------------------
     def add_files(self, name: str) -> None:
-        """Ask for image files and add them to the examples of class ``name``."""
+        """Ask for image files and add the readable ones to the examples of class ``name``."""
         exts = " ".join(f"*{e}" for e in sorted(image_extensions()))
         files, _ = QFileDialog.getOpenFileNames(self, f"Add examples to {name}", self.last_dir,
                                                 f"Images ({exts});;All files (*)")
         if files:
             self.last_dir = str(Path(files[0]).parent)
-            self.undo.push(cmd.AddSupport(self.doc, name, [Path(f) for f in files]))
+            self.add_examples(name, [Path(f) for f in files])
+
+    def add_examples(self, name: str, paths: list[Path], check: DropCheck | None = None) -> int:
+        """Add the readable images among ``paths`` (files or folders) to class ``name`` (one undo
+        step) and report what was left out. Returns how many images were offered for adding."""
+        check = check or DropCheck()
+        images = check.images(paths)
+        if images:
+            self.undo.push(cmd.AddSupport(self.doc, name, images))
+        self._report(check, len(images))
+        return len(images)
+
+    def _report(self, check: DropCheck, added: int, what: str = "example image") -> None:
+        if check.rejected:
+            self.problem.emit(check.message(added, what))
 
     def unique_name(self, base: str) -> str:
         """``base``, or ``base (2)``, ``base (3)``... whichever no class has yet."""
@@ -148,58 +172,102 @@ class ClassesPanel(QWidget):
             k += 1
         return f"{base} ({k})"
 
-    def _ask_new_name(self, title: str, prompt: str, what: str, taken: set[str], text: str = "") -> str | None:
-        """A name typed by the user; None when cancelled, blank, or taken (after saying so)."""
+    def _ask_text(self, title: str, prompt: str, text: str) -> str | None:
         name, ok = QInputDialog.getText(self, title, prompt, text=text)
-        name = name.strip()
-        if not ok or not name:
-            return None
-        if name in taken:
-            QMessageBox.warning(self, title, f"A {what} named \u201c{name}\u201d already exists.")
-            return None
-        return name
+        return name.strip() if ok else None
+
+    def _ask_class_name(self, title: str, prompt: str, taken: set[str], text: str = "") -> str | None:
+        """A usable class name typed by the person; None when cancelled. A name that breaks the
+        rules is explained and asked again."""
+        while True:
+            name = self._ask_text(title, prompt, text)
+            if name is None:
+                return None
+            why = class_name_problem(name, taken)
+            if why is None:
+                return name
+            self.problem.emit(why)
+            text = name
 
     def new_class(self) -> None:
-        name = self._ask_new_name("Add class", "Class name:", "class", set(self.doc.class_names),
-                                  text=self.unique_name(f"class {len(self.doc.classes) + 1}"))
+        name = self._ask_class_name("Add class", "Class name:", set(self.doc.class_names),
+                                    text=self.unique_name(f"class {len(self.doc.classes) + 1}"))
         if name is not None:
             self.undo.push(cmd.AddClass(self.doc, name))
 
     def rename_class(self, old: str) -> None:
-        new = self._ask_new_name("Rename class", "New name:", "class", set(self.doc.class_names) - {old}, text=old)
+        new = self._ask_class_name("Rename class", "New name:", set(self.doc.class_names) - {old}, text=old)
         if new is not None and new != old:
             self.undo.push(cmd.RenameClass(self.doc, old, new))
 
+    def delete_class(self, name: str) -> bool:
+        """Delete class ``name`` (undoable); one with examples or confirmed labels asks first.
+        True when it was deleted."""
+        k = self.doc.class_index(name)
+        if k < 0:
+            return False
+        n_examples = len(self.doc.classes[k].support)
+        n_confirmed = sum(1 for c in self.doc.label_set.confirmed.values() if c == name)
+        if n_examples or n_confirmed:
+            what = [f"{n_examples} example image{'s' if n_examples != 1 else ''}"] if n_examples else []
+            if n_confirmed:
+                what.append(f"{n_confirmed} image{'s' if n_confirmed != 1 else ''} you labeled as this class "
+                            "(their labels go with it)")
+            answer = QMessageBox.question(
+                self, "Delete class",
+                f"Delete the class \u201c{name}\u201d with {' and '.join(what)}?\n\n"
+                "You can undo this with Ctrl+Z.",
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel, QMessageBox.StandardButton.Cancel)
+            if answer != QMessageBox.StandardButton.Yes:
+                return False
+        self.undo.push(cmd.DeleteClass(self.doc, name))
+        self.message.emit(f"Deleted class \u201c{name}\u201d \u2014 Ctrl+Z to undo")
+        return True
+
     def new_label_set(self) -> None:
-        name = self._ask_new_name("New label set", "Name of the new label set (e.g. \u201cquality\u201d):",
-                                  "label set", {ls.name for ls in self.doc.project.label_sets})
-        if name is not None:
-            self.doc.project.add_label_set(name)
-            self.labelSetRequested.emit(name)
+        taken = {ls.name for ls in self.doc.project.label_sets}
+        text = ""
+        while True:
+            name = self._ask_text("New label set", "Name of the new label set (e.g. \u201cquality\u201d):", text)
+            if name is None:
+                return
+            if name and name not in taken:
+                break
+            self.problem.emit("A label set needs a name." if not name
+                              else f"A label set named \u201c{name}\u201d already exists; choose another name.")
+            text = name
+        self.doc.project.add_label_set(name)
+        self.labelSetRequested.emit(name)
 
     def _on_set(self, _i: int) -> None:
         self.labelSetRequested.emit(self.set_box.currentText())
 
-    def add_folders_as_classes(self, paths: list[Path]) -> int:
-        """One class per dropped folder with images, one more for loose image files (named after
-        their folder); one undo step. Returns how many classes were made."""
-        files, folders = split_dropped(paths)
-        made = 0
-        self.undo.beginMacro("Add classes from dropped folders")
-        try:
-            for d in folders:
-                imgs = images_in([d])
-                if not imgs:
-                    continue
-                self.undo.push(cmd.AddClass(self.doc, self.unique_name(d.name or "class"), imgs))
-                made += 1
-            if files:
-                base = files[0].parent.name or "class"
-                self.undo.push(cmd.AddClass(self.doc, self.unique_name(base), files))
-                made += 1
-        finally:
-            self.undo.endMacro()
-        return made
+    def add_folders_as_classes(self, paths: list[Path], check: DropCheck | None = None) -> int:
+        """One class per dropped folder with readable images, one more for loose image files (named
+        after their folder); one undo step. What was left out is reported. Returns how many
+        classes were made."""
+        check = check or DropCheck()
+        files, folders, others = split_dropped(paths)
+        check.not_images.extend(others)
+        made: list[tuple[str, list[Path]]] = []
+        for d in folders:
+            imgs = check.folder_images(d)
+            if imgs:
+                made.append((class_name_from_folder(d.name), imgs))
+        loose = check.readable(files)
+        if loose:
+            made.append((class_name_from_folder(files[0].parent.name), loose))
+        if made:
+            self.undo.beginMacro("Add classes from dropped folders")
+            try:
+                for base, imgs in made:
+                    self.undo.push(cmd.AddClass(self.doc, self.unique_name(base), imgs))
+            finally:
+                self.undo.endMacro()
+        if not made and not check.rejected:
+            self.problem.emit("No images found in what was dropped.")
+        self._report(check, sum(len(imgs) for _, imgs in made))
+        return len(made)
 
     # -- drops on empty space -------------------------------------------------------------------
     def dragEnterEvent(self, e) -> None:
@@ -212,8 +280,8 @@ class ClassesPanel(QWidget):
         e.acceptProposedAction()
 
     def dropEvent(self, e) -> None:
-        paths = local_paths(e.mimeData())
-        if paths:
+        md = e.mimeData()
+        paths, remote = local_paths(md), remote_urls(md)
+        if paths or remote:
             e.acceptProposedAction()
-            if self.add_folders_as_classes(paths) == 0:
-                QMessageBox.information(self, "Add classes", "No images found in what was dropped.")
+            self.add_folders_as_classes(paths, DropCheck(remote=remote))

@@ -4,6 +4,9 @@ Jobs: scan a query folder, label it (:func:`~fewshot_gui.core.session.runs.label
 streaming batches into the document), and embed new example images so predictions update
 without a new run (:func:`~fewshot_gui.core.session.runs.support_embedding_job`). After class
 or support edits, and when a job ends, the controller brings the predictions up to date.
+
+:meth:`LabelController.stop` (closing the window) cancels the running job and the queued
+re-predictions without blocking, and starts no job after that.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from fewshot_gui.core.errors import FewShotError
-from fewshot_gui.core.io.images import scan_folder
+from fewshot_gui.core.io.images import image_extensions, scan_folder
 from fewshot_gui.core.jobs import Progress
 from fewshot_gui.core.session.model import ModelLoader
 from fewshot_gui.core.session.runs import FinishedRun, NewExamples, labeling_job, support_embedding_job
@@ -38,6 +41,20 @@ def failure_text(exc: BaseException) -> str:
     return f"Unexpected error: {type(exc).__name__}: {exc}"
 
 
+def no_images_text(root: Path, unreadable_folders: int = 0, export_folders: int = 0) -> str:
+    """What to tell the person about a query folder in which the scan found no image."""
+    exts = ", ".join(e for e in (".jpg", ".png", ".tif", ".bmp", ".webp", ".heic") if e in image_extensions())
+    left_out = []
+    if unreadable_folders:
+        left_out.append(f"{unreadable_folders} sub-folder{'s' if unreadable_folders != 1 else ''} could not be read")
+    if export_folders:
+        left_out.append(f"{export_folders} class-folder export{'s' if export_folders != 1 else ''} "
+                        f"{'were' if export_folders != 1 else 'was'} left out")
+    return (f"No images in {root}: neither it nor its sub-folders hold image files ({exts}, \u2026)"
+            + (f"; {' and '.join(left_out)}" if left_out else "")
+            + ". Choose the folder that holds the images to label (File \u25b8 Choose query folder).")
+
+
 class LabelController(QObject):
     busyChanged = Signal(bool)
     progress = Signal(str, float, str)   # text, fraction (-1 unknown), time left text
@@ -54,6 +71,7 @@ class LabelController(QObject):
         self.runner = JobRunner(self)
         self.models = ModelLoader()
         self.kind = ""
+        self.stopping = False  # the window is closing: no new job starts
         self._root: Path | None = None
         self._t0 = 0.0
         self._stage = ""
@@ -84,7 +102,7 @@ class LabelController(QObject):
     def _on_idle(self) -> None:
         self.doc.session.job_running = False
         self.busyChanged.emit(False)
-        if self.doc.session.needs_update() and not self._update.isActive():
+        if not self.stopping and self.doc.session.needs_update() and not self._update.isActive():
             self._update.start()
 
     def busy(self) -> bool:
@@ -94,6 +112,18 @@ class LabelController(QObject):
         if self.runner.is_running():
             self.runner.cancel()
             self.message.emit("Cancelling\u2026")
+
+    def jobs_running(self) -> bool:
+        """A job or a re-prediction is running or queued."""
+        return self.runner.is_running() or self.doc.executor.busy()
+
+    def stop(self) -> None:
+        """Cancel the running job and the queued re-predictions, start none after that (returns
+        at once; :meth:`jobs_running` tells when everything has stopped)."""
+        self.stopping = True
+        self._update.stop()
+        self.runner.cancel()
+        self.doc.executor.cancel_pending()
 
     def shutdown(self, ms: int = 15000) -> bool:
         """Stop the running job and the background re-prediction (blocks up to ``ms`` each)."""
@@ -108,6 +138,9 @@ class LabelController(QObject):
 
     # -- jobs ---------------------------------------------------------------------------------
     def scan(self, root: Path) -> bool:
+        if self.stopping:
+            return False
+
         def make(_token):
             yield Progress("scanning", 0, 0, str(root))
             return scan_folder(root)
@@ -119,11 +152,16 @@ class LabelController(QObject):
     def label(self) -> bool:
         """Label the query folder for the active label set. False (with an error) when not ready."""
         doc = self.doc
+        if self.stopping:
+            return False
         if self.busy():
             self.error.emit("A job is running; wait for it or cancel it first.")
             return False
-        if doc.project.query_folder is None or not doc.paths:
+        if doc.project.query_folder is None:
             self.error.emit("Choose a query folder with images first (File \u25b8 Choose query folder).")
+            return False
+        if not doc.paths:
+            self.error.emit(no_images_text(doc.project.query_folder))
             return False
         classes = doc.classes
         if len(classes) < 2:
@@ -153,7 +191,7 @@ class LabelController(QObject):
     def update_predictions(self) -> None:
         """After class or support edits: embed new example images (a job), then re-predict."""
         session = self.doc.session
-        if self.busy() or not session.needs_update():
+        if self.stopping or self.busy() or not session.needs_update():
             return
         if session.state is not None:
             session.state.stale = False
@@ -202,7 +240,11 @@ class LabelController(QObject):
         self._job_ended()
         if self.kind == "scan":
             self.doc.set_query(self._root, list(value))
-            self.message.emit(f"{len(value):,} images in {self._root}")
+            if value:
+                self.message.emit(f"{len(value):,} images in {self._root}")
+            else:
+                self.error.emit(no_images_text(self._root, len(getattr(value, "unreadable_folders", ())),
+                                               len(getattr(value, "export_folders", ()))))
         elif self.kind == "label" and isinstance(value, FinishedRun):
             result = value.result
             self.doc.apply_result(result, value.run, value.label_set)

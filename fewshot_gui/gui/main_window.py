@@ -3,20 +3,26 @@
 Labeling state and logic live in the session behind :class:`~.document.Document`; jobs run
 through :class:`~.controller.LabelController`. The window turns user actions into undoable
 commands, dialogs and calls to those two.
+
+Autosave writes a recovery file (:mod:`.recovery`), never the project file; a recovery file left
+by a crash is offered when its project is opened (or, for a never-saved project, at the next
+start). Closing during a job shows "Stopping..." and closes once the job has stopped (the window
+is hidden after :data:`CLOSE_GRACE_MS` if the job takes longer).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import QElapsedTimer, Qt, QTimer
 from PySide6.QtGui import QUndoStack
-from PySide6.QtWidgets import QFileDialog, QMainWindow, QMessageBox, QSplitter
+from PySide6.QtWidgets import QApplication, QFileDialog, QMainWindow, QMessageBox, QSplitter
 
 from fewshot_gui.core.embed.cache import default_cache_dir
-from fewshot_gui.core.errors import FewShotError
+from fewshot_gui.core.errors import FewShotError, WriteError
 from fewshot_gui.core.session.project import SUFFIX, Project
 from fewshot_gui.gui import commands as cmd
+from fewshot_gui.gui import recovery
 from fewshot_gui.gui.classes_panel import ClassesPanel
 from fewshot_gui.gui.controller import LabelController
 from fewshot_gui.gui.details import DetailsPanel
@@ -32,6 +38,8 @@ from fewshot_gui.gui.window_actions import build_actions, build_menus
 
 PROJECT_FILTER = f"Few-shot projects (*{SUFFIX});;JSON files (*.json);;All files (*)"
 AUTOSAVE_MS = 60_000
+CLOSE_GRACE_MS = 600     # closing during a job: hide the window if the job takes longer to stop
+STOP_LIMIT_MS = 60_000   # ... and close anyway (waiting for the thread) after this long
 
 
 class MainWindow(QMainWindow):
@@ -41,6 +49,12 @@ class MainWindow(QMainWindow):
         self.ask_on_close = True
         self.quiet_errors = False  # errors go to the status bar and last_error, not a dialog
         self.last_error = ""
+        self.recovery = recovery.RecoveryFiles(recovery.default_recovery_folder(self.settings))
+        orphan = self.recovery.orphan()  # a never-saved project's changes left by a crash
+        self._recovery_offer: tuple[Path, bool] | None = (orphan, True) if orphan else None  # (file, untitled)
+        self._closing = False  # the person closed the window during a job: close once it stopped
+        self._hidden_to_close = False
+        self._stop_clock = QElapsedTimer()
         self.doc = Document(self)
         self.undo = QUndoStack(self)
         thumb_root = None
@@ -82,11 +96,14 @@ class MainWindow(QMainWindow):
         self.grid.supportRequested.connect(self.add_items_to_support)
         self.classes.filterRequested.connect(lambda k: self.grid.set_filter("class", k))
         self.classes.labelSetRequested.connect(self.switch_label_set)
+        self.classes.problem.connect(self.show_error)
+        self.classes.message.connect(self.status)
         self.controller.busyChanged.connect(self._on_busy)
         self.controller.progress.connect(self.job_status.show_progress)
         self.controller.message.connect(self.status)
         self.controller.error.connect(self.show_error)
         self.controller.labeled.connect(self._on_labeled)
+        self.controller.runner.idle.connect(self.classes.update_counts)
         self.doc.message.connect(self.status)
         self.doc.dirtyChanged.connect(self._update_title)
         self.doc.projectReset.connect(self._on_project_reset)
@@ -96,16 +113,21 @@ class MainWindow(QMainWindow):
         self.autosave.setInterval(AUTOSAVE_MS)
         self.autosave.timeout.connect(self.autosave_now)
         self.autosave.start()
+        self._stop_poll = QTimer(self)
+        self._stop_poll.setInterval(20)
+        self._stop_poll.timeout.connect(self._close_when_stopped)
+        QTimer.singleShot(0, self.offer_recovery)
         self.resize(1400, 860)
         self._on_project_reset()
         self._on_busy(False)
 
     # ------------------------------------------------------------------ messages
     def status(self, text: str) -> None:
-        self.statusBar().showMessage(text, 15000)
+        if not self._closing:  # "Stopping..." stays until the window closes
+            self.statusBar().showMessage(text, 15000)
 
     def show_error(self, text: str) -> None:
-        self.status(text)
+        self.status(text.splitlines()[0] if text else text)
         self.last_error = text
         if not self.quiet_errors:
             QMessageBox.warning(self, "fewshot-gui", text)
@@ -155,7 +177,13 @@ class MainWindow(QMainWindow):
             self.undo.push(command)
 
     def add_items_to_support(self, items: list[int], name: str) -> None:
-        self.undo.push(cmd.AddSupport(self.doc, name, [self.doc.paths[i] for i in items]))
+        failed = [i for i in items if i in self.doc.errors]  # images that could not be read
+        if failed:
+            self.show_error(f"{len(failed)} of the images could not be read and were not added as examples: "
+                            + ", ".join(self.doc.rel[i] for i in failed[:5]) + (" \u2026" if len(failed) > 5 else ""))
+        keep = [self.doc.paths[i] for i in items if i not in self.doc.errors]
+        if keep:
+            self.undo.push(cmd.AddSupport(self.doc, name, keep))
 
     def switch_label_set(self, name: str) -> None:
         if self.controller.switch_label_set(name):
@@ -197,6 +225,7 @@ class MainWindow(QMainWindow):
 
     def new_project(self) -> None:
         if self.maybe_save():
+            self.recovery.forget(self.doc.project.path)
             self.set_project(Project(backbone=self.settings.default_backbone))
 
     def open_project_dialog(self) -> None:
@@ -212,7 +241,13 @@ class MainWindow(QMainWindow):
         except FewShotError as exc:
             self.show_error(str(exc))
             return False
+        if self.doc.project.path != p.path:
+            self.recovery.forget(self.doc.project.path)  # the person was asked about its changes
         self.set_project(p)
+        rec = self.recovery.beside(p.path)
+        self._recovery_offer = (rec, False) if rec is not None else None
+        if rec is not None:
+            QTimer.singleShot(0, self.offer_recovery)  # once the window shows (and the event loop runs)
         self.settings.add_recent(str(p.path))
         self.status(f"Opened {p.path}")
         if p.warnings:  # entries of the file that could not be used and were left out
@@ -243,25 +278,64 @@ class MainWindow(QMainWindow):
 
     def save_to(self, path: Path) -> bool:
         self.doc.project.settings["threshold"] = self.grid.model.threshold
+        before = self.doc.project.path
         try:
             saved = self.doc.project.save(path)
         except FewShotError as exc:
             self.show_error(str(exc))
             return False
+        self.recovery.forget(before)
+        self.recovery.forget(saved)
         self._saved()
         self.settings.add_recent(str(saved))
         self.status(f"Saved {saved}")
         return True
 
-    def autosave_now(self) -> None:
-        if self.doc.project.path is not None and (self.doc.dirty or not self.undo.isClean()):
-            try:
-                self.doc.project.save()
-            except FewShotError as exc:
-                self.status(f"Autosave failed: {exc}")
-                return
-            self._saved()
-            self.status(f"Autosaved {self.doc.project.path.name}")
+    def autosave_now(self) -> Path | None:
+        """Write the recovery file of unsaved changes (never the project file). Returns it, or
+        None when there was nothing new to write."""
+        if not (self.doc.dirty or not self.undo.isClean()):
+            return None
+        self.doc.project.settings["threshold"] = self.grid.model.threshold
+        try:
+            written = self.recovery.write(self.doc.project)
+        except (WriteError, OSError) as exc:
+            self.status(f"Autosave failed: {exc}")
+            return None
+        if written is not None:
+            self.status(f"Autosaved unsaved changes to {written.name} (save to keep them in the project)")
+        return written
+
+    def offer_recovery(self) -> None:
+        """Offer the recovery file found at start-up or when the project was opened: restore its
+        changes (the project stays unsaved) or discard it. Nobody is asked while errors are quiet
+        (a screenshot run): the file is left for the next open."""
+        offer, self._recovery_offer = self._recovery_offer, None
+        if offer is None or self.quiet_errors or self._closing or not offer[0].is_file():
+            return
+        rec, untitled = offer
+        if untitled and (self.doc.project.path is not None or self.doc.dirty or self.doc.classes):
+            return  # an untitled project's changes; this window already shows another project
+        try:
+            recovered = Project.load(rec)
+        except FewShotError as exc:
+            self.show_error(f"The recovery file {rec} cannot be read ({exc}); it was left as it is.")
+            return
+        original = None if untitled else self.doc.project.path
+        recovered.path = original
+        if not untitled and recovered == self.doc.project:
+            rec.unlink(missing_ok=True)  # nothing was lost
+            return
+        if not recovery.ask_restore(self, recovery.describe(rec, original)):
+            rec.unlink(missing_ok=True)
+            self.status(f"Discarded the recovery file {rec.name}")
+            return
+        self.set_project(recovered)
+        self.doc.set_dirty(True)
+        if untitled:
+            self.autosave_now()  # this window's own recovery file, then the old one goes
+            rec.unlink(missing_ok=True)
+        self.status("Restored the unsaved changes; save the project to keep them")
 
     def _saved(self) -> None:
         self.doc.set_dirty(False)
@@ -343,15 +417,48 @@ class MainWindow(QMainWindow):
                           "(Prototypical Networks, MAML, Relation Networks).")
 
     def closeEvent(self, e) -> None:
-        if not self.maybe_save():
+        if self._closing and self.controller.jobs_running():
+            e.ignore()  # already stopping: the window closes when the job has stopped
+            return
+        if not self._closing and not self.maybe_save():
             e.ignore()
             return
+        if self.controller.jobs_running():
+            e.ignore()
+            self._stop_then_close()
+            return
         self.shutdown()
+        self.recovery.forget(self.doc.project.path)
         e.accept()
+        if self._hidden_to_close and QApplication.quitOnLastWindowClosed() and not any(
+                w.isVisible() for w in QApplication.topLevelWidgets()):
+            QApplication.quit()  # a hidden window's close does not end the app by itself
+
+    def _stop_then_close(self) -> None:
+        """Cancel the jobs, say "Stopping..." and close once they stopped (polled)."""
+        self._closing = True
+        self.autosave.stop()
+        self.controller.stop()
+        for w in (self.centralWidget(), self.toolbar, self.menuBar()):
+            w.setEnabled(False)
+        self.statusBar().showMessage("Stopping\u2026")
+        self._stop_clock.start()
+        self._stop_poll.start()
+
+    def _close_when_stopped(self) -> None:
+        elapsed = self._stop_clock.elapsed()
+        if self.controller.jobs_running() and elapsed < STOP_LIMIT_MS:
+            if elapsed >= CLOSE_GRACE_MS and self.isVisible():
+                self._hidden_to_close = True
+                self.hide()  # gone for the person; the process ends when the job has stopped
+            return
+        self._stop_poll.stop()
+        self.close()
 
     def shutdown(self) -> None:
-        """Stop every background job and thumbnail thread (idempotent)."""
+        """Stop every background job and thumbnail thread, waiting for them (idempotent)."""
         self.autosave.stop()
+        self._stop_poll.stop()
         self.controller.shutdown()
         self.thumbs.shutdown()
         self.settings.threshold = self.grid.model.threshold

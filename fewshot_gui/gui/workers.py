@@ -207,10 +207,14 @@ class BackgroundExecutor(QObject):
     def busy(self) -> bool:
         return self.runner.is_running() or bool(self._queue)
 
-    def wait(self, ms: int = 10000) -> bool:
-        """Cancel the calls not started yet and wait for the running one (shutdown only)."""
+    def cancel_pending(self) -> None:
+        """Cancel the calls not started yet (the running one finishes); returns at once."""
         while self._queue:
             self._queue.popleft()[1].cancel()
+
+    def wait(self, ms: int = 10000) -> bool:
+        """Cancel the calls not started yet and wait for the running one (shutdown only)."""
+        self.cancel_pending()
         return self.runner.wait(ms)
 
     @Slot()
