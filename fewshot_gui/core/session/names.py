@@ -11,7 +11,9 @@ from __future__ import annotations
 import unicodedata
 from typing import Iterable
 
-UNKNOWN_LABEL = "_unknown"  # the label of images that fit none of the classes ("none of these")
+from fewshot_gui.core.io.export import UNKNOWN_LABEL  # the label of images that fit none of the classes
+
+__all__ = ["MAX_CLASS_NAME", "UNKNOWN_LABEL", "class_name_from_folder", "class_name_problem"]
 MAX_CLASS_NAME = 200  # characters
 _SEPARATORS = ("/", "\\")
 _FALLBACK = "class"
