@@ -245,6 +245,29 @@ def test_examples_from_the_file_dialog_are_checked(qtbot, win, data, tmp_path, m
     assert "fake.png" in win.last_error
 
 
+def test_examples_found_unreadable_later_are_marked_and_not_counted(qtbot, win, data, tmp_path, monkeypatch):
+    from fewshot_gui.gui import dropped_files
+    from fewshot_gui.gui.support_dialog import SupportDialog
+
+    support, query = data
+    setup_classes(win, support)
+    scan(qtbot, win, query)
+    label(qtbot, win)
+    bad = _bad_files(tmp_path / "bad")
+    # a drop too large to decode within the budget: only headers are read, so the truncated
+    # JPEG gets in and is found out when the new examples are embedded
+    monkeypatch.setattr(dropped_files, "unreadable_images", lambda paths: unreadable_images(paths, decode_budget_s=0))
+    with qtbot.waitSignal(win.controller.runner.idle, timeout=10000):
+        assert drop_urls(win.classes.card("class2"), [bad["truncated.jpg"]])
+    assert "truncated.jpg" in win.last_error  # said when embedding it failed
+    qtbot.waitUntil(lambda: win.classes.card("class2").count_label.text().startswith("2 examples (1 unreadable)"),
+                    timeout=5000)
+    dlg = SupportDialog(win.doc, win.thumbs, win.undo, "class2", parent=win)
+    texts = [dlg.list.item(r).text() for r in range(dlg.list.count())]
+    assert texts[-1] == "truncated.jpg (cannot be read)"
+    dlg.close()
+
+
 def test_image_check_reads_headers_quickly_and_decodes_within_a_budget(tmp_path):
     bad = _bad_files(tmp_path / "bad")
     ok = tmp_path / "ok.png"
@@ -435,7 +458,15 @@ def test_counts_follow_labels_corrections_undo_and_label_sets(qtbot, win, data):
     win.assign([item], "class1")
     qtbot.waitUntil(lambda: labeled("class1") == before["class1"] + 1, timeout=5000)
     assert labeled("class0") == before["class0"] - 1
-    win.undo.undo()
+    assert "1 confirmed" in win.grid.count_label.text() and "labeled class1" in win.statusBar().currentMessage()
+    win.window_actions.undo.trigger()  # Ctrl+Z
+    assert win.statusBar().currentMessage().startswith("Undone: ")
+    assert "0 confirmed" in win.grid.count_label.text()
+    qtbot.waitUntil(lambda: labeled("class1") == before["class1"], timeout=5000)
+    win.window_actions.redo.trigger()
+    assert win.statusBar().currentMessage().startswith("Redone: ") and "1 confirmed" in win.grid.count_label.text()
+    qtbot.waitUntil(lambda: labeled("class1") == before["class1"] + 1, timeout=5000)
+    win.window_actions.undo.trigger()
     qtbot.waitUntil(lambda: labeled("class1") == before["class1"], timeout=5000)
     qtbot.waitUntil(lambda: not win.doc.repredicting, timeout=10000)
     # a drag over a card and away again keeps its counts
@@ -450,6 +481,7 @@ def test_counts_follow_labels_corrections_undo_and_label_sets(qtbot, win, data):
     # another label set shows its own (empty) classes; back again, the counts are there
     win.doc.add_label_set("quality")
     win.switch_label_set("quality")
-    assert win.classes.cards == []
+    assert win.classes.cards == [] and " 0 labeled" in win.grid.count_label.text()
     win.switch_label_set("labels")
     qtbot.waitUntil(lambda: {n: labeled(n) for n in win.doc.class_names} == before, timeout=5000)
+    assert f"{len(win.doc.paths)} labeled \u00b7 0 confirmed" in win.grid.count_label.text()

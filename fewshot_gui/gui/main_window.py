@@ -82,6 +82,9 @@ class MainWindow(QMainWindow):
         self.addToolBar(self.toolbar)
         self.label_button = self.toolbar.label_button
         self.recent_menu = build_menus(self, a)
+        # the status line says what undo/redo did, so "... labeled ..." never outlives its undo
+        a.undo.triggered.connect(lambda: self.status(f"Undone: {self.undo.text(self.undo.index())}"))
+        a.redo.triggered.connect(lambda: self.status(f"Redone: {self.undo.text(self.undo.index() - 1)}"))
         self.recent_menu.aboutToShow.connect(self._fill_recent)
         self.job_status = JobStatus(self.statusBar(), self.controller.cancel)
         self.cancel_button = self.job_status.cancel_button

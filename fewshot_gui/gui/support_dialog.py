@@ -1,4 +1,5 @@
-"""The support (example) images of one class, large, with Remove."""
+"""The support (example) images of one class, large, with Remove. Examples that could not be
+embedded are marked (they are not used, nor counted)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from PySide6.QtCore import QSize, Qt
 from PySide6.QtGui import QIcon, QPixmap, QUndoStack
 from PySide6.QtWidgets import QDialog, QDialogButtonBox, QListWidget, QListWidgetItem, QVBoxLayout
 
+from fewshot_gui.core.session.examples import path_key
 from fewshot_gui.gui import commands as cmd
 from fewshot_gui.gui.document import Document
 from fewshot_gui.gui.thumbs import BROKEN, ThumbnailCache
@@ -48,10 +50,12 @@ class SupportDialog(QDialog):
         k = self.doc.class_index(self.name)
         if k < 0:
             return
+        bad = self.doc.session.bad_support
         for p in self.doc.classes[k].support:
-            it = QListWidgetItem(p.name)
+            unreadable = path_key(p) in bad
+            it = QListWidgetItem(f"{p.name} (cannot be read)" if unreadable else p.name)
             it.setData(Qt.ItemDataRole.UserRole, str(p))
-            it.setToolTip(str(p))
+            it.setToolTip(f"{p}\nThis image could not be read; it is not used. Remove it." if unreadable else str(p))
             self._set_icon(it)
             self.list.addItem(it)
 
