@@ -4,20 +4,29 @@ Before any work the output paths are checked: ``--out`` must not be an input (a 
 image, the project or model file; compared by resolved file, so links count), and inside the
 query folder it must be a new ``.csv`` file or a labels CSV written before. ``--export-folders``
 must not be the query folder itself nor lie in the support folder; an export inside the query
-folder is left out of the scan.
+folder is left out of the scan. Both must be writable (:func:`~fewshot_gui.core.atomic.check_writable`).
+
+A project's paths are relative to the project file's folder: a query folder or example images
+that are not there any more are reported naming the project file and the setting before any
+work. A support set of one class is labeled with a warning (every image gets that class).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
+import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
+from fewshot_gui.cli.arguments import finite_or_inf
 from fewshot_gui.cli.common import UsageError, add_model_options, make_cache, resolve_model
 from fewshot_gui.cli.progress import ProgressBar
-from fewshot_gui.core.errors import ImageLoadError
+from fewshot_gui.core.atomic import check_writable
+from fewshot_gui.core.errors import DataError, ImageLoadError
 from fewshot_gui.core.io.class_folders import ExportReport, export_class_folders, export_label_sets
 from fewshot_gui.core.io.images import ScanResult, open_regular_file, scan_folder
 from fewshot_gui.core.jobs import run_job
@@ -31,14 +40,19 @@ def add_parser(sub):
     p = sub.add_parser("label", help="label a folder of images from a few examples per class",
                        description="Label every image of --query from the examples in --support "
                                    "(one sub-folder per class), or from a project file (--project).")
-    p.add_argument("--support", metavar="DIR", type=Path, help="folder with one sub-folder of example images per class")
-    p.add_argument("--query", metavar="DIR", type=Path, help="folder of images to label (searched recursively)")
+    p.add_argument("--support", metavar="DIR", type=Path,
+                   help="folder with one sub-folder of example images per class (needed without --project; "
+                        "no default)")
+    p.add_argument("--query", metavar="DIR", type=Path,
+                   help="folder of images to label, searched recursively (needed without --project; no default)")
     p.add_argument("--out", metavar="FILE.csv", type=Path,
-                   help="CSV to write (with --project the default is the project file's path with .csv "
-                        "in place of .json); never an input image, and inside the query folder only a .csv")
+                   help="CSV to write (needed without --project; with --project the default is the project "
+                        "file's path with .csv in place of .json); never an input image, and inside the query "
+                        "folder only a .csv")
     p.add_argument("--project", metavar="FILE", type=Path,
                    help="a project file saved by the app: its label sets, support images, query folder, "
-                        "backbone or model file, method and confirmed labels are used")
+                        "backbone or model file, method and confirmed labels are used (paths in it are "
+                        "relative to the project file's folder)")
     p.add_argument("--export-folders", metavar="DIR", type=Path,
                    help="also copy each labeled image into DIR/<class>/ (DIR/<label set>/<class>/ for a "
                         "project with several label sets); names that are not usable as folder names are "
@@ -48,9 +62,10 @@ def add_parser(sub):
     p.add_argument("--no-refine", action="store_true",
                    help="do not refine the class prototypes over the whole query folder (transductive "
                         "refinement, used by the ProtoNet methods by default)")
-    p.add_argument("--unknown-threshold", type=float, default=None, metavar="X",
-                   help="unknown-score threshold: images scoring above X get unknown=1 in the CSV "
-                        "(default 0.0, calibrated per shot count; larger = fewer unknowns; inf = never)")
+    p.add_argument("--unknown-threshold", type=finite_or_inf, default=None, metavar="X",
+                   help="unknown-score threshold: images scoring above X get unknown=1 in the CSV; a finite "
+                        "number or inf (never); larger = fewer unknowns (default: 0.0, calibrated per shot "
+                        "count; with --project, the project's own setting when it has one)")
     add_model_options(p)
     return p
 
@@ -66,11 +81,17 @@ def run(args) -> int:
         d = getattr(args, flag)
         if not d.is_dir():
             raise UsageError(f"--{flag} {d}: no such folder; give a folder that exists")
+    check_relation_model(args)
     _check_export_target(args.export_folders, args.query, args.support)
     support = support_from_folder(args.support)
+    if len(support) == 1:
+        warn(f"--support {args.support} has one class folder ({next(iter(support))}), so every image gets "
+             "that label and only the unknown column tells apart the images that do not belong; add a "
+             "sub-folder of examples for each other class")
     query_paths = _scan_query(args.query, args.export_folders)
     _check_out(args.out, args.query, [*query_paths, *(p for ps in support.values() for p in ps),
                                       *([args.model] if args.model else [])])
+    _check_writable(args.out, args.export_folders)
     backbone, method = resolve_model(args)
     bar = ProgressBar()
     result = run_job(label_folder(support, args.query, query_paths, backbone=backbone, method=method,
@@ -85,6 +106,25 @@ def run(args) -> int:
     print_summary(result, args.out)
     _print_scan_notes(query_paths, args.query)
     return 0
+
+
+def warn(text: str) -> None:
+    """A warning the user should see before the output: on stderr, as ``fewshot: warning: ...``."""
+    print(f"fewshot: warning: {text}", file=sys.stderr, flush=True)
+
+
+# Bundled relation models: a relation module is trained for one backbone's features.
+PHOTO_RELATION_MODEL = "resources/models/caltech-lite0-relation.safetensors"
+CHARACTER_RELATION_MODEL = "resources/models/omniglot-conv4-relation.safetensors"
+
+
+def check_relation_model(args) -> None:
+    """``--method relation`` on a named pretrained backbone has no relation module: say which
+    model file brings one (those backbones embed photos, so the photo model)."""
+    if args.method == "relation" and args.model is None and args.backbone not in (None, "auto"):
+        raise UsageError(f"--method relation needs a meta-trained relation module, which --backbone "
+                         f"{args.backbone} does not have: for photos give --model {PHOTO_RELATION_MODEL} "
+                         f"(on efficientnet-lite0 features); for characters, --model {CHARACTER_RELATION_MODEL}")
 
 
 def _mode(args) -> str:
@@ -122,6 +162,13 @@ def _check_export_target(target: Path | None, query: Path, support: Path | None 
     if support is not None and (where == support.resolve() or support.resolve() in where.parents):
         raise UsageError(f"--export-folders {target}: is inside the support folder {support}, where the "
                          f"copies would become examples; give a folder outside it")
+
+
+def _check_writable(out: Path, export_target: Path | None) -> None:
+    """Refuse now an ``--out`` or ``--export-folders`` that could not be written at the end."""
+    check_writable(out)
+    if export_target is not None:
+        check_writable(export_target / "_manifest.csv")
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:
@@ -196,19 +243,29 @@ def _relative(path: Path, root: Path) -> str:
 # ------------------------------------------------------------------------------------------------
 def _run_project(args) -> int:
     """Label every label set of the project through a labeling session, as the app does."""
+    ignored = [flag for flag, value in (("--support", args.support), ("--query", args.query),
+                                        ("--backbone", args.backbone), ("--model", args.model),
+                                        ("--method", args.method), ("--weights", args.weights)) if value]
+    if ignored:
+        raise UsageError(f"{', '.join(ignored)}: not used with --project, whose file names the examples, the "
+                         "query folder and the model; open the project in the app to change them, or label "
+                         "folders with --support, --query and --out instead")
     project = Project.load(args.project)
+    check_project_paths(project, args.project)
     out = args.out or args.project.with_suffix(".csv")
     scan = None
-    if project.query_folder is not None and project.query_folder.is_dir():
+    if project.query_folder is not None:
         _check_export_target(args.export_folders, project.query_folder)
         scan = _scan_query(project.query_folder, args.export_folders)
         support = [p for ls in project.label_sets for ps in ls.support().values() for p in ps]
         _check_out(out, project.query_folder, [*scan, *support, args.project,
                                                *([project.model_file] if project.model_file else [])])
+    _check_writable(out, args.export_folders)
     bar = ProgressBar()
-    session = label_project(project, out, progress=bar, cache_dir=args.cache_dir,
-                            refine=False if args.no_refine else None,
-                            unknown_threshold=args.unknown_threshold, device=args.device)
+    with _project_cache_dir(args) as cache_dir:
+        session = label_project(project, out, progress=bar, cache_dir=cache_dir,
+                                refine=False if args.no_refine else None,
+                                unknown_threshold=args.unknown_threshold, device=args.device)
     bar.close()
     groups = session.label_columns()
     for name, result in session.results.items():
@@ -231,3 +288,54 @@ def _run_project(args) -> int:
     if scan is not None:
         _print_scan_notes(scan, project.query_folder)
     return 0
+
+
+@contextlib.contextmanager
+def _project_cache_dir(args) -> Iterator[Path | None]:
+    """The cache folder for labeling a project: --cache-dir, or with --no-cache a temporary
+    folder removed at the end (nothing is read from or left in a cache)."""
+    if not args.no_cache:
+        yield args.cache_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="fewshot-nocache-") as tmp:
+        yield Path(tmp)
+
+
+RELATIVE_NOTE = "paths in a project are relative to the project file's folder"
+
+
+def check_project_paths(project: Project, project_file: Path) -> None:
+    """Before any work: a query folder that is not there is an error; example images that are
+    not there are an error when a class has none left, else a warning. Each message names the
+    project file and the setting, and says how the paths are read."""
+    folder = project_file.resolve().parent
+    where = f"{project_file}: "
+    query = project.query_folder
+    if query is not None and not query.is_dir():
+        state = "is not a folder" if query.exists() else "does not exist"
+        raise DataError(f"{where}the query folder {query} (setting \"query_folder\") {state}; {RELATIVE_NOTE} "
+                        f"({folder}). Move the folder back, or open the project in the app and choose the query "
+                        "folder again")
+    empty, partly = [], []
+    for ls in project.label_sets:
+        for cls in ls.classes:
+            gone = [p for p in cls.support if not os.path.lexists(p)]
+            if gone and len(gone) == len(cls.support):
+                empty.append((ls.name, cls.name, gone))
+            elif gone:
+                partly.append((ls.name, cls.name, gone))
+    several = len(project.label_sets) > 1
+    if empty:
+        names = ", ".join(_class_name(s, c, several) for s, c, _ in empty[:5]) + (
+            f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise DataError(f"{where}none of the example images of {names} (setting \"support\" of the class) "
+                        f"exist, e.g. {empty[0][2][0]}; {RELATIVE_NOTE} ({folder}). Move the images back, or "
+                        "open the project in the app and add examples again")
+    for set_name, class_name, gone in partly:
+        warn(f"{where}{len(gone)} example image{'s' if len(gone) != 1 else ''} of {_class_name(set_name, class_name, several)} "
+             f"(setting \"support\" of the class) {'are' if len(gone) != 1 else 'is'} not there and "
+             f"{'are' if len(gone) != 1 else 'is'} skipped, e.g. {gone[0]}; {RELATIVE_NOTE} ({folder})")
+
+
+def _class_name(set_name: str, class_name: str, with_set: bool) -> str:
+    return f"class {class_name!r}" + (f" of label set {set_name!r}" if with_set else "")

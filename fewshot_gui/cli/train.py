@@ -24,10 +24,14 @@ import argparse
 import shlex
 import sys
 
+from fewshot_gui.cli.arguments import fraction, non_negative_number, positive_number, weight_list, whole_number
 from fewshot_gui.cli.progress import ProgressBar
+from fewshot_gui.core.atomic import check_writable
 from fewshot_gui.core.errors import DataError
 from fewshot_gui.core.jobs import run_job
 from fewshot_gui.core.training.config import TrainConfig
+
+CONV4_MIN_SIZE = 16  # four 2x2 poolings leave at least one pixel
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -41,84 +45,93 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "`fewshot backbones`)")
     p.add_argument("--data", action="append", required=True, metavar="PATH",
                    help="training data (repeatable): ImageFolder dir or zip, optionally PATH::GROUP1,GROUP2")
-    p.add_argument("--data-weights", dest="data_weights", metavar="W1,W2",
+    p.add_argument("--data-weights", dest="data_weights", metavar="W1,W2", type=weight_list,
                    help="how often each --data set is drawn for an episode: one weight per --data "
                         "(default: equal)")
-    p.add_argument("--weights", dest="data_weights", help=argparse.SUPPRESS)  # the option's former name
+    p.add_argument("--weights", dest="data_weights", type=weight_list, help=argparse.SUPPRESS)  # the option's former name
     p.add_argument("--val-data", action="append", metavar="PATH",
-                   help="validation data (repeatable), same forms as --data")
-    p.add_argument("--holdout", type=float, default=0.0, metavar="FRACTION",
-                   help="hold out this fraction of each --data set's classes (seeded split); "
-                        "validate on them when no --val-data")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the --holdout class split (default: 0)")
-    p.add_argument("--way", type=int, default=20, help="classes per training episode (default: 20)")
-    p.add_argument("--shot", type=int, default=1, help="support images per class (default: 1)")
-    p.add_argument("--query", type=int, default=5, help="query images per class (default: 5)")
-    p.add_argument("--episodes", type=int, default=2000, help="training episodes (tasks) in all (default: 2000)")
-    p.add_argument("--meta-batch", type=int, default=None,
+                   help="validation data (repeatable), same forms as --data (default: none, or the "
+                        "--holdout classes)")
+    p.add_argument("--holdout", type=fraction, default=0.0, metavar="FRACTION",
+                   help="hold out this fraction of each --data set's classes (seeded split), from 0 up to "
+                        "below 1; validate on them when no --val-data (default: 0)")
+    p.add_argument("--split-seed", type=whole_number(0), default=0, metavar="S",
+                   help="seed of the --holdout class split (default: 0)")
+    p.add_argument("--way", type=whole_number(2), default=20, metavar="N",
+                   help="classes per training episode, at least 2 (default: 20)")
+    p.add_argument("--shot", type=whole_number(1), default=1, metavar="K", help="support images per class (default: 1)")
+    p.add_argument("--query", type=whole_number(1), default=5, metavar="Q", help="query images per class (default: 5)")
+    p.add_argument("--episodes", type=whole_number(1), default=2000, metavar="E",
+                   help="training episodes (tasks) in all (default: 2000)")
+    p.add_argument("--meta-batch", type=whole_number(1), default=None, metavar="B",
                    help="episodes per update (default: 4 for MAML on conv4, else 1)")
     p.add_argument("--within-group", action="store_true",
                    help="every class of an episode from one group (e.g. one alphabet)")
     p.add_argument("--rotations", action="store_true",
                    help="training classes rotated by 90/180/270 degrees are classes of their own "
                         "(at most one rotation of a class per episode)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=whole_number(0), default=0, metavar="S",
                    help="seed of the initial weights, the episodes and the augmentation (default: 0)")
-    p.add_argument("--augment", type=float, default=0.0, metavar="STRENGTH",
-                   help="random affine distortion of training images (1 = +-10 deg, +-10%% scale, +-2 px); 0 = off")
-    p.add_argument("--lr", type=float, default=1e-3, help="outer (Adam) learning rate, cosine-annealed")
-    p.add_argument("--val-every", type=int, default=500, metavar="EPISODES",
+    p.add_argument("--augment", type=non_negative_number, default=0.0, metavar="STRENGTH",
+                   help="random affine distortion of training images (1 = +-10 deg, +-10%% scale, +-2 px); "
+                        "0 = off (default: 0)")
+    p.add_argument("--lr", type=positive_number, default=1e-3, metavar="RATE",
+                   help="outer (Adam) learning rate, cosine-annealed (default: 0.001)")
+    p.add_argument("--val-every", type=whole_number(1), default=500, metavar="EPISODES",
                    help="validate every EPISODES training episodes, and at the end (default: 500)")
-    p.add_argument("--val-episodes", type=int, default=100, help="episodes per validation (default: 100)")
-    p.add_argument("--val-way", type=int, help="classes per validation episode (default: --way)")
-    p.add_argument("--val-shot", type=int, help="support images per class in validation (default: --shot)")
-    p.add_argument("--val-query", type=int, help="query images per class in validation (default: --query)")
+    p.add_argument("--val-episodes", type=whole_number(1), default=100, metavar="E",
+                   help="episodes per validation (default: 100)")
+    p.add_argument("--val-way", type=whole_number(2), metavar="N", help="classes per validation episode (default: --way)")
+    p.add_argument("--val-shot", type=whole_number(1), metavar="K",
+                   help="support images per class in validation (default: --shot)")
+    p.add_argument("--val-query", type=whole_number(1), metavar="Q",
+                   help="query images per class in validation (default: --query)")
     p.add_argument("--val-random", action="store_true",
                    help="validate on episodes mixing groups even with --within-group")
-    p.add_argument("--size", type=int, default=28, help="Conv-4 input size: images are squashed to SIZE x SIZE "
-                   "pixels (default: 28)")
+    p.add_argument("--size", type=whole_number(CONV4_MIN_SIZE), default=28,
+                   help=f"Conv-4 input size: images are squashed to SIZE x SIZE pixels, at least {CONV4_MIN_SIZE} "
+                        "(default: 28)")
     p.add_argument("--rgb", action="store_true", help="Conv-4 on colour images (default: greyscale)")
     p.add_argument("--no-invert", action="store_true",
                    help="do not invert images (default: invert when every --data is a zip, as for Omniglot)")
-    p.add_argument("--hidden", type=int, default=64, help="Conv-4 channels per block (default: 64)")
+    p.add_argument("--hidden", type=whole_number(1), default=64, help="Conv-4 channels per block (default: 64)")
     g = p.add_argument_group("MAML")
-    g.add_argument("--steps", type=int, default=5, help="inner-loop gradient steps (default: 5)")
-    g.add_argument("--test-steps", type=int, help="inner steps at test time (default: --steps)")
-    g.add_argument("--inner-lr", type=float, default=0.1,
+    g.add_argument("--steps", type=whole_number(1), default=5, help="inner-loop gradient steps (default: 5)")
+    g.add_argument("--test-steps", type=whole_number(1), help="inner steps at test time (default: --steps)")
+    g.add_argument("--inner-lr", type=positive_number, default=0.1, metavar="RATE",
                    help="inner-loop learning rate (the starting value with --learn-lr; default: 0.1)")
     g.add_argument("--first-order", action="store_true", help="first-order MAML (no second derivatives)")
     g.add_argument("--learn-lr", action="store_true", help="learned per-parameter inner rates (Meta-SGD)")
     g.add_argument("--head-init", choices=("zero", "proto"),
                    help="head initialisation per task (default: zero for conv4, proto = Proto-MAML for heads)")
-    g.add_argument("--neck-rank", type=int, default=0,
-                   help="head mode: rank of the meta-learned low-rank feature transform (0: per-dimension gains only)")
+    g.add_argument("--neck-rank", type=whole_number(0), default=0,
+                   help="head mode: rank of the meta-learned low-rank feature transform (0: per-dimension gains "
+                        "only; default: 0)")
     g = p.add_argument_group("Relation Network")
     g.add_argument("--loss", choices=("mse", "ce"), default="mse",
                    help="mse: sigmoid relation scores against one-hot targets (as Sung et al.); "
                         "ce: cross-entropy over the scores (default: mse)")
     p.add_argument("--checkpoint", metavar="FILE", help="checkpoint file (default: OUT.ckpt; removed at the end)")
-    p.add_argument("--checkpoint-every", type=int, metavar="EPISODES",
+    p.add_argument("--checkpoint-every", type=whole_number(1), metavar="EPISODES",
                    help="write the checkpoint every EPISODES training episodes (default: --val-every)")
     p.add_argument("--resume", metavar="CHECKPOINT",
-                   help="continue an interrupted run from its checkpoint (give the same options)")
+                   help="continue an interrupted run from its checkpoint (give the same options; default: "
+                        "start afresh)")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="embedding cache for frozen backbones (default: $FEWSHOT_CACHE_DIR or the user cache dir)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--out", required=True, metavar="MODEL",
-                   help="model file to write, e.g. my-model.safetensors (load it with --model)")
+    p.add_argument("--threads", type=whole_number(1), help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", required=True, metavar="MODEL.safetensors",
+                   help="model file to write (safetensors format), e.g. my-model.safetensors; load it with "
+                        "--model; checked for writability before training starts")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def config_from_args(args) -> TrainConfig:
-    weights = None
-    if args.data_weights:
-        try:
-            weights = [float(w) for w in args.data_weights.split(",")]
-        except ValueError:
-            raise DataError(f"--data-weights {args.data_weights!r}: give numbers separated by commas") from None
-        if len(weights) != len(args.data):
-            raise DataError(f"--data-weights has {len(weights)} numbers for {len(args.data)} --data sets")
+    weights = args.data_weights
+    if weights is not None and len(weights) != len(args.data):
+        raise DataError(f"--data-weights has {len(weights)} numbers for {len(args.data)} --data sets; give one "
+                        "weight per --data")
     meta_batch = args.meta_batch or (4 if args.method == "maml" and args.backbone == "conv4" else 1)
     return TrainConfig(
         method=args.method, backbone=args.backbone, data=list(args.data), data_weights=weights,
@@ -142,6 +155,7 @@ def _argv_tail() -> list[str]:
 
 
 def run(args) -> int:
+    check_writable(args.out)
     from fewshot_gui.core.training.loop import ValidationResult, meta_train  # lazy: torch, only when training
 
     bar = ProgressBar(enabled=None if not args.quiet else False)

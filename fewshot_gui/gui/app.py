@@ -72,16 +72,19 @@ def main(argv: list[str] | None = None) -> int:
     app.setApplicationName("fewshot-gui")
     app.setOrganizationName("fewshot_gui")
     win = MainWindow(cache_dir=args.cache_dir)
+    win.quiet_errors = args.screenshot is not None  # no dialog waits for a click: the error is printed
     freeze_startup_objects()
     try:
         if args.demo:
             win.set_project(demo_project())
         elif args.project is not None:
             if not win.open_project(args.project) and args.screenshot is not None:
+                print(f"fewshot-gui: error: {win.last_error}", file=sys.stderr)
                 return 1
     except FewShotError as exc:
         win.show_error(str(exc))
         if args.screenshot is not None:
+            print(f"fewshot-gui: error: {exc}", file=sys.stderr)
             return 1
     if args.screenshot is not None:
         return _screenshot(app, win, args.screenshot)

@@ -152,7 +152,8 @@ class Relation(FewShotMethod):
     def fit(self, support: np.ndarray, labels: np.ndarray, n_classes: int) -> "Relation":
         if self._net is None:
             raise DataError("the relation method needs a meta-trained relation module: pass a model "
-                            "file made by `fewshot train --method relation` (e.g. --model "
+                            "file made by `fewshot train --method relation` (for photos --model "
+                            "resources/models/caltech-lite0-relation.safetensors; for characters --model "
                             "resources/models/omniglot-conv4-relation.safetensors)")
         support = np.asarray(support, dtype=np.float32)
         labels = np.asarray(labels).astype(np.int64).ravel()
