@@ -27,7 +27,8 @@ from fewshot_gui.cli.common import UsageError, add_model_options, make_cache, re
 from fewshot_gui.cli.progress import ProgressBar
 from fewshot_gui.core.atomic import check_writable
 from fewshot_gui.core.errors import DataError, ImageLoadError
-from fewshot_gui.core.io.class_folders import ExportReport, export_class_folders, export_label_sets
+from fewshot_gui.core.io.class_folders import (UNKNOWN_FOLDER_CHOICES, ExportReport, export_class_folders,
+                                               export_label_sets)
 from fewshot_gui.core.io.images import ScanResult, open_regular_file, scan_folder
 from fewshot_gui.core.jobs import run_job
 from fewshot_gui.core.session.job import label_folder, support_from_folder
@@ -59,6 +60,9 @@ def add_parser(sub):
                         "made safe and distinct, DIR/_manifest.csv lists which class went where, and a "
                         "rerun keeps the images already there")
     p.add_argument("--link", action="store_true", help="with --export-folders: link instead of copying")
+    p.add_argument("--unknown-folder", choices=UNKNOWN_FOLDER_CHOICES, default="folder",
+                   help="with --export-folders: images that fit no class (flagged unknown, or confirmed "
+                        "\"none of these\" in the project) go into DIR/_unknown/ (folder) or are left out (skip)")
     p.add_argument("--no-refine", action="store_true",
                    help="do not refine the class prototypes over the whole query folder (transductive "
                         "refinement, used by the ProtoNet methods by default)")
@@ -102,7 +106,8 @@ def run(args) -> int:
     result.write_csv(args.out)
     if args.export_folders:
         _print_export(export_class_folders(args.export_folders, result.query_root, result.rel_paths,
-                                           result.labels, mode=_mode(args), classes=result.classes))
+                                           result.columns().outcomes(result.errors), mode=_mode(args),
+                                           classes=result.classes, unknown_folder=args.unknown_folder))
     print_summary(result, args.out)
     _print_scan_notes(query_paths, args.query)
     return 0
@@ -138,8 +143,8 @@ def _print_export(report: ExportReport) -> None:
         print(note)
 
 
-def print_summary(result, out) -> None:
-    for line in summary_lines(result, out):
+def print_summary(result, out, columns=None) -> None:
+    for line in summary_lines(result, out, columns):
         print(line)
 
 
@@ -271,16 +276,13 @@ def _run_project(args) -> int:
     for name, result in session.results.items():
         cols, trust = groups[name], session.trust.get(name)
         print(f"== label set {name!r}")
-        if cols.labels_override:
-            print(f"{len(cols.labels_override)} confirmed labels: used as examples, and written as the label")
-        # the figures of the CSV: predictions re-fitted with the confirmed labels
-        print_summary(replace(result, probs=cols.probs, extra=cols.extra,
-                              notes=trust.summary_lines() if trust is not None else []), out)
+        # the figures of the CSV: predictions re-fitted with the confirmed labels, which it counts
+        print_summary(replace(result, notes=trust.summary_lines() if trust is not None else []), out, cols)
     if args.export_folders:
-        sets = {name: ([groups[name].label_of(i) if i not in session.errors else "" for i in range(len(session.rel))],
-                       list(result.classes)) for name, result in session.results.items()}
+        sets = {name: (groups[name].outcomes(session.errors), list(result.classes))
+                for name, result in session.results.items()}
         reports = export_label_sets(args.export_folders, session.project.query_folder, session.rel, sets,
-                                    mode=_mode(args))
+                                    mode=_mode(args), unknown_folder=args.unknown_folder)
         for name, report in reports.items():
             if len(reports) > 1:
                 print(f"== export of label set {name!r}")

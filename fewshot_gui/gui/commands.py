@@ -6,19 +6,22 @@ from pathlib import Path
 
 from PySide6.QtGui import QUndoCommand
 
+from fewshot_gui.core.io.export import UNKNOWN_LABEL
 from fewshot_gui.core.session.project import ClassDef
 from fewshot_gui.gui.document import Document
 
 
 class AssignLabels(QUndoCommand):
-    """Confirm ``label`` (a class name, or None to clear) for items; optionally add them to support."""
+    """Confirm ``label`` (a class name, :data:`UNKNOWN_LABEL` for "none of these", or None to
+    clear) for items; optionally add them to the examples of their class."""
 
     def __init__(self, doc: Document, items: list[int], labels: list[str | None], add_to_support: bool = False,
                  text: str | None = None):
         n = len(items)
         lab = labels[0] if labels and all(l == labels[0] for l in labels) else None
-        super().__init__(text or (f"Label {n} image{'s' if n != 1 else ''} as {lab!r}" if lab
-                                  else f"Change labels of {n} image{'s' if n != 1 else ''}"))
+        images = f"{n} image{'s' if n != 1 else ''}"
+        super().__init__(text or (f"Mark {images} as none of these" if lab == UNKNOWN_LABEL
+                                  else f"Label {images} as {lab!r}" if lab else f"Change labels of {images}"))
         self.doc, self.items, self.labels = doc, list(items), list(labels)
         self.old = doc.confirmed_of(self.items)
         self.add_to_support = add_to_support
@@ -42,10 +45,10 @@ class AssignLabels(QUndoCommand):
 
 
 def accept_predictions(doc: Document, items: list[int]) -> AssignLabels | None:
-    """Confirm the predicted class of those ``items`` that have a prediction and no confirmed
-    label yet (None when there is none)."""
+    """Confirm the predicted class of those ``items`` that have a prediction and no verdict yet
+    (None when there is none)."""
     a = doc.arrays()
-    keep = [i for i in items if a.pred[i] >= 0 and a.confirmed[i] < 0]
+    keep = [i for i in items if a.pred[i] >= 0 and not a.reviewed[i]]
     if not keep:
         return None
     labels = [doc.class_names[a.pred[i]] for i in keep]

@@ -3,7 +3,9 @@
 Jobs: scan a query folder, label it (:func:`~fewshot_gui.core.session.runs.labeling_job`,
 streaming batches into the document), and embed new example images so predictions update
 without a new run (:func:`~fewshot_gui.core.session.runs.support_embedding_job`). After class
-or support edits, and when a job ends, the controller brings the predictions up to date.
+or support edits, and when a job ends, the controller brings the predictions up to date. After a
+scan it restores the labeled state from the embedding cache when nothing changed
+(:func:`~fewshot_gui.core.session.runs.restore_job`: nothing is embedded).
 
 :meth:`LabelController.stop` (closing the window) cancels the running job and the queued
 re-predictions without blocking, and starts no job after that.
@@ -22,7 +24,8 @@ from fewshot_gui.core.errors import FewShotError
 from fewshot_gui.core.io.images import image_extensions, scan_folder
 from fewshot_gui.core.jobs import Progress
 from fewshot_gui.core.session.model import ModelLoader
-from fewshot_gui.core.session.runs import FinishedRun, NewExamples, labeling_job, support_embedding_job
+from fewshot_gui.core.session.runs import (FinishedRun, NewExamples, NotRestored, labeling_job, restore_job,
+                                           support_embedding_job)
 from fewshot_gui.gui.document import Document
 from fewshot_gui.gui.settings import AppSettings
 from fewshot_gui.gui.workers import JobRunner
@@ -61,6 +64,7 @@ class LabelController(QObject):
     message = Signal(str)
     error = Signal(str)
     labeled = Signal(object)             # LabelResult
+    restored = Signal(object)            # LabelResult brought back from cached embeddings
     cancelled = Signal()
 
     def __init__(self, doc: Document, settings: AppSettings, cache_dir: Path | None = None, parent=None):
@@ -72,6 +76,8 @@ class LabelController(QObject):
         self.models = ModelLoader()
         self.kind = ""
         self.stopping = False  # the window is closing: no new job starts
+        self._restore_pending = False  # a scan ended: try to restore the labels when idle
+        self._label_when_idle = False  # Label was pressed during a restore, which was cancelled
         self._root: Path | None = None
         self._t0 = 0.0
         self._stage = ""
@@ -102,6 +108,14 @@ class LabelController(QObject):
     def _on_idle(self) -> None:
         self.doc.session.job_running = False
         self.busyChanged.emit(False)
+        if self._label_when_idle:
+            self._label_when_idle = False
+            self.label()
+            return
+        if self._restore_pending:
+            self._restore_pending = False
+            if self.restore():
+                return
         if not self.stopping and self.doc.session.needs_update() and not self._update.isActive():
             self._update.start()
 
@@ -155,6 +169,10 @@ class LabelController(QObject):
         if self.stopping:
             return False
         if self.busy():
+            if self.kind == "restore":  # labeling replaces restoring: it starts once the restore stopped
+                self.runner.cancel()
+                self._label_when_idle = True
+                return True
             self.error.emit("A job is running; wait for it or cancel it first.")
             return False
         if doc.project.query_folder is None:
@@ -177,6 +195,18 @@ class LabelController(QObject):
         self.kind = "label"
         self._t0 = time.perf_counter()
         return self.runner.start(job, "label")
+
+    def restore(self) -> bool:
+        """Bring back the labeled state of the active label set from cached embeddings (a job that
+        embeds nothing; it says so in the status bar when something changed) of a project opened
+        from a file. False when not started."""
+        if self.stopping or self.busy() or self.doc.state is not None or self.doc.project.path is None:
+            return False
+        job = restore_job(self.doc.session, self.models, device=self.settings.device_arg(), cache_dir=self.cache_dir)
+        if job is None:
+            return False
+        self.kind = "restore"
+        return self.runner.start(job, "restore")
 
     def switch_label_set(self, name: str) -> bool:
         """Show another label set; its predictions come from the embeddings already computed."""
@@ -242,6 +272,7 @@ class LabelController(QObject):
             self.doc.set_query(self._root, list(value))
             if value:
                 self.message.emit(f"{len(value):,} images in {self._root}")
+                self._restore_pending = True
             else:
                 self.error.emit(no_images_text(self._root, len(getattr(value, "unreadable_folders", ())),
                                                len(getattr(value, "export_folders", ()))))
@@ -254,6 +285,12 @@ class LabelController(QObject):
                               + (f"; {n_err} could not be read (filter \u201cFailed\u201d)" if n_err else "")
                               + (f"; {len(result.support_errors)} example images skipped" if result.support_errors else ""))
             self.labeled.emit(result)
+        elif self.kind == "restore" and isinstance(value, FinishedRun) and self.doc.state is None:
+            self.doc.apply_result(value.result, value.run, value.label_set)
+            self.message.emit(f"Restored the labels of {value.result.n_ok:,} images from cached embeddings.")
+            self.restored.emit(value.result)
+        elif self.kind == "restore" and isinstance(value, NotRestored):
+            self.message.emit(value.reason)
         elif self.kind == "support" and isinstance(value, NewExamples):
             self.doc.session.add_support_features(value.paths, value.features, value.errors)
             if value.errors:
@@ -263,10 +300,15 @@ class LabelController(QObject):
 
     def _on_failed(self, exc: BaseException) -> None:
         self._job_ended()
+        if self.kind == "restore":  # Label says it again, with the same reason, when pressed
+            self.message.emit(f"Could not restore the labels: {failure_text(exc)}")
+            return
         self.error.emit(failure_text(exc))
 
     def _on_cancelled(self) -> None:
         self._job_ended()
+        if self.kind == "restore":
+            return
         n = int(self.doc.arrays().done.sum())
         self.message.emit(f"Cancelled; kept the {n:,} images labeled so far." if self.kind == "label" else "Cancelled.")
         self.cancelled.emit()

@@ -137,8 +137,8 @@ class DetailsPanel(QWidget):
             self.title.setText("")
             self.verdict.setText("")
             self.bars.set_rows([])
-            self.info.setText("Keys: 1\u20139 label the selection, Enter accepts the prediction, 0 clears, "
-                              "Ctrl+Z undoes.")
+            self.info.setText("Keys: 1\u20139 label the selection, Enter accepts the prediction, N none of "
+                              "these, 0 clears, Ctrl+Z undoes.")
             self.error.setText("")
             return
         path = doc.paths[i]
@@ -151,6 +151,9 @@ class DetailsPanel(QWidget):
         self.bars.set_rows([(name, p, colors.get(name, QColor("gray")), name == confirmed) for name, p in probs])
         if a.failed[i]:
             self.verdict.setText("Could not be labeled.")
+        elif a.none_of_these[i]:
+            pred = f" (the model says {doc.class_names[a.pred[i]]}, {a.conf[i]:.0%})" if a.pred[i] >= 0 else ""
+            self.verdict.setText(f"Confirmed: <b>none of these</b>{pred}")
         elif confirmed:
             pred = doc.class_names[a.pred[i]] if a.pred[i] >= 0 else None
             extra = "" if pred in (None, confirmed) else f" (the model says {pred}, {a.conf[i]:.0%})"

@@ -19,8 +19,10 @@ SHORTCUTS = [
     ("Ctrl+L", "Label the query folder"),
     ("Esc", "Cancel the running job"),
     ("1 \u2013 9", "Label the selected images as class 1 \u2013 9"),
+    ("N", "None of these: the selected images fit no class"),
     ("0", "Clear the confirmed label of the selected images"),
     ("Enter", "Accept the predictions of the selected images"),
+    ("Ctrl+R", "Re-sort (the tiles keep their places while you review)"),
     ("Ctrl+Z", "Undo"),
     ("Ctrl+Shift+Z", "Redo"),
     ("Ctrl+A", "Select all shown images"),
@@ -125,6 +127,9 @@ class ExportFoldersDialog(QDialog):
         g = QButtonGroup(self)
         g.addButton(self.copy)
         g.addButton(self.link)
+        self.unknown = QCheckBox("Put images that fit no class (flagged unknown or \u201cnone of these\u201d) "
+                                 "into _unknown/ (unchecked: leave them out)")
+        self.unknown.setChecked(True)
         bb = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
         bb.accepted.connect(self.accept)
         bb.rejected.connect(self.reject)
@@ -132,11 +137,17 @@ class ExportFoldersDialog(QDialog):
         lay.addWidget(QLabel(f"Into {html.escape(target)}/&lt;class&gt;/"))
         lay.addWidget(self.copy)
         lay.addWidget(self.link)
+        lay.addWidget(self.unknown)
         lay.addWidget(bb)
 
     @property
     def mode(self) -> str:
         return "link" if self.link.isChecked() else "copy"
+
+    @property
+    def unknown_folder(self) -> str:
+        """``"folder"`` (into ``_unknown/``) or ``"skip"``, as the core's class-folder export takes it."""
+        return "folder" if self.unknown.isChecked() else "skip"
 
 
 class SummaryDialog(QDialog):

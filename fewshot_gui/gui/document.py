@@ -28,6 +28,7 @@ class Document(QObject):
     queryChanged = Signal()              # the list of query images changed
     predictionsChanged = Signal(object)  # np.ndarray of item indices, or None for all
     confirmedChanged = Signal(object)    # list of item indices
+    runChanged = Signal()                # a labeling run started or its result arrived
     dirtyChanged = Signal(bool)
     message = Signal(str)
 
@@ -41,6 +42,7 @@ class Document(QObject):
         ev.query_changed.connect(self.queryChanged.emit)
         ev.predictions_changed.connect(self.predictionsChanged.emit)
         ev.confirmed_changed.connect(self.confirmedChanged.emit)
+        ev.run_changed.connect(self.runChanged.emit)
         ev.dirty_changed.connect(self.dirtyChanged.emit)
         ev.message.connect(self.message.emit)
 
@@ -84,6 +86,11 @@ class Document(QObject):
     @property
     def trust_now(self) -> Trust | None:
         return self.session.trust_now
+
+    @property
+    def unknown_threshold(self) -> float | None:
+        """The unknown-score threshold chosen (None: the calibrated default)."""
+        return self.session.unknown_threshold
 
     @property
     def repredicting(self) -> bool:

@@ -395,7 +395,7 @@ class MainWindow(QMainWindow):
         if not dlg.exec():
             return
         try:
-            counts, notes = export_folders(self.doc.session, Path(d), dlg.mode)
+            counts, notes = export_folders(self.doc.session, Path(d), dlg.mode, dlg.unknown_folder)
         except FewShotError as exc:
             self.show_error(str(exc))
             return

@@ -1,7 +1,8 @@
 """The query images as a Qt list model, sorted and filtered with numpy.
 
 Sorting and filtering are computed on whole arrays (fast at 10,000+ images) instead of a per-row
-Python ``lessThan``. Rows can be dragged onto a class as :data:`MIME_ITEMS` (item indices) and as
+Python ``lessThan``. Images with a verdict (a confirmed class or "none of these") sort after the
+ones still to review; the "unknown" filter shows both the flagged and the confirmed unknowns. Rows can be dragged onto a class as :data:`MIME_ITEMS` (item indices) and as
 file URLs.
 """
 
@@ -60,6 +61,8 @@ class QueryModel(QAbstractListModel):
             tip = self.doc.rel[i]
             if a.failed[i]:
                 tip += f"\nfailed: {self.doc.errors.get(i, '')}"
+            elif a.none_of_these[i]:
+                tip += "\nnone of these (confirmed: fits no class)"
             elif lab >= 0:
                 name = self.doc.class_names[lab]
                 tip += f"\n{name} ({'confirmed' if a.confirmed[i] >= 0 else f'{a.conf[i]:.0%}'})"
@@ -118,11 +121,11 @@ class QueryModel(QAbstractListModel):
         a = doc.arrays()
         idx = np.arange(n)
         label = a.label
-        conf = np.where(a.confirmed >= 0, 2.0, np.nan_to_num(a.conf, nan=1.5))
+        conf = np.where(a.reviewed, 2.0, np.nan_to_num(a.conf, nan=1.5))
         if self.sort_key == "name":
             order = idx
         else:
-            group = np.where(a.failed, 3, np.where(a.confirmed >= 0, 2, np.where(a.done, 0, 1)))
+            group = np.where(a.failed, 3, np.where(a.reviewed, 2, np.where(a.done, 0, 1)))
             if self.sort_key == "rank" and a.rank.any():
                 rank = np.where(a.rank > 0, a.rank, 1 << 30)
                 order = np.lexsort((idx, conf, rank, group))
@@ -140,13 +143,13 @@ class QueryModel(QAbstractListModel):
         elif kind == "failed":
             keep = a.failed.copy()  # the find text narrows `keep` in place
         elif kind == "confirmed":
-            keep = a.confirmed >= 0
+            keep = a.reviewed.copy()
         elif kind == "unconfirmed":
-            keep = a.done & ~a.failed & (a.confirmed < 0)
+            keep = a.done & ~a.failed & ~a.reviewed
         elif kind == "class":
             keep = label == k
         elif kind == "unknown":
-            keep = a.unknown.copy()
+            keep = a.unknown | a.none_of_these
         if self.find_text:
             if self._lower is None or len(self._lower) != n:
                 self._lower = [r.lower() for r in doc.rel]
@@ -161,5 +164,5 @@ class QueryModel(QAbstractListModel):
         return int(self._uncertain(self.doc.arrays()).sum())
 
     def _uncertain(self, a) -> np.ndarray:
-        """Labeled, not failed, not confirmed, and less confident than the threshold."""
-        return a.done & ~a.failed & (a.confirmed < 0) & (np.nan_to_num(a.conf, nan=1.0) < self.threshold)
+        """Labeled, not failed, without a verdict, and less confident than the threshold."""
+        return a.done & ~a.failed & ~a.reviewed & (np.nan_to_num(a.conf, nan=1.0) < self.threshold)

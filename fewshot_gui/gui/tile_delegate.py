@@ -103,6 +103,11 @@ class TileDelegate(QStyledItemDelegate):
             p.fillRect(band, QColor(200, 50, 50))
             p.setPen(Qt.GlobalColor.white)
             p.drawText(text_rect, left, "failed")
+        elif a.none_of_these[i]:  # a person's verdict: fits no class
+            p.fillRect(band, QColor(90, 90, 90))
+            p.setPen(Qt.GlobalColor.white)
+            p.drawText(text_rect, Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight, "\u2713")
+            p.drawText(text_rect, left, "none of these")
         elif lab >= 0:
             unknown = bool(a.unknown[i])
             bcol = QColor(120, 120, 120) if unknown else col

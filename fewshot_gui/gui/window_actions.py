@@ -33,6 +33,9 @@ class WindowActions:
     help: QAction
     about: QAction
     review: QAction
+    none_of_these: QAction
+    clear_label: QAction
+    resort: QAction
 
 
 def build_actions(win: QMainWindow) -> WindowActions:
@@ -74,15 +77,24 @@ def build_actions(win: QMainWindow) -> WindowActions:
         redo=redo,
         label=act("&Label", win.label, "Ctrl+L", "Label the query folder from the examples"),
         cancel=act("Cancel", win.controller.cancel, "Esc", "Stop the running job"),
-        accept=act("&Accept predictions", lambda: win.accept(grid.selected_items()), None,
-                   "Confirm the predicted class of the selected images (Enter)"),
+        accept=act("&Accept predictions", grid.accept_selected, None,
+                   "Confirm the predicted class of the selected images, then go to the next image to review (Enter)"),
         add_corrections=add_corrections,
         find=act("&Find\u2026", lambda: (grid.find.setFocus(), grid.find.selectAll()), K.Find),
         select_all=act("Select &all", lambda: grid.view.selectAll(), K.SelectAll),
         settings=act("Se&ttings\u2026", win.open_settings, "Ctrl+,"),
         help=act("&Keyboard shortcuts", win.show_help, K.HelpContents),
         about=act("&About", win.about),
-        review=act("Review queue", lambda: grid.set_sort("review"), None, "Sort by confidence, lowest first"),
+        review=act("Review queue", grid.review_queue, None,
+                   "Walk the images in review order, most useful first: 1\u20139 label, Enter accepts, "
+                   "N none of these; each moves on to the next image to review"),
+        none_of_these=act("&None of these\tN", grid.none_of_these_selected, None,
+                          "The selected images fit none of the classes (exported into _unknown/), then go to "
+                          "the next image to review (N)"),
+        clear_label=act("&Clear confirmed label\t0", lambda: grid.assign_selected(None), None,
+                        "Forget the verdict on the selected images (0)"),
+        resort=act("&Re-sort", grid.resort, "Ctrl+R",
+                   "Apply the sort and filter again (the tiles keep their places while you review)"),
     )
 
 
@@ -95,7 +107,8 @@ def build_menus(win: QMainWindow, a: WindowActions) -> QMenu:
         ("&File", [a.new, a.open, recent, a.save, a.save_as, None, a.query, None, a.export, a.export_folders,
                    None, a.quit]),
         ("&Edit", [a.undo, a.redo, None, a.select_all, a.find, None, a.settings]),
-        ("&Labels", [a.label, a.cancel, None, a.accept, a.add_corrections, None]),
+        ("&Labels", [a.label, a.cancel, None, a.review, a.accept, a.none_of_these, a.clear_label,
+                     a.add_corrections, None]),
         ("&View", []),
         ("&Help", [a.help, a.about]),
     ]
@@ -111,6 +124,8 @@ def build_menus(win: QMainWindow, a: WindowActions) -> QMenu:
     menus["&Labels"].addAction("Add class\u2026", win.classes.new_class)
     menus["&Labels"].addAction("New label set\u2026", win.classes.new_label_set)
     view = menus["&View"]
+    view.addAction(a.resort)
+    view.addSeparator()
     group = QActionGroup(win)
     for key, text in SORTS:
         group.addAction(view.addAction(f"Sort: {text}", lambda _=False, k=key: win.grid.set_sort(k)))

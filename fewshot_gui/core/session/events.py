@@ -40,6 +40,9 @@ class SessionEvents:
         self.predictions_changed = Event()
         #: ``(items)``: confirmed labels of these query images changed (list of indices)
         self.confirmed_changed = Event()
+        #: a labeling run of the active label set started, or its result (or a restored one)
+        #: arrived: the order a view holds during review may be recomputed
+        self.run_changed = Event()
         #: ``(dirty)``: the project has (or no longer has) unsaved changes
         self.dirty_changed = Event()
         #: ``(text)``: a one-line status message for the user

@@ -354,6 +354,8 @@ class LabelingSession:
         self.states[name] = LabelState(list(classes), np.full((len(self.paths), len(classes)), np.nan, np.float32))
         self.trust.pop(name, None)
         self.errors = {}
+        if name == self.project.active_label_set:
+            self.events.run_changed.emit()
         self._changed(None)
 
     def apply_batch(self, batch: LabelBatch, notify: bool = True, label_set: str | None = None) -> np.ndarray:
@@ -391,6 +393,7 @@ class LabelingSession:
             self.trust.pop(name, None)
         self.results[name] = result
         if name == self.project.active_label_set:
+            self.events.run_changed.emit()
             self._changed(None)
         if self.project.get_label_set(name).confirmed:
             self.repredict(name)
