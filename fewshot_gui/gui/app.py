@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fewshot_gui.core.errors import FewShotError
 from fewshot_gui.core.session.demo import demo_project, run_demo
+from fewshot_gui.core.session.project import Project
 
 # Worker threads run Python too; a short GIL switch interval keeps the GUI thread's many short
 # Python callbacks (painting tiles) from each waiting up to 5 ms for the GIL.
@@ -56,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.screenshot is not None and not has_display():
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    if args.screenshot is not None and args.project is not None:
+        try:  # a missing or corrupt project ends the run at once, before Qt and torch load
+            Project.load(args.project)
+        except FewShotError as exc:
+            print(f"fewshot-gui: error: {exc}", file=sys.stderr)
+            return 1
     if not has_display():
         print("fewshot-gui: no display found (DISPLAY / WAYLAND_DISPLAY unset), so the window cannot open.\n"
               "Running the headless demo instead; use `fewshot label` for your own folders, or "
