@@ -85,6 +85,25 @@ def test_device_names_in_any_letter_case(text, device):
     assert args.device == device
 
 
+@pytest.mark.parametrize("gpus, device, words", [
+    (0, "cuda", "--device cuda: no CUDA device is available on this machine; use --device cpu"),
+    (0, "cuda:0", "--device cuda:0: no CUDA device is available"),
+    (1, "cuda:1", "--device cuda:1: this machine has 1 CUDA device (cuda:0); give one of those, or cpu"),
+    (2, "cuda:2", "--device cuda:2: this machine has 2 CUDA devices (cuda:0 to cuda:1)"),
+])
+def test_a_cuda_device_the_machine_lacks_is_refused_before_any_work(folders, tmp_path, capsys, monkeypatch,
+                                                                    gpus, device, words):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    support, query = folders
+    model = REPO / "resources" / "models" / "omniglot-conv4-protonet.safetensors"
+    rc = main(["label", "--support", str(support), "--query", str(query), "--out", str(tmp_path / "o.csv"),
+               "--model", str(model), "--device", device, "--no-cache"])
+    err = capsys.readouterr().err
+    assert rc == 1 and f"fewshot: error: {words}" in err and "Traceback" not in err
+    assert not (tmp_path / "o.csv").exists()
+
+
 def test_an_unknown_option_gets_the_sub_commands_usage(capsys):
     err = _usage_error(capsys, ["label", "--bogus", "x"])
     _sub_usage(err, "label")

@@ -3,7 +3,8 @@
 The ``type=`` functions turn an option's text into its value or raise
 :class:`argparse.ArgumentTypeError` with a message saying what is wanted, so that argparse
 reports the mistake with the sub-command's usage line and exit code 2 instead of a failure
-deep inside the work. :class:`DefaultsHelpFormatter` shows every option's default.
+deep inside the work; :func:`check_device` refuses a CUDA device this machine does not have
+before the work starts. :class:`DefaultsHelpFormatter` shows every option's default.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import argparse
 import math
 import re
 from typing import Callable
+
+from fewshot_gui.core.errors import ConfigError
 
 _CUDA_INDEX = re.compile(r"cuda:\d+")
 _GPU_WORDS = {"gpu", "nvidia", "cuda0", "gpu0"}
@@ -129,3 +132,19 @@ def show_defaults(parser: argparse.ArgumentParser) -> None:
     """Make ``parser`` show every option's default in its help (keeping a raw description raw)."""
     raw = issubclass(parser.formatter_class, argparse.RawDescriptionHelpFormatter)
     parser.formatter_class = RawDescriptionDefaultsHelpFormatter if raw else DefaultsHelpFormatter
+
+
+def check_device(device: str | None) -> None:
+    """Raise :class:`ConfigError` before any work when a CUDA ``device`` is not on this machine."""
+    if device is None or not device.startswith("cuda"):
+        return
+    import torch  # only when a CUDA device is asked for
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.partition(":")[2] or 0)
+    if count == 0:
+        raise ConfigError(f"--device {device}: no CUDA device is available on this machine; use --device cpu "
+                          "(or leave the option out)")
+    if index >= count:
+        raise ConfigError(f"--device {device}: this machine has {count} CUDA device{'s' if count != 1 else ''} "
+                          f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}); give one of those, or cpu")

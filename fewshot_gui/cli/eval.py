@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from fewshot_gui.cli.arguments import whole_number
+from fewshot_gui.cli.arguments import check_device, whole_number
 from fewshot_gui.cli.common import add_model_options, make_cache, resolve_model
 from fewshot_gui.cli.label import check_relation_model
 from fewshot_gui.cli.progress import ProgressBar
@@ -39,6 +39,7 @@ def run(args) -> int:
     from fewshot_gui.core.episodes.evaluate import evaluate_dataset  # lazy: torch, only when evaluating
 
     check_relation_model(args)
+    check_device(args.device)
     dataset = open_data_spec(args.data)
     backbone, method = resolve_model(args)
     bar = ProgressBar()

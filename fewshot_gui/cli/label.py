@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from fewshot_gui.cli.arguments import finite_or_inf
+from fewshot_gui.cli.arguments import check_device, finite_or_inf
 from fewshot_gui.cli.common import UsageError, add_model_options, make_cache, resolve_model
 from fewshot_gui.cli.progress import ProgressBar
 from fewshot_gui.core.atomic import check_writable
@@ -86,6 +86,7 @@ def run(args) -> int:
         if not d.is_dir():
             raise UsageError(f"--{flag} {d}: no such folder; give a folder that exists")
     check_relation_model(args)
+    check_device(args.device)
     _check_export_target(args.export_folders, args.query, args.support)
     support = support_from_folder(args.support)
     if len(support) == 1:
@@ -255,6 +256,7 @@ def _run_project(args) -> int:
         raise UsageError(f"{', '.join(ignored)}: not used with --project, whose file names the examples, the "
                          "query folder and the model; open the project in the app to change them, or label "
                          "folders with --support, --query and --out instead")
+    check_device(args.device)
     project = Project.load(args.project)
     check_project_paths(project, args.project)
     out = args.out or args.project.with_suffix(".csv")
