@@ -19,3 +19,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".[test]"
   touch "$stamp"
 fi
+# The window (Qt's xcb platform plugin) needs one system library beyond a bare Linux desktop;
+# the command line and the tests (offscreen) work without it.
+if [ "$(uname -s)" = "Linux" ] && command -v ldconfig >/dev/null 2>&1 \
+    && ! ldconfig -p 2>/dev/null | grep -q "libxcb-cursor\.so\.0"; then
+  echo "note: the app window needs the system package libxcb-cursor0 (Debian/Ubuntu: sudo apt-get install libxcb-cursor0);" >&2
+  echo "      the fewshot command line and the tests run without it" >&2
+fi
