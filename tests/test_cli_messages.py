@@ -356,6 +356,20 @@ def test_a_project_file_moved_without_its_folders(project_dir, tmp_path, capsys)
     assert f"relative to the project file's folder ({elsewhere})" in err
 
 
+def test_project_with_a_moved_model_file_names_the_setting(project_dir, tmp_path, capsys):
+    model = project_dir / "chars.safetensors"
+    shutil.copy(REPO / "resources" / "models" / "omniglot-conv4-protonet.safetensors", model)
+    pfile = project_dir / "p.fewshot.json"
+    project = Project.load(pfile)
+    project.model_file = model
+    project.save(pfile)
+    model.rename(project_dir / "moved.safetensors")
+    assert _label_project(pfile, tmp_path) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"fewshot: error: {pfile}: the model file {model} (setting \"model_file\") does not exist; "
+                          f"paths in a project are relative to the project file's folder ({project_dir})")
+
+
 def test_project_with_moved_examples_names_the_class_and_the_setting(project_dir, tmp_path, capsys):
     pfile = project_dir / "p.fewshot.json"
     gone = sorted((project_dir / "support" / "class1").iterdir())

@@ -6,8 +6,8 @@ query folder it must be a new ``.csv`` file or a labels CSV written before. ``--
 must not be the query folder itself nor lie in the support folder; an export inside the query
 folder is left out of the scan. Both must be writable (:func:`~fewshot_gui.core.atomic.check_writable`).
 
-A project's paths are relative to the project file's folder: a query folder or example images
-that are not there any more are reported naming the project file and the setting before any
+A project's paths are relative to the project file's folder: a query folder, model file or example
+images that are not there any more are reported naming the project file and the setting before any
 work. A support set of one class is labeled with a warning (every image gets that class).
 """
 
@@ -309,8 +309,8 @@ RELATIVE_NOTE = "paths in a project are relative to the project file's folder"
 
 
 def check_project_paths(project: Project, project_file: Path) -> None:
-    """Before any work: a query folder that is not there is an error; example images that are
-    not there are an error when a class has none left, else a warning. Each message names the
+    """Before any work: a query folder or model file that is not there is an error; example
+    images that are not there are an error when a class has none left, else a warning. Each message names the
     project file and the setting, and says how the paths are read."""
     folder = project_file.resolve().parent
     where = f"{project_file}: "
@@ -320,6 +320,10 @@ def check_project_paths(project: Project, project_file: Path) -> None:
         raise DataError(f"{where}the query folder {query} (setting \"query_folder\") {state}; {RELATIVE_NOTE} "
                         f"({folder}). Move the folder back, or open the project in the app and choose the query "
                         "folder again")
+    model = project.model_file
+    if model is not None and str(model) != "auto" and not os.path.lexists(model):
+        raise DataError(f"{where}the model file {model} (setting \"model_file\") does not exist; {RELATIVE_NOTE} "
+                        f"({folder}). Move the file back, or open the project in the app and choose the model again")
     empty, partly = [], []
     for ls in project.label_sets:
         for cls in ls.classes:
