@@ -257,3 +257,29 @@ def test_an_export_inside_the_query_folder_is_not_scanned(tmp_path):
     # an export of several label sets inside the query folder is left out too
     export_label_sets(q / "sets", q, rels, {"s1": (["x"] * 3, ["x"]), "s2": (["y"] * 3, ["y"])})
     assert [p.relative_to(q).as_posix() for p in scan_folder(q)] == rels
+
+
+def test_images_that_fit_no_class_go_to_the_unknown_folder_or_are_left_out(tmp_path):
+    from fewshot_gui.core.io.export import UNKNOWN_LABEL
+
+    q = _query(tmp_path / "q", ["a.png", "b.png", "c.png"])
+    labels = ["cat", UNKNOWN_LABEL, ""]
+    report = export_class_folders(tmp_path / "out", q, ["a.png", "b.png", "c.png"], labels, classes=["cat", "dog"])
+    assert (tmp_path / "out" / UNKNOWN_LABEL / "b.png").is_file() and (tmp_path / "out" / "cat" / "a.png").is_file()
+    assert report.counts == {"cat": 1, UNKNOWN_LABEL: 1} and report.unknown == 1
+    assert any("1 images that fit no class" in n and f"{UNKNOWN_LABEL}/" in n for n in report.notes())
+    manifest = {r["class"]: r for r in read_csv(tmp_path / "out" / MANIFEST_NAME)}
+    assert manifest[UNKNOWN_LABEL]["folder"] == UNKNOWN_LABEL and manifest[UNKNOWN_LABEL]["images"] == "1"
+    skipped = export_class_folders(tmp_path / "skip", q, ["a.png", "b.png", "c.png"], labels, unknown_folder="skip")
+    assert not (tmp_path / "skip" / UNKNOWN_LABEL).exists() and skipped.unknown_left_out == 1
+    assert skipped.counts == {"cat": 1} and any("left out" in n for n in skipped.notes())
+    assert UNKNOWN_LABEL not in {r["class"] for r in read_csv(tmp_path / "skip" / MANIFEST_NAME)}
+    # a class whose name folds onto the reserved one keeps a folder of its own
+    other = export_class_folders(tmp_path / "fold", q, ["a.png", "b.png"], ["_Unknown", UNKNOWN_LABEL])
+    assert len({other.folders["_Unknown"].casefold(), other.folders[UNKNOWN_LABEL].casefold()}) == 2
+    with pytest.raises(ExportError, match="'folder' or 'skip'"):
+        export_class_folders(tmp_path / "x", q, ["a.png"], ["cat"], unknown_folder="elsewhere")
+    sets = export_label_sets(tmp_path / "sets", q, ["a.png", "b.png"],
+                             {"s1": (["cat", UNKNOWN_LABEL], ["cat"]), "s2": ([UNKNOWN_LABEL, "x"], ["x"])},
+                             unknown_folder="skip")
+    assert sets["s1"].unknown_left_out == 1 and sets["s2"].counts == {"x": 1}

@@ -77,3 +77,27 @@ def test_csv_write_replaces_atomically(tmp_path, monkeypatch):
 
 def test_relative_posix(tmp_path):
     assert relative_posix([tmp_path / "a" / "b.png"], tmp_path) == ["a/b.png"]
+
+
+def test_confirmed_and_predicted_columns_and_the_confidence_of_the_final_label(tmp_path):
+    from fewshot_gui.core.io.export import UNKNOWN_LABEL
+
+    probs = np.array([[0.7, 0.3], [0.6, 0.4], [0.2, 0.8], [np.nan, np.nan]])
+    cols = LabelColumns(["cat", "dog"], probs, extra={"unknown": [False, False, True, None]},
+                        labels_override={1: "dog", 2: UNKNOWN_LABEL})
+    out = write_csv(tmp_path / "c.csv", ["a.png", "b.png", "c.png", "d.png"], {3: "cannot read"}, cols)
+    with open(out, newline="", encoding="utf-8") as fh:
+        header = next(csv.reader(fh))
+    assert header == ["path", "label", "confidence", "margin", "error", "p_cat", "p_dog", "unknown",
+                      "confirmed", "predicted"]
+    a, b, c, d = read_csv(out)
+    assert (a["label"], a["confirmed"], a["predicted"], float(a["confidence"])) == ("cat", "0", "cat", 0.7)
+    # confirmed: the person's label, the model's probability of it, the model's own guess beside it
+    assert (b["label"], b["confirmed"], b["predicted"], float(b["confidence"])) == ("dog", "1", "cat", 0.4)
+    assert float(b["margin"]) == pytest.approx(0.2)
+    assert (c["label"], c["confirmed"], c["predicted"], c["confidence"]) == (UNKNOWN_LABEL, "1", "dog", "")
+    assert (d["label"], d["confirmed"], d["predicted"], d["error"]) == ("", "0", "", "cannot read")
+    # where each row goes in a class-folder export: confirmed label, else _unknown when flagged, else the guess
+    assert cols.outcomes({3}) == ["cat", "dog", UNKNOWN_LABEL, ""]
+    assert LabelColumns(["cat", "dog"], probs, extra={"unknown": [True, False, False, None]}).outcomes({3}) == \
+        [UNKNOWN_LABEL, "cat", "dog", ""]

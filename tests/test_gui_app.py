@@ -421,6 +421,9 @@ def test_recent_projects_menu_and_dialogs(qtbot, win, data, tmp_path):
     h = HelpDialog(win)
     keys = [h.findChild(type(h).__mro__[0], None)]  # dialog built
     assert any(k == "1 \u2013 9" for k, _ in SHORTCUTS) and keys
+    assert any(k == "N" and "None of these" in v for k, v in SHORTCUTS)  # the "none of these" key
+    menu_texts = [a.text() for m in win.menuBar().actions() for a in m.menu().actions()]
+    assert "&None of these\tN" in menu_texts and "&Re-sort" in menu_texts
     s = SettingsDialog(win.settings, [TINY], win)
     s.thumb.setValue(160)
     s.threshold.setValue(0.7)

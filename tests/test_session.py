@@ -62,6 +62,7 @@ class ManualExecutor:
 def labeled_session(tmp_path: Path, model_file: Path | None = None, executor=None) -> tuple[LabelingSession, object]:
     """The demo project labeled once (its only label set), as the app does it."""
     project = demo_project()
+    project.backbone = "efficientnet-lite0"  # the demo opens on "auto"; these runs name their model
     project.model_file = model_file
     session = LabelingSession(project, executor=executor)
     session.set_query(project.query_folder, scan_folder(project.query_folder))
@@ -227,3 +228,67 @@ sys.exit(1 if qt else 0)
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "out.csv").read_text().splitlines()[0].startswith("path,label,")
+
+
+def test_none_of_these_is_a_reserved_label_never_a_class_nor_an_example(tmp_path):
+    import json
+
+    from fewshot_gui.core.errors import ProjectFileError
+    from fewshot_gui.core.io.export import UNKNOWN_LABEL
+    from fewshot_gui.core.session.examples import training_examples
+    from fewshot_gui.core.session.project import ClassDef, LabelSet, Project
+
+    ls = LabelSet("labels")
+    with pytest.raises(ValueError, match="reserved"):
+        ls.add_class(UNKNOWN_LABEL)
+    session = LabelingSession(Project(label_sets=[ls]))
+    with pytest.raises(ValueError, match="reserved"):
+        session.insert_class(0, ClassDef(UNKNOWN_LABEL))
+    session.insert_class(0, ClassDef("a", support=[tmp_path / "a.png"]))
+    with pytest.raises(ValueError, match="reserved"):
+        session.rename_class("a", UNKNOWN_LABEL)
+    # a project file naming a class so is refused, naming the file and what to do
+    data = Project(label_sets=[LabelSet("s", [ClassDef(UNKNOWN_LABEL)])]).to_dict(tmp_path)
+    f = tmp_path / "bad.fewshot.json"
+    f.write_text(json.dumps(data))
+    with pytest.raises(ProjectFileError, match="rename the class") as ei:
+        Project.load(f)
+    assert str(f) in str(ei.value)
+    # a confirmed "none of these" is kept by the file and never becomes an example
+    ls = LabelSet("labels", [ClassDef("a", support=[tmp_path / "s.png"]), ClassDef("b", support=[tmp_path / "t.png"])],
+                  confirmed={"q0.png": UNKNOWN_LABEL, "q1.png": "b"})
+    saved = Project(label_sets=[ls]).save(tmp_path / "ok.fewshot.json")
+    assert Project.load(saved).confirmed == {"q0.png": UNKNOWN_LABEL, "q1.png": "b"}
+    feats = {str(tmp_path / "s.png"): np.ones(4, np.float32), str(tmp_path / "t.png"): np.zeros(4, np.float32)}
+    query = np.arange(8, dtype=np.float32).reshape(2, 4)
+    xs, ys, paths = training_examples(ls, lambda p: feats.get(str(p)), [tmp_path / "q0.png", tmp_path / "q1.png"],
+                                      query, {"q0.png": 0, "q1.png": 1}, set())
+    assert list(ys) == [0, 1, 1] and paths[-1].endswith("q1.png")
+
+
+def test_unknown_threshold_and_view_are_kept_in_the_project_settings(tmp_path):
+    import json
+
+    from fewshot_gui.core.session.project import Project
+    from fewshot_gui.core.session.view import save_view, saved_view
+
+    session = LabelingSession(Project())
+    seen: list = []
+    session.events.predictions_changed.connect(seen.append)
+    session.set_unknown_threshold(0.125)
+    assert session.dirty and seen == [None] and session.project.settings["unknown_threshold"] == 0.125
+    save_view(session.project.settings, "rank", "class", "cats")
+    f = session.project.save(tmp_path / "v.fewshot.json")
+    again = LabelingSession(Project.load(f))
+    assert again.unknown_threshold == 0.125 and saved_view(again.project.settings) == ("rank", "class", "cats")
+    again.set_unknown_threshold(None)
+    assert "unknown_threshold" not in again.project.settings
+    save_view(again.project.settings, "name", "all")
+    assert saved_view(again.project.settings) == ("name", "all", None)
+    # values that cannot be used are dropped with a warning each
+    data = json.loads(f.read_text())
+    data["settings"].update({"unknown_threshold": "high", "sort": "colour", "filter": 3, "filter_class": []})
+    f.write_text(json.dumps(data))
+    bad = Project.load(f)
+    assert not {"unknown_threshold", "sort", "filter", "filter_class"} & set(bad.settings)
+    assert len(bad.warnings) == 4 and all(str(f) in w for w in bad.warnings)

@@ -121,7 +121,7 @@ def restore_job(session: LabelingSession, loader: ModelLoader, label_set: str | 
 
     def make(token: CancelToken) -> Generator[Any, None, FinishedRun | NotRestored]:
         yield Progress("restoring labels", 0, 0)
-        backbone, method = loader.load(project, device)
+        backbone, method = loader.load(project, device, cache_dir)
         if getattr(method, "input_kind", "features") != "features":
             return NotRestored(f"{method.name} adapts on the images themselves; press Label to label")
         cache = EmbeddingCache(cache_dir, backbone.key)
@@ -129,8 +129,10 @@ def restore_job(session: LabelingSession, loader: ModelLoader, label_set: str | 
         wanted = [p for ps in support.values() for p in ps] + paths
         found = cache.lookup(wanted)
         missing = [wanted[i] for i in range(len(wanted)) if i not in found]
-        if len(missing) > MAX_PROBED or any(_readable(p, backbone) for p in missing):
-            return NotRestored(f"{len(missing):,} images are not in the embedding cache; press Label to label")
+        n = len(missing) if len(missing) > MAX_PROBED else sum(_readable(p, backbone) for p in missing)
+        if n:
+            return NotRestored(f"{n:,} image{' is' if n == 1 else 's are'} not in the embedding cache "
+                               "(new or changed since the last run); press Label to label")
         token.raise_if_cancelled()
         result = yield from label_folder(support, root, paths, backbone=backbone, method=method, cache=cache,
                                          cancel=token)
