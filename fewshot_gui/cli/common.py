@@ -1,18 +1,28 @@
 """What the sub-commands share: the usage error, and the backbone / model file / method / cache
-options with what they resolve to."""
+options with what they resolve to.
+
+``--backbone auto`` (or ``--model auto``) lets ``fewshot label`` choose the model on the
+``--support`` examples (:func:`fewshot_gui.core.models.auto.choose_model`) and print which and
+why; sub-commands without support examples refuse it with a usage error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from fewshot_gui.cli.arguments import device_name, whole_number
 from fewshot_gui.core.embed.backbones import DEFAULT_BACKBONE
 from fewshot_gui.core.embed.cache import EmbeddingCache
-from fewshot_gui.core.models.choice import DEFAULT_METHOD
+from fewshot_gui.cli.progress import ProgressBar
+from fewshot_gui.core.models.choice import AUTO, DEFAULT_METHOD, is_auto, resolve_auto
 from fewshot_gui.core.models.choice import resolve_model as choose_model
+from fewshot_gui.core.session.job import support_from_folder
 
 METHOD_NAMES = ("protonet", "protonet-transductive", "maml", "relation")
+
+log = logging.getLogger(__name__)
 
 
 class UsageError(Exception):
@@ -28,8 +38,11 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     """--backbone | --model, --weights, --method, --device, --cache-dir, --no-cache, --batch-size."""
     g = p.add_mutually_exclusive_group()
     g.add_argument("--backbone", metavar="NAME",
-                   help=f"pretrained feature extractor (default: {DEFAULT_BACKBONE}); see `fewshot backbones`")
-    g.add_argument("--model", metavar="FILE", type=Path,
+                   help=f"pretrained feature extractor (default: {DEFAULT_BACKBONE}); see `fewshot backbones`. "
+                        f"{AUTO} (fewshot label; also --model {AUTO}): the backbone or bundled model that best "
+                        "classifies the --support examples left out one at a time (ties: the faster); with "
+                        "--method, among those that run it")
+    g.add_argument("--model", metavar="FILE", type=model_file_arg,
                    help="a model file made by `fewshot train` (.safetensors; older .fsm files also load), "
                         "e.g. resources/models/omniglot-conv4-protonet.safetensors")
     p.add_argument("--weights", metavar="FILE", type=Path,
@@ -47,10 +60,41 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="images embedded at once (default: 32)")
 
 
-def resolve_model(args: argparse.Namespace) -> tuple[object, object]:
-    """(backbone, method) from --backbone / --model / --method / --weights / --device."""
+def model_file_arg(text: str) -> Path | str:
+    """--model's value: a model file, or the word ``auto`` (a file of that name: ``./auto``)."""
+    return AUTO if text == AUTO else Path(text)
+
+
+def resolve_model(args: argparse.Namespace, support: dict[str, list[Path]] | None = None) -> tuple[object, object]:
+    """(backbone, method) from --backbone / --model / --method / --weights / --device. For
+    ``auto``: chosen on ``support`` (default: the --support folder's examples), printing which
+    model and why."""
+    if is_auto(args.model, args.backbone):
+        return _resolve_auto(args, support)
     return choose_model(args.model, args.backbone, args.method, device=args.device, weights=args.weights,
                         cache_dir=args.cache_dir)
+
+
+def _resolve_auto(args: argparse.Namespace, support: dict[str, list[Path]] | None) -> tuple[object, object]:
+    flag = "--model" if args.model == AUTO else "--backbone"
+    if support is None:
+        folder = getattr(args, "support", None)
+        if not isinstance(folder, Path):
+            command = getattr(args, "command", None) or "this command"
+            raise UsageError(f"{flag} {AUTO} chooses the model on the examples of `fewshot label --support`; "
+                             f"`fewshot {command}` needs one model: give --backbone NAME (see `fewshot backbones`) "
+                             "or --model FILE")
+        support = support_from_folder(folder)
+    if args.weights is not None:
+        raise UsageError(f"--weights {args.weights}: applies to a named --backbone, not to {flag} {AUTO}")
+    bar = ProgressBar()
+    backbone, method, choice = resolve_auto(support, args.method, device=args.device, cache_dir=args.cache_dir,
+                                            use_cache=not args.no_cache, progress=bar)
+    bar.close()
+    print(choice.note, flush=True)
+    for line in choice.summary_lines()[1:]:
+        log.info("%s", line.strip())
+    return backbone, method
 
 
 def make_cache(args: argparse.Namespace, backbone) -> EmbeddingCache | None:

@@ -1,4 +1,9 @@
-"""The window's run toolbar: query folder, model (backbone or model file), method, Label."""
+"""The window's run toolbar: query folder, model (Auto, a backbone or a model file), method, Label.
+
+"Auto" (backbone ``auto``, first in the model box) lets each labeling run choose the model on the
+examples (:mod:`fewshot_gui.core.models.auto`); the run's first note, shown in the status bar,
+says which model and why.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,17 @@ from PySide6.QtWidgets import QComboBox, QFileDialog, QLabel, QPushButton, QTool
 
 from fewshot_gui.core.embed.backbones import list_backbones
 from fewshot_gui.core.fewshot import available_methods
+from fewshot_gui.core.models.choice import AUTO
 from fewshot_gui.core.session.project import Project
 
 # What a model file can be (safetensors; older files in the .fsm container still load).
 MODEL_FILE_FILTER = "Model files (*.safetensors *.fsm);;All files (*)"
 _CHOOSE_FILE = "__file__"
 _FILE_PREFIX = "file:"
+AUTO_TEXT = "Auto"
+AUTO_TIP = ("Choose the model on your examples: each available backbone and bundled model classifies every "
+            "example from the others, the most accurate is used (ties: the faster). The status bar says "
+            "which model was picked and why.")
 
 
 class RunToolbar(QToolBar):
@@ -65,6 +75,8 @@ class RunToolbar(QToolBar):
 
     def fill_model_boxes(self) -> None:
         self.backbone_box.clear()
+        self.backbone_box.addItem(AUTO_TEXT, AUTO)
+        self.backbone_box.setItemData(0, AUTO_TIP, Qt.ItemDataRole.ToolTipRole)
         for info in list_backbones():
             self.backbone_box.addItem(info.name if info.weights_available else f"{info.name} (no weights)", info.name)
             if not info.weights_available:
@@ -76,7 +88,7 @@ class RunToolbar(QToolBar):
             self.method_box.addItem(m, m)
 
     def backbone_names(self) -> list[str]:
-        """The backbone names offered (not model files)."""
+        """The backbone names offered, ``auto`` first (not model files)."""
         data = [self.backbone_box.itemData(k) for k in range(self.backbone_box.count())]
         return [d for d in data if isinstance(d, str) and d != _CHOOSE_FILE and not d.startswith(_FILE_PREFIX)]
 

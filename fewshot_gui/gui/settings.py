@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from PySide6.QtCore import QSettings
 
-from fewshot_gui.core.session.project import default_backbone
+from fewshot_gui.core.models.choice import AUTO
 
 MAX_RECENT = 8
 
@@ -45,7 +45,7 @@ class AppSettings:
     """Typed access to QSettings. ``FEWSHOT_GUI_SETTINGS=/path/file.ini`` redirects them (tests)."""
 
     device = _Setting("device", str, "auto")  # "auto" | "cpu" | "cuda"
-    default_backbone = _Setting("default_backbone", str, default_backbone)
+    default_backbone = _Setting("default_backbone", str, AUTO)  # new projects: the automatic choice
     thumb_size = _Setting("thumb_size", int, 128, bounds=(64, 320))
     threshold = _Setting("threshold", float, 0.6, bounds=(0.05, 0.99))  # uncertain below this confidence
     add_corrections = _Setting("add_corrections_to_support", bool, False)

@@ -14,26 +14,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from fewshot_gui.core.errors import DataError
 from fewshot_gui.core.fewshot import get_method
 from fewshot_gui.core.io.export import UNKNOWN_LABEL
-from fewshot_gui.core.models.choice import DEFAULT_METHOD, resolve_model
+from fewshot_gui.core.jobs import CancelToken
+from fewshot_gui.core.models.auto import Choice
+from fewshot_gui.core.models.choice import DEFAULT_METHOD, is_auto, resolve_model
 from fewshot_gui.core.session.project import LabelSet, Project
 from fewshot_gui.core.trust.profile import TrustProfile
 from fewshot_gui.core.trust.report import Trust, assess_folder
 
 
-def load_project_model(project: Project, device: str | None = None,
-                       cache_dir: str | Path | None = None) -> tuple[Any, Any]:
+def load_project_model(project: Project, device: str | None = None, cache_dir: str | Path | None = None,
+                       support: dict[str, list[Path]] | None = None, cancel: CancelToken | None = None,
+                       on_choice: Callable[[Choice], None] | None = None) -> tuple[Any, Any]:
     """(backbone, method) for a project: its model file when set, else its backbone + method
-    (``cache_dir``: where a frozen backbone's ONNX export is kept)."""
+    (``cache_dir``: where a frozen backbone's ONNX export is kept). Backbone "auto" chooses on
+    ``support`` (default: the active label set's examples) and passes the choice to ``on_choice``."""
     try:
         return resolve_model(project.model_file, project.backbone, project.method, device=device,
-                             cache_dir=cache_dir)
+                             cache_dir=cache_dir, support=project.support() if support is None else support,
+                             cancel=cancel, on_choice=on_choice)
     except ValueError as exc:  # an unknown backbone or method name in the project file
         raise DataError(f"{project.path or 'project'}: {exc}") from None
 
@@ -45,19 +50,26 @@ class ModelLoader:
     def __init__(self) -> None:
         self._choice: tuple | None = None
         self._backbone: Any = None
+        self.auto_choice: Choice | None = None  # what backbone "auto" chose at the last load
 
     def forget(self) -> None:
         """Load from scratch next time (e.g. the device setting changed)."""
         self._choice, self._backbone = None, None
 
-    def load(self, project: Project, device: str | None = None,
-             cache_dir: str | Path | None = None) -> tuple[Any, Any]:
+    def load(self, project: Project, device: str | None = None, cache_dir: str | Path | None = None,
+             support: dict[str, list[Path]] | None = None, cancel: CancelToken | None = None) -> tuple[Any, Any]:
         choice = (project.backbone, str(project.model_file) if project.model_file else None, project.method, device)
-        if choice == self._choice and self._backbone is not None and project.model_file is None:
+        if (choice == self._choice and self._backbone is not None and project.model_file is None
+                and not is_auto(backbone=project.backbone)):
             return self._backbone, get_method(project.method or DEFAULT_METHOD)
-        backbone, method = load_project_model(project, device=device, cache_dir=cache_dir)
+        self.auto_choice = None
+        backbone, method = load_project_model(project, device=device, cache_dir=cache_dir, support=support,
+                                              cancel=cancel, on_choice=self._chosen)
         self._choice, self._backbone = choice, backbone
         return backbone, method
+
+    def _chosen(self, choice: Choice) -> None:
+        self.auto_choice = choice
 
 
 @dataclass(frozen=True)
