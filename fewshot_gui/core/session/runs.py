@@ -65,11 +65,13 @@ def labeling_job(session: LabelingSession, loader: ModelLoader, label_set: str |
 
     def make(token: CancelToken) -> Generator[Any, None, FinishedRun]:
         yield Progress("loading model", 0, 0, project.model_file.name if project.model_file else project.backbone)
-        backbone, method = loader.load(project, device, cache_dir)
+        backbone, method = loader.load(project, device, cache_dir, support=support, cancel=token)
         token.raise_if_cancelled()
         result = yield from label_folder(support, root, paths, backbone=backbone, method=method,
                                          cache=EmbeddingCache(cache_dir, backbone.key), cancel=token,
                                          batch_size=batch_size, refine=refine, unknown_threshold=unknown_threshold)
+        if loader.auto_choice is not None:  # backbone "auto": which model, and why (the first note)
+            result.notes.insert(0, loader.auto_choice.note)
         return FinishedRun(name, result, RunContext.of(backbone, method, refine, unknown_threshold))
 
     return make
@@ -121,7 +123,7 @@ def restore_job(session: LabelingSession, loader: ModelLoader, label_set: str | 
 
     def make(token: CancelToken) -> Generator[Any, None, FinishedRun | NotRestored]:
         yield Progress("restoring labels", 0, 0)
-        backbone, method = loader.load(project, device, cache_dir)
+        backbone, method = loader.load(project, device, cache_dir, support=support, cancel=token)
         if getattr(method, "input_kind", "features") != "features":
             return NotRestored(f"{method.name} adapts on the images themselves; press Label to label")
         cache = EmbeddingCache(cache_dir, backbone.key)
