@@ -267,7 +267,7 @@ def test_images_that_fit_no_class_go_to_the_unknown_folder_or_are_left_out(tmp_p
     report = export_class_folders(tmp_path / "out", q, ["a.png", "b.png", "c.png"], labels, classes=["cat", "dog"])
     assert (tmp_path / "out" / UNKNOWN_LABEL / "b.png").is_file() and (tmp_path / "out" / "cat" / "a.png").is_file()
     assert report.counts == {"cat": 1, UNKNOWN_LABEL: 1} and report.unknown == 1
-    assert any("1 images that fit no class" in n and f"{UNKNOWN_LABEL}/" in n for n in report.notes())
+    assert any("1 image that fits no class" in n and f"is in {UNKNOWN_LABEL}/" in n for n in report.notes())
     manifest = {r["class"]: r for r in read_csv(tmp_path / "out" / MANIFEST_NAME)}
     assert manifest[UNKNOWN_LABEL]["folder"] == UNKNOWN_LABEL and manifest[UNKNOWN_LABEL]["images"] == "1"
     skipped = export_class_folders(tmp_path / "skip", q, ["a.png", "b.png", "c.png"], labels, unknown_folder="skip")

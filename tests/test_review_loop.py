@@ -243,7 +243,8 @@ def test_none_of_these_reaches_csv_folders_project_and_cli(qtbot, win, data, tmp
     skipped = tmp_path / "skipped"
     counts, notes = export_folders(doc.session, skipped, "copy", unknown_folder="skip")
     assert not (skipped / UNKNOWN_LABEL).exists() and NONE_OF_THESE not in dict(counts)
-    assert any(f"{1 + len(flagged)} images that fit no class" in n and "left out" in n for n in notes)
+    n_out = 1 + len(flagged)
+    assert any(f"{n_out} image{'s' if n_out != 1 else ''} that fit" in n and "left out" in n for n in notes)
 
     # saved and reopened, the verdict is there; the CLI writes the same CSV and the same _unknown folder
     f = tmp_path / "proj" / "p.fewshot.json"

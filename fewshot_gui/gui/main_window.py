@@ -172,7 +172,8 @@ class MainWindow(QMainWindow):
         add = self.window_actions.add_corrections.isChecked() and name is not None
         self.undo.push(cmd.AssignLabels(self.doc, items, [name] * len(items), add_to_support=add))
         self.status(f"{len(items)} image{'s' if len(items) != 1 else ''} "
-                    + (f"labeled {name}" if name else "cleared") + " \u2014 Ctrl+Z to undo")
+                    + ("marked none of these" if name == cmd.UNKNOWN_LABEL else f"labeled {name}" if name
+                       else "cleared") + " \u2014 Ctrl+Z to undo")
 
     def accept(self, items: list[int]) -> None:
         command = cmd.accept_predictions(self.doc, items)

@@ -101,12 +101,14 @@ class ExportReport:
                     f"{self.replaced} incomplete or outdated copies replaced" if self.replaced else "",
                     f"{self.written} written" if self.written else ""]
             out.append("Images: " + "; ".join(d for d in done if d) + ".")
+        why = "(confirmed \u201cnone of these\u201d or flagged unknown)"
         if self.unknown:
-            out.append(f"{self.unknown} images that fit no class (confirmed \u201cnone of these\u201d or flagged "
-                       f"unknown) are in {self.folders.get(UNKNOWN_LABEL, UNKNOWN_LABEL)}/.")
+            out.append(f"{_images(self.unknown)} that fit{'s' if self.unknown == 1 else ''} no class {why} "
+                       f"{'is' if self.unknown == 1 else 'are'} in {self.folders.get(UNKNOWN_LABEL, UNKNOWN_LABEL)}/.")
         if self.unknown_left_out:
-            out.append(f"{self.unknown_left_out} images that fit no class (confirmed \u201cnone of these\u201d or "
-                       "flagged unknown) were left out.")
+            n = self.unknown_left_out
+            out.append(f"{_images(n)} that fit{'s' if n == 1 else ''} no class {why} "
+                       f"{'was' if n == 1 else 'were'} left out.")
         if self.temps_removed:
             out.append(f"{self.temps_removed} temp files of an interrupted export were removed.")
         renamed = {c: f for c, f in self.renamed().items() if c != UNKNOWN_LABEL}
@@ -120,6 +122,10 @@ class ExportReport:
             more = f"; and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
             out.append(f"{len(self.skipped)} labelled images could not be exported: {shown}{more}.")
         return out
+
+
+def _images(n: int) -> str:
+    return f"{n:,} image{'' if n == 1 else 's'}"
 
 
 def _short(name: str, quote: bool = True, limit: int = 40) -> str:
