@@ -202,8 +202,9 @@ def test_a_project_on_auto_says_which_model_labeled_it(tiny_backbones, tiny_imag
 # ------------------------------------------------------------------------------------------------
 # The app: "Auto" first in the model box, the default of new projects
 # ------------------------------------------------------------------------------------------------
-def test_run_toolbar_offers_auto_first_and_new_projects_default_to_it(qtbot, tmp_path):
+def test_run_toolbar_offers_auto_first_and_new_projects_default_to_it(request, tmp_path):
     pytest.importorskip("pytestqt")
+    qtbot = request.getfixturevalue("qtbot")
     from fewshot_gui.core.session.project import Project
     from fewshot_gui.gui.run_toolbar import AUTO_TEXT, RunToolbar
     from fewshot_gui.gui.settings import AppSettings
