@@ -140,7 +140,12 @@ def _screenshot(app, win, path: Path) -> int:
     if not win.controller.busy():
         QTimer.singleShot(0, lambda: on_idle(False))
     QTimer.singleShot(15 * 60 * 1000, save)  # never hang
+    # save() quits; closing the last window must not post a second quit that would outlive exec()
+    # (it would end every later event loop of this process at once, e.g. in tests)
+    quit_on_close = app.quitOnLastWindowClosed()
+    app.setQuitOnLastWindowClosed(False)
     app.exec()
+    app.setQuitOnLastWindowClosed(quit_on_close)
     return state["rc"]
 
 
