@@ -31,6 +31,7 @@ from fewshot_gui.gui.document import Document
 from fewshot_gui.gui.exporting import export_csv, export_folders
 from fewshot_gui.gui.grid import GridPanel
 from fewshot_gui.gui.job_status import JobStatus
+from fewshot_gui.gui.review_toolbar import add_review_toolbar
 from fewshot_gui.gui.run_toolbar import RunToolbar
 from fewshot_gui.gui.settings import AppSettings
 from fewshot_gui.gui.thumbs import ThumbnailCache
@@ -56,6 +57,7 @@ class MainWindow(QMainWindow):
         self._hidden_to_close = False
         self._stop_clock = QElapsedTimer()
         self.doc = Document(self)
+        self.doc.project.backbone = self.settings.default_backbone  # the first, untitled project
         self.undo = QUndoStack(self)
         thumb_root = None
         if self.settings.disk_thumbnails:
@@ -78,8 +80,10 @@ class MainWindow(QMainWindow):
         self.window_actions = build_actions(self)
         a = self.window_actions
         self.toolbar = RunToolbar(self)
-        self.toolbar.add_items(a.query, [a.review, a.accept, a.add_corrections, None, a.undo, a.redo, a.export])
+        self.toolbar.add_items(a.query, [])
         self.addToolBar(self.toolbar)
+        self.review_toolbar = add_review_toolbar(self, [a.review, a.accept, a.add_corrections, None, a.undo, a.redo,
+                                                        a.export])
         self.label_button = self.toolbar.label_button
         self.recent_menu = build_menus(self, a)
         # the status line says what undo/redo did, so "... labeled ..." never outlives its undo
