@@ -62,7 +62,7 @@ class ImageView(QWidget):
         super().__init__(parent)
         self.img: QImage | None = None
         self.text = ""
-        self.setMinimumSize(160, 160)
+        self.setMinimumSize(110, 110)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
 
     def set_image(self, img: QImage | None, text: str = "") -> None:

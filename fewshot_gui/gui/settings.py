@@ -1,4 +1,5 @@
-"""Application settings (QSettings): device, default backbone, thumbnail size, threshold, recents."""
+"""Application settings (QSettings): device, default backbone, thumbnail size, file names on tiles,
+threshold, recents."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ class AppSettings:
     device = _Setting("device", str, "auto")  # "auto" | "cpu" | "cuda"
     default_backbone = _Setting("default_backbone", str, AUTO)  # new projects: the automatic choice
     thumb_size = _Setting("thumb_size", int, 128, bounds=(64, 320))
+    show_file_names = _Setting("show_file_names", bool, False)  # a file name line under each tile
     threshold = _Setting("threshold", float, 0.6, bounds=(0.05, 0.99))  # uncertain below this confidence
     add_corrections = _Setting("add_corrections_to_support", bool, False)
     disk_thumbnails = _Setting("disk_thumbnails", bool, True)

@@ -1,18 +1,23 @@
-"""Painting of one query tile: thumbnail, class colour band with name, confidence bar and percentage.
+"""Painting of one query tile: thumbnail, class colour band with name, confidence bar and percentage,
+and, when asked (View > Show file names), the file name under it.
 
-No widget per image: :class:`TileDelegate` paints every tile of the grid.
+No widget per image: :class:`TileDelegate` paints every tile of the grid. Small images (a 32x32
+traffic sign) are scaled up to the tile; a tile's tooltip gives its file name and label in full.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from PySide6.QtCore import QModelIndex, QRect, QSize, Qt
+from PySide6.QtCore import QEvent, QModelIndex, QRect, QSize, Qt
 from PySide6.QtGui import QColor, QFont, QPainter, QPen
-from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
+from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem, QToolTip
 
 from fewshot_gui.gui.document import Document
 from fewshot_gui.gui.query_model import ITEM_ROLE
 from fewshot_gui.gui.thumbs import BROKEN, ThumbnailCache
+
+
+NAME_LINE_PX = 16  # height of the file name line under a tile
 
 
 def text_color_on(background: QColor) -> QColor:
@@ -27,6 +32,14 @@ def confidence_color(c: float) -> QColor:
     return QColor(int(220 * (1 - c) + 40 * c), int(60 * (1 - c) + 170 * c), 60)
 
 
+def fitted_size(w: int, h: int, box: int) -> tuple[int, int]:
+    """``w`` x ``h`` scaled, keeping its shape, to fill a ``box`` x ``box`` square (up or down)."""
+    if w <= 0 or h <= 0:
+        return 0, 0
+    scale = box / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
 class TileDelegate(QStyledItemDelegate):
     """Paints a tile: thumbnail, class colour band with name, confidence bar and percentage."""
 
@@ -35,6 +48,7 @@ class TileDelegate(QStyledItemDelegate):
         self.doc = doc
         self.thumbs = thumbs
         self.thumb_size = 128
+        self.show_names = False  # a file name line under each tile
         self._colors: list[QColor] = []
         self.refresh_colors()
 
@@ -43,7 +57,31 @@ class TileDelegate(QStyledItemDelegate):
 
     def sizeHint(self, option, index) -> QSize:
         s = self.thumb_size
-        return QSize(s + 12, s + 44)
+        return QSize(s + 12, s + 44 + (NAME_LINE_PX if self.show_names else 0))
+
+    def tile_text(self, i: int) -> str:
+        """The tooltip of item ``i``: its file name, then its label and confidence."""
+        a = self.doc.arrays()
+        lines = [self.doc.paths[i].name]
+        lab = int(a.label[i])
+        if a.failed[i]:
+            lines.append("could not be read")
+        elif a.none_of_these[i]:
+            lines.append("none of these (confirmed)")
+        elif lab >= 0:
+            name = self.doc.class_names[lab]
+            if a.confirmed[i] >= 0:
+                lines.append(f"{name} (confirmed)")
+            else:
+                lines.append(("unknown? best guess " if a.unknown[i] else "") + f"{name}, {a.conf[i] * 100:.0f}%")
+        return "\n".join(lines)
+
+    def helpEvent(self, event, view, option, index) -> bool:
+        i = index.data(ITEM_ROLE) if index.isValid() else None
+        if event is not None and event.type() == QEvent.Type.ToolTip and i is not None:
+            QToolTip.showText(event.globalPos(), self.tile_text(int(i)), view)
+            return True
+        return super().helpEvent(event, view, option, index)
 
     def paint(self, p: QPainter, option: QStyleOptionViewItem, index: QModelIndex) -> None:
         i = index.data(ITEM_ROLE)
@@ -70,6 +108,11 @@ class TileDelegate(QStyledItemDelegate):
             c = 1.0 if a.confirmed[i] >= 0 else float(np.nan_to_num(a.conf[i]))
             fill = QRect(bar.left(), bar.top(), int(bar.width() * c), bar.height())
             p.fillRect(fill, col if a.confirmed[i] >= 0 else confidence_color(c))
+        if self.show_names:
+            line = QRect(r.left() + 2, bar.bottom() + 2, r.width() - 4, NAME_LINE_PX - 2)
+            p.setPen(pal.color(pal.ColorRole.HighlightedText if selected else pal.ColorRole.Text))
+            p.drawText(line, Qt.AlignmentFlag.AlignCenter,
+                       p.fontMetrics().elidedText(self.doc.paths[i].name, Qt.TextElideMode.ElideMiddle, line.width()))
         if option.state & QStyle.StateFlag.State_HasFocus:
             p.setPen(QPen(pal.highlight().color().darker(140), 2))
             p.drawRect(r.adjusted(1, 1, -1, -1))
@@ -87,8 +130,9 @@ class TileDelegate(QStyledItemDelegate):
             p.setPen(QColor(180, 40, 40))
             p.drawText(box, Qt.AlignmentFlag.AlignCenter, "cannot\nread")
         else:
-            w, h = img.width(), img.height()
+            w, h = fitted_size(img.width(), img.height(), s)
             target = QRect(box.left() + (s - w) // 2, box.top() + (s - h) // 2, w, h)
+            p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
             p.drawImage(target, img)
         return box
 

@@ -8,7 +8,9 @@ from typing import Callable
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import QMainWindow, QMenu
 
+from fewshot_gui.gui.empty_hint import file_names_action, install_empty_hint
 from fewshot_gui.gui.grid import SORTS
+from fewshot_gui.gui.review_toolbar import fixed_text_undo_action
 
 
 @dataclass
@@ -53,9 +55,9 @@ def build_actions(win: QMainWindow) -> WindowActions:
         win.addAction(a)
         return a
 
-    undo = win.undo.createUndoAction(win, "&Undo")
+    undo = fixed_text_undo_action(win, win.undo, redo=False)
     undo.setShortcut(QKeySequence("Ctrl+Z"))
-    redo = win.undo.createRedoAction(win, "&Redo")
+    redo = fixed_text_undo_action(win, win.undo, redo=True)
     redo.setShortcuts([QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")])
     win.addAction(undo)
     win.addAction(redo)
@@ -124,6 +126,9 @@ def build_menus(win: QMainWindow, a: WindowActions) -> QMenu:
     menus["&Labels"].addAction("Add class\u2026", win.classes.new_class)
     menus["&Labels"].addAction("New label set\u2026", win.classes.new_label_set)
     view = menus["&View"]
+    win.file_names_action = file_names_action(win)
+    view.addAction(win.file_names_action)
+    view.addSeparator()
     view.addAction(a.resort)
     view.addSeparator()
     group = QActionGroup(win)
@@ -132,4 +137,5 @@ def build_menus(win: QMainWindow, a: WindowActions) -> QMenu:
     view.addSeparator()
     for text, kind in (("Show uncertain only", "uncertain"), ("Show failed only", "failed"), ("Show all", "all")):
         view.addAction(text, lambda _=False, k=kind: win.grid.set_filter(k))
+    win.empty_hint = install_empty_hint(win)  # the first start's "what to do" over the empty grid
     return recent
