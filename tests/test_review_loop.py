@@ -181,7 +181,7 @@ def test_review_queue_walks_the_review_order_and_counts(qtbot, win, data):
     _labeled(qtbot, win, support, query)
     grid, model, doc = win.grid, win.grid.model, win.doc
     n_ok = len(doc.paths) - 1  # broken.jpg has no prediction to review
-    assert grid.progress_label.text() == f"<b>0 of {n_ok} reviewed</b>"
+    assert grid.progress_label.text() == f"<b>0 of {n_ok} reviewed</b> \u2014 Review queue starts with the most useful"
     grid.set_filter("class", 0)
     grid.find.setText("class")
     win.window_actions.review.trigger()

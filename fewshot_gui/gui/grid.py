@@ -456,7 +456,8 @@ class GridPanel(QWidget):
                                  f"{int(a.reviewed.sum()):,} confirmed \u00b7 {int(a.failed.sum()):,} failed"
                                  + (f" \u00b7 {none_of_these:,} none of these" if none_of_these else ""))
         reviewed, total = a.review_progress()
-        self.progress_label.setText(f"<b>{reviewed:,} of {total:,} reviewed</b>" if total else "")
+        hint = " \u2014 Review queue starts with the most useful" if total and not reviewed else ""
+        self.progress_label.setText(f"<b>{reviewed:,} of {total:,} reviewed</b>{hint}" if total else "")
         self._update_uncertain_label()
 
     def _on_current(self, cur: QModelIndex, _prev: QModelIndex) -> None:
