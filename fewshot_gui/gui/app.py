@@ -4,6 +4,10 @@
     fewshot-gui --demo                     open the built-in demo project
     fewshot-gui --screenshot PATH [--demo | PROJECT]
                                            label, render the window to PATH (PNG) and exit
+
+While torch and ONNX Runtime load, a small splash says so. ``FEWSHOT_GUI_STARTUP_PROBE=1`` makes
+the app print ``window-ready <seconds since the epoch>`` once the window is shown and the event
+loop is idle, then quit (``bench/startup.py`` times start-ups with it).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import argparse
 import gc
 import os
 import sys
+import time
 from pathlib import Path
 
 from fewshot_gui.core.errors import FewShotError
@@ -72,12 +77,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from PySide6.QtWidgets import QApplication
 
-    from fewshot_gui.gui.main_window import MainWindow  # lazy: Qt and torch load only when a window opens
-
     tune_process_for_gui()
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("fewshot-gui")
     app.setOrganizationName("fewshot_gui")
+    splash = _splash(app) if args.screenshot is None else None
+    from fewshot_gui.gui.main_window import MainWindow  # lazy: Qt and torch load only when a window opens
+
     win = MainWindow(cache_dir=args.cache_dir)
     win.quiet_errors = args.screenshot is not None  # no dialog waits for a click: the error is printed
     freeze_startup_objects()
@@ -96,7 +102,48 @@ def main(argv: list[str] | None = None) -> int:
     if args.screenshot is not None:
         return _screenshot(app, win, args.screenshot)
     win.show()
+    if splash is not None:
+        splash.finish(win)
+    if os.environ.get(STARTUP_PROBE_ENV):
+        _quit_when_ready(app, win)
     return app.exec()
+
+
+STARTUP_PROBE_ENV = "FEWSHOT_GUI_STARTUP_PROBE"
+
+
+def _splash(app):
+    """A small window saying the app is starting, shown while the window's modules load."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QColor, QPixmap
+    from PySide6.QtWidgets import QSplashScreen
+
+    pixmap = QPixmap(420, 90)
+    pixmap.fill(QColor(245, 245, 245))
+    splash = QSplashScreen(pixmap)
+    splash.showMessage("fewshot-gui\nStarting: loading the image models (torch, ONNX Runtime)\u2026",
+                       Qt.AlignmentFlag.AlignCenter, QColor(40, 40, 40))
+    splash.show()
+    app.processEvents()
+    return splash
+
+
+def _quit_when_ready(app, win) -> None:
+    """Print ``window-ready <time>`` once the window is exposed and the event loop has run
+    through what was queued at start-up, then quit."""
+    from PySide6.QtCore import QTimer
+
+    def ready() -> None:
+        if not win.isVisible():
+            QTimer.singleShot(10, ready)
+            return
+        app.processEvents()
+        print(f"window-ready {time.time():.3f}", flush=True)
+        win.ask_on_close = False
+        win.shutdown()
+        app.quit()
+
+    QTimer.singleShot(0, ready)
 
 
 def _screenshot(app, win, path: Path) -> int:

@@ -44,7 +44,7 @@ class EmptyGridHint(QWidget):
         text = QLabel(HINT_TEXT)
         text.setWordWrap(True)
         text.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        text.setMaximumWidth(420)
+        text.setFixedWidth(380)
         self.choose_button = QPushButton("Choose query folder\u2026")
         self.choose_button.setToolTip("The folder of images to label (Ctrl+Shift+O)")
         self.choose_button.clicked.connect(choose)

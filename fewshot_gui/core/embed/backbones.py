@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import stat
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -394,24 +395,28 @@ _TV_SPECS = {
 }
 
 
-def hub_checkpoint_dir() -> Path:
-    import torch
+# torchvision's checkpoint file names per backbone (its weights enum, DEFAULT first): listing the
+# backbones (the app's model box at start-up) then needs neither torch nor torchvision (~10 s to import)
+_TV_WEIGHT_FILES = {
+    "resnet18": ["resnet18-f37072fd.pth"],
+    "resnet50": ["resnet50-11ad3fa6.pth", "resnet50-0676ba61.pth"],
+    "mobilenet_v3_large": ["mobilenet_v3_large-5c1a4163.pth", "mobilenet_v3_large-8738ca79.pth"],
+    "convnext_tiny": ["convnext_tiny-983f1562.pth"],
+}
 
-    return Path(torch.hub.get_dir()) / "checkpoints"
+
+def hub_checkpoint_dir() -> Path:
+    """``torch.hub.get_dir()/checkpoints``; worked out as torch does while torch is not imported."""
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "hub"):
+        return Path(torch.hub.get_dir()) / "checkpoints"
+    home = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "torch")
+    return Path(os.path.expanduser(home)) / "hub" / "checkpoints"
 
 
 def tv_weight_files(name: str) -> list[str]:
     """Standard checkpoint file names for a torchvision backbone, preferred first."""
-    import torchvision.models as tvm
-
-    enum = getattr(tvm, _TV_SPECS[name].weights_enum)
-    default = enum.DEFAULT
-    files = [os.path.basename(default.url)]
-    for w in enum:
-        f = os.path.basename(w.url)
-        if f not in files:
-            files.append(f)
-    return files
+    return list(_TV_WEIGHT_FILES[name])
 
 
 def _tv_hub_file(name: str) -> Path | None:
