@@ -19,10 +19,16 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".[test]"
   touch "$stamp"
 fi
-# The window (Qt's xcb platform plugin) needs one system library beyond a bare Linux desktop;
-# the command line and the tests (offscreen) work without it.
-if [ "$(uname -s)" = "Linux" ] && command -v ldconfig >/dev/null 2>&1 \
-    && ! ldconfig -p 2>/dev/null | grep -q "libxcb-cursor\.so\.0"; then
-  echo "note: the app window needs the system package libxcb-cursor0 (Debian/Ubuntu: sudo apt-get install libxcb-cursor0);" >&2
-  echo "      the fewshot command line and the tests run without it" >&2
+# The window (Qt's xcb platform plugin) needs a few X11 libraries that a bare Linux desktop may
+# lack; the command line and the tests (offscreen) work without them.
+if [ "$(uname -s)" = "Linux" ] && command -v ldconfig >/dev/null 2>&1; then
+  libs=$(ldconfig -p 2>/dev/null || true)
+  missing=""
+  for pkg in libxcb-cursor0:libxcb-cursor.so.0 libxcb-icccm4:libxcb-icccm.so.4 libxcb-keysyms1:libxcb-keysyms.so.1; do
+    grep -qF "${pkg#*:}" <<<"$libs" || missing="$missing ${pkg%%:*}"
+  done
+  if [ -n "$missing" ]; then
+    echo "note: the app window needs the system packages$missing (Debian/Ubuntu: sudo apt-get install$missing);" >&2
+    echo "      the fewshot command line and the tests run without them" >&2
+  fi
 fi
