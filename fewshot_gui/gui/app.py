@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("fewshot-gui")
     app.setOrganizationName("fewshot_gui")
-    splash = _splash(app) if args.screenshot is None else None
+    splash = _splash() if args.screenshot is None else None
     from fewshot_gui.gui.main_window import MainWindow  # lazy: Qt and torch load only when a window opens
 
     win = MainWindow(cache_dir=args.cache_dir)
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 STARTUP_PROBE_ENV = "FEWSHOT_GUI_STARTUP_PROBE"
 
 
-def _splash(app):
+def _splash():
     """A small window saying the app is starting, shown while the window's modules load."""
     from PySide6.QtCore import Qt
     from PySide6.QtGui import QColor, QPixmap
@@ -124,7 +124,7 @@ def _splash(app):
     splash.showMessage("fewshot-gui\nStarting: loading the image models (torch, ONNX Runtime)\u2026",
                        Qt.AlignmentFlag.AlignCenter, QColor(40, 40, 40))
     splash.show()
-    app.processEvents()
+    splash.repaint()  # painted now: the event loop starts only once the window is built
     return splash
 
 
@@ -134,16 +134,18 @@ def _quit_when_ready(app, win) -> None:
     from PySide6.QtCore import QTimer
 
     def ready() -> None:
-        if not win.isVisible():
-            QTimer.singleShot(10, ready)
-            return
-        app.processEvents()
         print(f"window-ready {time.time():.3f}", flush=True)
         win.ask_on_close = False
         win.shutdown()
         app.quit()
 
-    QTimer.singleShot(0, ready)
+    def when_shown() -> None:
+        if not win.isVisible():
+            QTimer.singleShot(10, when_shown)
+            return
+        QTimer.singleShot(0, ready)  # after what the first pass of the event loop queued
+
+    QTimer.singleShot(0, when_shown)
 
 
 def _screenshot(app, win, path: Path) -> int:
