@@ -99,11 +99,12 @@ def drop_urls(widget, paths, pos: QPoint | None = None) -> bool:
     md = QMimeData()
     md.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
     pos = pos or widget.rect().center()
-    enter = QDragEnterEvent(pos, Qt.DropAction.CopyAction, md, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    buttons, keys = Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
+    enter = QDragEnterEvent(pos, Qt.DropAction.CopyAction, md, buttons, keys)
     QApplication.sendEvent(widget, enter)
     if not enter.isAccepted():
         return False
-    ev = QDropEvent(QPointF(pos), Qt.DropAction.CopyAction, md, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    ev = QDropEvent(QPointF(pos), Qt.DropAction.CopyAction, md, buttons, keys)
     QApplication.sendEvent(widget, ev)
     return ev.isAccepted()
 
@@ -278,8 +279,9 @@ def test_image_check_reads_headers_quickly_and_decodes_within_a_budget(tmp_path)
     assert image_problem(bad["truncated.jpg"]) is None  # the header is fine ...
     assert "truncated" in image_problem(bad["truncated.jpg"], decode=True)  # ... the pixels are not
     assert "not found" in image_problem(tmp_path / "missing.jpg")
-    assert set(unreadable_images([ok, bad["fake.png"], bad["truncated.jpg"]])) == {bad["fake.png"], bad["truncated.jpg"]}
-    assert set(unreadable_images([ok, bad["fake.png"], bad["truncated.jpg"]], decode_budget_s=0)) == {bad["fake.png"]}
+    files = [ok, bad["fake.png"], bad["truncated.jpg"]]
+    assert set(unreadable_images(files)) == {bad["fake.png"], bad["truncated.jpg"]}
+    assert set(unreadable_images(files, decode_budget_s=0)) == {bad["fake.png"]}
 
 
 # ------------------------------------------------------------------------------------ classes
