@@ -173,3 +173,24 @@ def test_startup_probe_prints_when_the_window_is_ready(tmp_path):
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert any(line.startswith("window-ready ") for line in out.stdout.splitlines()), out.stdout
+
+
+def test_class_list_always_has_a_drop_zone_that_highlights_during_a_drag(win, qtbot, tmp_path):
+    from PySide6.QtCore import QMimeData, QPoint, Qt, QUrl
+    from PySide6.QtGui import QDragEnterEvent, QDragLeaveEvent
+
+    from fewshot_gui.gui import commands as cmd
+
+    panel = win.classes
+    for k in range(4):
+        win.undo.push(cmd.AddClass(win.doc, f"class {k}"))
+    qtbot.waitUntil(lambda: len(panel.cards) == 4)
+    assert panel.hint.isVisible() and "Drop a folder" in panel.hint.text()
+    md = QMimeData()
+    md.setUrls([QUrl.fromLocalFile(str(tmp_path))])
+    enter = QDragEnterEvent(QPoint(5, 5), Qt.DropAction.CopyAction, md, Qt.MouseButton.NoButton,
+                            Qt.KeyboardModifier.NoModifier)
+    panel.dragEnterEvent(enter)
+    assert enter.isAccepted() and panel.drop_highlighted
+    panel.dragLeaveEvent(QDragLeaveEvent())
+    assert not panel.drop_highlighted

@@ -32,6 +32,11 @@ from fewshot_gui.gui.thumbs import ThumbnailCache
 from fewshot_gui.gui.timers import single_shot_timer, start_unless_active
 
 
+DROP_HINT_EMPTY = ("Drop folders of example images here \u2014 one class per folder \u2014 "
+                   "or press \u201cAdd class\u201d.")
+DROP_HINT = "Drop a folder here to add a class"
+
+
 class ClassesPanel(QWidget):
     """The class cards under the label-set switcher. Accepts folder drops on empty space.
 
@@ -70,11 +75,11 @@ class ClassesPanel(QWidget):
         self.cards_layout = QVBoxLayout(self.inner)
         self.cards_layout.setContentsMargins(0, 0, 0, 0)
         self.cards_layout.setSpacing(4)
-        self.hint = QLabel("Drop folders of example images here \u2014 one class per folder \u2014 "
-                           "or press \u201cAdd class\u201d.")
+        self.hint = QLabel(DROP_HINT_EMPTY)
         self.hint.setWordWrap(True)
         self.hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.hint.setStyleSheet("color: palette(placeholder-text); padding: 12px;")
+        self.hint.setMinimumHeight(48)
+        self._set_drop_highlight(False)
         self.cards_layout.addStretch(1)
         self.cards_layout.addWidget(self.hint)
         self.scroll = QScrollArea()
@@ -119,7 +124,8 @@ class ClassesPanel(QWidget):
             card.dropProblem.connect(self.problem)
             self.cards_layout.insertWidget(k, card)
             self.cards.append(card)
-        self.hint.setVisible(len(self.cards) < 2)
+        # the drop zone stays at the end of the list, however many classes there are
+        self.hint.setText(DROP_HINT_EMPTY if len(self.cards) < 2 else DROP_HINT)
         self.update_counts()
 
     def update_counts(self) -> None:
@@ -270,16 +276,28 @@ class ClassesPanel(QWidget):
         return len(made)
 
     # -- drops on empty space -------------------------------------------------------------------
+    def _set_drop_highlight(self, on: bool) -> None:
+        """Outline the drop zone; highlighted while files are dragged over the panel."""
+        self.drop_highlighted = on
+        border = "2px dashed palette(highlight)" if on else "1px dashed palette(mid)"
+        self.hint.setStyleSheet(f"color: palette(placeholder-text); padding: 8px; border: {border}; "
+                                "border-radius: 6px;")
+
     def dragEnterEvent(self, e) -> None:
         if e.mimeData().hasUrls() and not e.mimeData().hasFormat(MIME_ITEMS):
             e.acceptProposedAction()
+            self._set_drop_highlight(True)
         else:
             e.ignore()
+
+    def dragLeaveEvent(self, e) -> None:
+        self._set_drop_highlight(False)
 
     def dragMoveEvent(self, e) -> None:
         e.acceptProposedAction()
 
     def dropEvent(self, e) -> None:
+        self._set_drop_highlight(False)
         md = e.mimeData()
         paths, remote = local_paths(md), remote_urls(md)
         if paths or remote:
