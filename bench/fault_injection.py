@@ -3,11 +3,14 @@
 a table ``check | tries | outcome counts | verdict``.
 
     python bench/fault_injection.py [--kills N] [--seed S] [--only CHECK[,CHECK...]] [--quick]
-                                    [--json FILE] [--workdir DIR] [--keep] [--list]
+                                    [--json FILE] [--workdir DIR] [--keep] [--live] [--list]
 
 Every run is a subprocess (``python -m fewshot_gui ...``, or a small driver for project saves)
 with its own ``HOME`` and ``FEWSHOT_CACHE_DIR`` in a scratch folder. Runs are judged by exit
 code, the presence of a Python traceback, file integrity and outputs, never by message wording.
+The runs use a copy of ``fewshot_gui/`` taken at the start (``--live``: the working tree itself),
+so one version of the code is tested from the first check to the last; when that copy cannot
+even start the CLI the script says so and exits 2.
 
 Checks (``--list`` prints them; ``--only`` takes names or prefixes such as ``kill``):
 
@@ -43,9 +46,8 @@ import time
 import traceback
 from pathlib import Path
 
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the package of this tree, as the CLI runs use
-from faults import corruption, disk, hostile, inputs, kills  # noqa: E402
-from faults.common import CheckResult, Context, Skip, remove_tree  # noqa: E402
+from faults import corruption, disk, hostile, inputs, kills
+from faults.common import REPO, CheckResult, Context, Skip, cli_starts, remove_tree, snapshot_code
 
 CHECKS = [
     ("kill-csv", kills.kill_csv),
@@ -109,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--workdir", type=Path, metavar="DIR", help="scratch folder (default: a new temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    ap.add_argument("--live", action="store_true",
+                    help="run the working tree's code (default: a copy of fewshot_gui/ taken at the start)")
     ap.add_argument("--list", action="store_true", help="list the checks and exit")
     args = ap.parse_args(argv)
     if args.list:
@@ -120,10 +124,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="fewshot-faults-", dir=args.workdir))
-    ctx = Context(root, args.seed, kills_n, args.quick)
     results: list[CheckResult] = []
     t_all = time.monotonic()
     try:
+        code = REPO if args.live else snapshot_code(root / "_code")
+        # in-process checks (project and model files read back) use the same code as the runs
+        sys.path.insert(1, str(code))
+        broken = cli_starts(code, root)
+        if broken:
+            print(f"fault injection: the CLI does not start ({broken}); nothing was checked", file=sys.stderr)
+            return 2
+        ctx = Context(root, args.seed, kills_n, args.quick, code)
         for name, fn in checks:
             res = CheckResult(name)
             t0 = time.monotonic()

@@ -142,9 +142,11 @@ def run_process(argv: list[str], env: dict[str, str], log_dir: Path, *, timeout:
 
 
 class Lab:
-    """A scratch folder for one check, with its own HOME and embedding cache folder."""
+    """A scratch folder for one check, with its own HOME and embedding cache folder. Runs start in
+    ``code``, the folder holding the ``fewshot_gui`` package under test."""
 
-    def __init__(self, root: Path, name: str):
+    def __init__(self, root: Path, name: str, code: Path = REPO):
+        self.code = code
         self.dir = root / name
         if self.dir.exists():
             remove_tree(self.dir)
@@ -158,7 +160,7 @@ class Lab:
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
         env.update(HOME=str(self.home), FEWSHOT_CACHE_DIR=str(self.cache), XDG_CACHE_HOME=str(self.home / ".cache"),
-                   PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
+                   PYTHONUNBUFFERED="1")
         env.update(extra)
         return env
 
@@ -167,7 +169,7 @@ class Lab:
         return self.logs / f"run{self._runs:03d}"
 
     def run(self, argv: list[str], log: Path | None = None, env: dict[str, str] | None = None, **kw) -> Run:
-        return run_process([str(a) for a in argv], env or self.env(), log or self.next_log(), **kw)
+        return run_process([str(a) for a in argv], env or self.env(), log or self.next_log(), cwd=self.code, **kw)
 
     def fewshot(self, *args: object, log: Path | None = None, env: dict[str, str] | None = None,
                 prefix: Iterable[str] = (), **kw) -> Run:
@@ -337,14 +339,31 @@ def _last_line(text: str) -> str:
     return lines[-1][:200] if lines else ""
 
 
+def snapshot_code(dst: Path) -> Path:
+    """Copy the ``fewshot_gui`` package to ``dst`` (with a link to ``resources``), so a long run
+    tests one version of the code while the working tree changes."""
+    dst.mkdir(parents=True)
+    shutil.copytree(REPO / "fewshot_gui", dst / "fewshot_gui", ignore=shutil.ignore_patterns("__pycache__"))
+    (dst / "resources").symlink_to(REPO / "resources")
+    return dst
+
+
+def cli_starts(code: Path, env_dir: Path) -> str | None:
+    """None when ``python -m fewshot_gui --help`` works in ``code``, else its last output line."""
+    lab = Lab(env_dir, "_probe", code)
+    run = lab.fewshot("--help", timeout=300)
+    return None if run.clean_exit else (_last_line(run.err or run.out) or f"exit {run.rc}")
+
+
 # ------------------------------------------------------------------------------------------------
 # The shared context: scratch root, seeds, reference runs
 # ------------------------------------------------------------------------------------------------
 class Context:
     """Scratch root, options, and the clean reference runs every check compares with."""
 
-    def __init__(self, root: Path, seed: int, kills: int, quick: bool):
+    def __init__(self, root: Path, seed: int, kills: int, quick: bool, code: Path = REPO):
         self.root = root
+        self.code = code
         self.seed = seed
         self.kills = kills
         self.quick = quick
@@ -354,7 +373,7 @@ class Context:
         self._model_refs: dict[str, bytes] = {}
 
     def lab(self, name: str) -> Lab:
-        return Lab(self.root, re.sub(r"[^A-Za-z0-9_.-]+", "_", name))
+        return Lab(self.root, re.sub(r"[^A-Za-z0-9_.-]+", "_", name), self.code)
 
     def rng(self, check: str) -> random.Random:
         return random.Random(f"{self.seed}:{check}")

@@ -282,7 +282,7 @@ def kill_cache(ctx: Context, res: CheckResult) -> None:
         res.tries += 1
         drop_databases(lab.cache)
         out.unlink(missing_ok=True)
-        run = lab.fewshot(*args, kill_at=rng.uniform(0.4 * clean.wall, 1.0 * clean.wall))
+        run = lab.fewshot(*args, kill_at=rng.uniform(0.25 * clean.wall, 0.9 * clean.wall))
         if _killed(res, run):
             dbs = sqlite_files(lab.cache)
             bad = [db for db in dbs if not _database_intact(db)]
@@ -293,7 +293,8 @@ def kill_cache(ctx: Context, res: CheckResult) -> None:
         ok = again.clean_exit and diff == 0
         res.add("rerun gives the clean CSV" if ok else "rerun differs or fails", ok,
                 f"{diff} rows differ" if again.clean_exit else again.tail(300))
-        left = unexpected_files(outdir, ["labels.csv"])
+        left = unexpected_files(outdir, ["labels.csv"]) + [p.name for p in files_under(lab.cache)
+                                                           if _TEMP_LIKE.search(p.name)]
         res.count("temp files after a clean rerun", len(left), bad=True, detail=", ".join(left[:5]))
 
 
