@@ -176,4 +176,4 @@ def test_report_names_targets_with_met_or_not_met_and_shows_the_baseline():
     base = {"domains": {"caltech": {"runs": {"shipped": {"settings": {"5-way 5-shot": worse}}}}}}
     md = write_markdown(res, base, ["header"])
     assert "ECE ≤ 0.04" in md and "met: 0.020" in md and "baseline **not met**: 0.090" in md
-    assert "folder: refined ≥ inductive − 0.5 points (every setting) | **not met**" in md
+    assert "folder: refined ≥ inductive − 0.5 points (every setting) | shipped | **not met**" in md

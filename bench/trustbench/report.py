@@ -12,6 +12,9 @@ import math
 
 from .domains import DOMAINS, TITLES
 
+RUN_ORDER = ("lodo", "shipped")
+RUN_TITLES = {"lodo": "leave one domain out", "shipped": "shipped"}
+
 # (metric, label, percent?) rows of the per-domain tables
 ROWS = (
     ("acc_shipped", "accuracy, shipped (%)", True),
@@ -93,25 +96,28 @@ def _met(ok) -> str:
     return "—" if ok is None else ("met" if ok else "**not met**")
 
 
-def targets_table(results: dict, run_name: str, baseline: dict | None) -> list[str]:
+def targets_table(results: dict, baseline: dict | None) -> list[str]:
+    """One row per target and run (leave one domain out, shipped); one column per domain; the
+    baseline's verdict of the same run in brackets."""
     doms = [d for d in DOMAINS if d in results["domains"]]
-    L = ["| target | " + " | ".join(doms) + " |", "|---|" + "---|" * len(doms)]
-    per = {d: _targets(d, results["domains"][d]["runs"].get(run_name) or {}) for d in doms}
-    base = {}
-    if baseline:
+    L = ["| target | constants | " + " | ".join(doms) + " |", "|---|---|" + "---|" * len(doms)]
+    for run_name in RUN_ORDER:
+        if not any(run_name in results["domains"][d]["runs"] for d in doms):
+            continue
+        per = {d: _targets(d, results["domains"][d]["runs"].get(run_name) or {}) for d in doms}
+        base = {}
         for d in doms:
-            b = (baseline.get("domains", {}).get(d) or {}).get("runs", {}).get("shipped")
+            b = ((baseline or {}).get("domains", {}).get(d) or {}).get("runs", {}).get(run_name)
             base[d] = _targets(d, b) if b else None
-    n = len(next(iter(per.values()))) if per else 0
-    for i in range(n):
-        cells = []
-        for d in doms:
-            name, ok, val = per[d][i]
-            cell = f"{_met(ok)}: {val}"
-            if base.get(d):
-                cell += f" (baseline {_met(base[d][i][1])}: {base[d][i][2]})"
-            cells.append(cell)
-        L.append(f"| {per[doms[0]][i][0]} | " + " | ".join(cells) + " |")
+        for i, (name, _, _) in enumerate(per[doms[0]]):
+            cells = []
+            for d in doms:
+                _, ok, val = per[d][i]
+                cell = f"{_met(ok)}: {val}"
+                if base.get(d):
+                    cell += f" (baseline {_met(base[d][i][1])}: {base[d][i][2]})"
+                cells.append(cell)
+            L.append(f"| {name} | {RUN_TITLES[run_name]} | " + " | ".join(cells) + " |")
     return L
 
 
@@ -139,12 +145,11 @@ def write_markdown(results: dict, baseline: dict | None, protocol_lines: list[st
     L = ["# Trust measurements across domains", ""]
     L += protocol_lines
     L.append("")
-    runs = [r for r in ("lodo", "shipped") if any(r in v["runs"] for v in results["domains"].values())]
-    judged = runs[0] if runs else "shipped"
+    runs = [r for r in RUN_ORDER if any(r in v["runs"] for v in results["domains"].values())]
     L += ["## Targets", "",
-          f"Judged on the **{'leave-one-domain-out' if judged == 'lodo' else 'shipped'}** figures"
-          + (" (baseline: the shipped figures of the baseline run)" if baseline else "") + ".", ""]
-    L += targets_table(results, judged, baseline)
+          "Every target on every domain, with the constants fitted without the domain (*leave one domain out*) "
+          "and as shipped" + ("; the baseline run's verdict in brackets" if baseline else "") + ".", ""]
+    L += targets_table(results, baseline)
     L.append("")
     if notes.strip():
         L += [notes.strip(), ""]
@@ -158,7 +163,7 @@ def write_markdown(results: dict, baseline: dict | None, protocol_lines: list[st
             run = dom["runs"].get(r)
             if not run:
                 continue
-            title = "Shipped constants" if r == "shipped" else "Leave one domain out"
+            title = RUN_TITLES[r].capitalize()
             L += [f"### {title}", ""]
             for ln in run.get("constants", []):
                 L.append(f"- {ln}")
