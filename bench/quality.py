@@ -15,8 +15,9 @@ on the alphabets it was never trained on). Each is embedded once and cached (``-
 ``--quick``: 100 episodes, one setting per domain (its 5-shot setting). ``--leave-one-out``: for
 every evaluated domain, the constants the trust code exposes for fitting are fitted on the
 other domains (other image collections: both Omniglot domains are left out together) and the
-domain is measured with them; ``--fit-on`` fits once on the named domains; ``--fit`` refits the
-shipped Lite0 tables on the Caltech base half and prints them. Protocols and figures:
+domain is measured with them; ``--fit-on`` fits once on the named domains (``all``: every domain); with
+``--print-profile`` it prints the fitted profile and stops (``--fit``: fit on the Caltech base
+half only). Caltech's fit tasks always come from its base half, its figures from the other half. Protocols and figures:
 ``bench/trustbench/protocols.py``; fitting: ``bench/trustbench/fitting.py``. Runs with one
 thread (torch and ONNX Runtime). ``--extras DOMAIN`` adds the support diagnostics and the
 simulated review (``bench/quality_extras.py``) on one domain.
@@ -43,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fewshot_gui.core.atomic import atomic_write_text  # noqa: E402
 from fewshot_gui.core.trust.profile import TrustProfile  # noqa: E402
 from trustbench import protocols as P  # noqa: E402
-from trustbench.domains import COLLECTION, DOMAINS, caltech_base_half, default_cache_dir, load_domain  # noqa: E402
+from trustbench.domains import COLLECTION, DOMAINS, default_cache_dir, load_domain  # noqa: E402
 from trustbench.fitting import fit_profile  # noqa: E402
 from trustbench.report import write_markdown  # noqa: E402
 import quality_extras  # noqa: E402
@@ -53,6 +54,8 @@ DEFAULT_BASELINE = ROOT / "bench" / "quality_baseline.json"
 
 
 def _domains(text: str) -> list[str]:
+    if text.strip() == "all":
+        return list(DOMAINS)
     names = [d.strip() for d in text.split(",") if d.strip()]
     bad = [d for d in names if d not in DOMAINS]
     if bad:
@@ -81,8 +84,8 @@ def protocol_lines(meta: dict) -> list[str]:
         "",
         "## Protocol",
         "",
-        "- **Domains**: `caltech` = Caltech-101 photos with EfficientNet-Lite0 (measured on the seeded half of the "
-        "classes the shipped Lite0 tables were not fitted on); `gtsrb` = GTSRB traffic signs with Lite0, episodes "
+        "- **Domains**: `caltech` = Caltech-101 photos with EfficientNet-Lite0 (figures on a seeded half of its "
+        "classes; constants are only ever fitted on the other, base half); `gtsrb` = GTSRB traffic signs with Lite0, episodes "
         "grouped by track (a sign's frames are never in both support and query; support images come from distinct "
         "tracks); `omniglot-lite0` = Omniglot characters (both zips, Greek and Latin read once) with Lite0, "
         "within-alphabet episodes; `omniglot-conv4` = the bundled Conv-4 ProtoNet model file on the alphabets its "
@@ -182,10 +185,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--leave-one-out", action="store_true",
                     help="also measure every domain with constants fitted on the other domains")
-    ap.add_argument("--fit-on", default="", help="comma list: fit the constants on these domains instead")
+    ap.add_argument("--fit-on", default="", help="comma list (or all): fit the constants on these domains instead")
     ap.add_argument("--fit-episodes", type=int, default=100, help="fit tasks per domain and shot (default 100)")
     ap.add_argument("--fit", action="store_true",
-                    help="refit the shipped Lite0 tables on the Caltech base half, print them and stop")
+                    help="refit the constants on the Caltech base half, print them and stop")
+    ap.add_argument("--print-profile", action="store_true",
+                    help="fit the constants on the --fit-on domains, print the profile and stop")
     ap.add_argument("--no-shipped", action="store_true", help="skip the run with the shipped constants")
     ap.add_argument("--extras", default="", metavar="DOMAIN",
                     help="also measure support diagnostics (--episodes) and the simulated review on DOMAIN")
@@ -204,10 +209,14 @@ def main(argv=None) -> int:
     P.skip_review_order()
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    if args.fit:
-        d = caltech_base_half(load_domain("caltech", Path(args.cache) if args.cache else default_cache_dir()))
-        _, lines = fit_profile([d], d.backbone, args.fit_episodes, args.seed)
+    if args.fit or args.print_profile:
+        cache = Path(args.cache) if args.cache else default_cache_dir()
+        names = _domains(args.fit_on) if args.print_profile else ["caltech"]
+        ds = [load_domain(n, cache) for n in names]
+        prof, lines = fit_profile(ds, ds[0].backbone, args.fit_episodes, args.seed)
         print("\n".join(lines))
+        if args.print_profile:
+            print(repr(prof))
         return 0
     results = merge(args.merge) if args.merge else run(args)
     if args.json:

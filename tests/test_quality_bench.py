@@ -177,3 +177,18 @@ def test_report_names_targets_with_met_or_not_met_and_shows_the_baseline():
     md = write_markdown(res, base, ["header"])
     assert "ECE ≤ 0.04" in md and "met: 0.020" in md and "baseline **not met**: 0.090" in md
     assert "folder: refined ≥ inductive − 0.5 points (every setting) | shipped | **not met**" in md
+
+
+def test_fitted_profile_is_described_by_the_fields_that_differ_from_the_shipped_one():
+    from dataclasses import dataclass
+
+    from trustbench.fitting import describe_changes
+
+    @dataclass(frozen=True)
+    class Profile:
+        backbone: str
+        rate: float = 0.05
+        table: tuple = ((1, 2.0),)
+
+    assert describe_changes(Profile("x", 0.05, ((1, 3.0),)), Profile("x")) == ["table=((1, 3.0),)"]
+    assert describe_changes(Profile("x"), Profile("x")) == []

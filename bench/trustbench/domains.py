@@ -17,8 +17,9 @@ Embeddings come from the project's own code (``get_backbone`` / ``load_model`` +
 ``/tmp/fewshot_quality_cache``), so every domain is embedded once. Images that fail to load are
 dropped.
 
-Every domain has *evaluation classes* (all classes, except Caltech: the seeded half that the
-shipped Lite0 tables were not fitted on) and *item groups*: GTSRB frames of one physical sign
+Every domain has *evaluation classes* (all classes, except Caltech: a seeded half) and *fitting
+classes* (all classes, except Caltech: the other, base half, so that no constant is ever fitted
+on a class Caltech's figures come from) and *item groups*: GTSRB frames of one physical sign
 (track) share a group, so that episodes never put frames of one track in both support and query;
 elsewhere every image is its own group. Omniglot domains also have *class groups* (alphabets) for
 within-alphabet episodes.
@@ -172,13 +173,14 @@ def caltech(cache_dir: Path) -> Domain:
     classes = np.arange(len(a["classes"]))
     perm = np.random.default_rng(CALTECH_SPLIT_SEED).permutation(classes)
     evals = np.sort(perm[len(classes) // 2:])
-    return _as_domain("caltech", a, LITE0, _lite0_method, False, eval_classes=evals,
-                      notes=f"evaluation on the {len(evals)} classes of the seeded half the shipped Lite0 "
-                            "tables were not fitted on")
+    d = _as_domain("caltech", a, LITE0, _lite0_method, False, eval_classes=evals,
+                   notes=f"figures on a seeded half of the classes ({len(evals)}); fit tasks only from the other "
+                         "(base) half")
+    return caltech_base_half(d)
 
 
 def caltech_base_half(d: Domain) -> Domain:
-    """Caltech restricted, for fitting, to the base half the shipped Lite0 tables were fitted on."""
+    """Caltech whose fit tasks come from the base half (the classes the figures do not use)."""
     return replace(d, fit_classes=np.setdiff1d(np.arange(len(d.classes)), d.eval_classes))
 
 

@@ -7,8 +7,8 @@ business:
 
 * when :mod:`fewshot_gui.core.trust.profile` has a function ``fit_trust_profile(tasks,
   backbone)`` it is called with the list of :class:`FitTask` below and the evaluated domain's
-  backbone name and must return a ``TrustProfile``; the report names it with the first line of
-  its docstring;
+  backbone name and must return a ``TrustProfile``; the report lists the fields that differ from
+  the shipped profile;
 * otherwise the constants the code has today, which are per backbone, are refitted on the fit
   domains with the evaluated domain's backbone (all fit domains when none has it) the way they
   were first fitted
@@ -27,6 +27,7 @@ stream, so they never coincide with the evaluation episodes.
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from dataclasses import dataclass
 
@@ -109,6 +110,22 @@ def _refit_current_tables(tasks: list[FitTask], backbone: str) -> tuple[TrustPro
     return prof, lines
 
 
+def describe_changes(profile: object, shipped: object) -> list[str]:
+    """``name=value`` for the fields of a (dataclass) profile that differ from ``shipped``."""
+    if not dataclasses.is_dataclass(profile):
+        return [repr(profile)]
+    out = []
+    for f in dataclasses.fields(profile):
+        v, w = getattr(profile, f.name), getattr(shipped, f.name, None)
+        try:
+            same = bool(v == w)
+        except (TypeError, ValueError):  # e.g. arrays
+            same = False
+        if not same:
+            out.append(f"{f.name}={v!r}")
+    return out
+
+
 def fit_profile(fit_domains: list[Domain], backbone: str, episodes: int, seed: int) -> tuple[object, list[str]]:
     """A TrustProfile fitted on ``fit_domains`` for embeddings of ``backbone``, and lines saying
     what was fitted on what."""
@@ -117,9 +134,9 @@ def fit_profile(fit_domains: list[Domain], backbone: str, episodes: int, seed: i
     hook = getattr(profile_module, HOOK, None)
     if hook is not None:
         prof = hook(tasks, backbone)
-        doc = (hook.__doc__ or "").strip().splitlines()
-        return prof, [f"`profile.{HOOK}` on {len(tasks)} tasks from {where}"
-                      + (f": {doc[0]}" if doc else "")]
+        changed = describe_changes(prof, TrustProfile.for_backbone(backbone))
+        return prof, [f"`profile.{HOOK}` on {len(tasks)} tasks from {where}: "
+                      + (", ".join(changed) if changed else "the shipped values again")]
     same = [t for t in tasks if t.backbone == backbone]  # today's tables are per backbone
     if same:
         tasks = same
