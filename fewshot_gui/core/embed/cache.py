@@ -26,6 +26,8 @@ import sqlite3
 import stat
 import threading
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -118,6 +120,22 @@ def _storable(path: str) -> bool:
     return True
 
 
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``; on any exception roll back (when still possible) and re-raise."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        raise
+
+
 class _Corrupt(Exception):
     pass
 
@@ -163,8 +181,7 @@ class EmbeddingCache:
 
     def _init_schema(self, conn: sqlite3.Connection) -> None:
         """Create or check the tables and the metadata, in one transaction."""
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(conn):
             conn.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)")
             conn.execute("CREATE TABLE IF NOT EXISTS vec (path TEXT PRIMARY KEY, size INTEGER NOT NULL,"
                          " mtime_ns INTEGER NOT NULL, crc INTEGER NOT NULL, data BLOB NOT NULL)")
@@ -178,13 +195,6 @@ class EmbeddingCache:
                 self._write_meta(conn, rows)
             else:
                 self._check_meta(conn, rows)
-            conn.execute("COMMIT")
-        except BaseException:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            raise
 
     def _check_meta(self, conn: sqlite3.Connection, rows: dict[str, str]) -> None:
         if rows.get("schema") != str(SCHEMA_VERSION):
@@ -364,14 +374,10 @@ class EmbeddingCache:
             "finite); they were dropped and are embedded again%s.", self.path, len(bad),
             " (any more found by this run are dropped without another warning)" if first else "")
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany("DELETE FROM vec WHERE path = ? AND crc IS ?", bad)
-            conn.execute("COMMIT")
+            with _transaction(conn):
+                conn.executemany("DELETE FROM vec WHERE path = ? AND crc IS ?", bad)
         except sqlite3.Error:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
+            pass  # the rows are dropped again by a later lookup
 
     def store(self, paths: Sequence[str | Path], feats: np.ndarray,
               identities: Sequence[tuple[str, int, int] | None] | None = None) -> int:
@@ -400,8 +406,7 @@ class EmbeddingCache:
             return 0
 
         def run(conn: sqlite3.Connection) -> int:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(conn):
                 if not self._dim_recorded:
                     meta = {str(k): str(v) for k, v in conn.execute("SELECT k, v FROM meta").fetchall()}
                     if meta.get("check") != _meta_check(meta):
@@ -411,13 +416,6 @@ class EmbeddingCache:
                     self._write_meta(conn, {**meta, "dim": str(self.dim)})
                 conn.executemany("INSERT OR REPLACE INTO vec (path, size, mtime_ns, crc, data) "
                                  "VALUES (?, ?, ?, ?, ?)", rows)
-                conn.execute("COMMIT")
-            except BaseException:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                raise
             return len(rows)
 
         with self._lock:
