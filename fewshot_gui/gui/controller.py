@@ -140,7 +140,9 @@ class LabelController(QObject):
         self.doc.executor.cancel_pending()
 
     def shutdown(self, ms: int = 15000) -> bool:
-        """Stop the running job and the background re-prediction (blocks up to ``ms`` each)."""
+        """Stop the running job and the background re-prediction (blocks up to ``ms`` each); no
+        job starts after that (not even one an ending job would start when idle)."""
+        self.stopping = True
         self._update.stop()
         self.runner.cancel()
         ok = self.runner.wait(ms)

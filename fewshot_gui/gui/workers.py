@@ -145,7 +145,9 @@ class JobRunner(QObject):
         worker.finished.connect(self.finished)
         worker.failed.connect(self.failed)
         worker.cancelled.connect(self.cancelled)
-        worker.done.connect(thread.quit)
+        # quit from the worker thread itself: a queued quit would wait for the GUI thread, which may be
+        # blocked in wait() for this very thread
+        worker.done.connect(thread.quit, Qt.ConnectionType.DirectConnection)
         thread.finished.connect(self._on_thread_finished)
         self._thread, self._worker = thread, worker
         _THREADS.add(thread)
