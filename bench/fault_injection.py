@@ -33,7 +33,7 @@ Checks (``--list`` prints them; ``--only`` takes names or prefixes such as ``kil
   half-written; ``concurrent``: 2-4 processes sharing one cache; ``home-untouched``.
 
 The script exits 1 when any check fails. The demo data (``resources/demo``) keeps it fast;
-training uses one alphabet of ``../shared/data/omniglot``.
+training uses one alphabet of ``../shared/data/omniglot`` (``$FEWSHOT_SHARED_DATA/omniglot`` when set).
 """
 
 from __future__ import annotations

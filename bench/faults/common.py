@@ -29,7 +29,9 @@ DEMO = REPO / "resources" / "demo"
 DEMO_SUPPORT = DEMO / "support"
 DEMO_QUERY = DEMO / "query"
 MODELS = REPO / "resources" / "models"
-OMNIGLOT_ZIP = (REPO / ".." / "shared" / "data" / "omniglot" / "images_background_small1.zip").resolve()
+# real data sets, read-only, beside the repository (FEWSHOT_SHARED_DATA overrides the place)
+SHARED_DATA = Path(os.environ.get("FEWSHOT_SHARED_DATA") or (REPO / ".." / "shared" / "data")).resolve()
+OMNIGLOT_ZIP = SHARED_DATA / "omniglot" / "images_background_small1.zip"
 PYTHON = sys.executable
 TRACEBACK = "Traceback (most recent call last)"
 MEMORY_LIMIT_MB = 3000  # a run whose resident memory passes this is killed and counted as a runaway
