@@ -1,10 +1,12 @@
 """SIGKILL at seeded random moments during each writer, then: is every file present intact, does a
 clean rerun give the clean result, and are temp files left behind after that rerun?
 
-Kill moments: even tries at a uniform time over the part of a clean run where the writer works
-(after the imports), odd tries a seeded delay after the writer's first visible trace (a new entry
-in its output folder, the driver saying it is ready, the first checkpoint): so the writes
-themselves are hit, not only the start-up.
+Kill moments (seeded) are of two kinds, so that the writes themselves are hit and not only the
+start-up: a uniform moment over the later part of a clean run's duration, or a random delay after
+the writer's first visible trace (a new entry in the CSV's folder, the export folder appearing,
+the first checkpoint, the project driver saying it is ready). The CSV and checkpoint writers get
+both kinds in turn, the export one of the first kind in four, the cache (cold labeling, many
+small commits) only the first, the project save loop only the second.
 """
 
 from __future__ import annotations
