@@ -19,13 +19,13 @@ import sys
 import traceback
 
 from fewshot_gui import __version__
-from fewshot_gui.cli import backbones, demo, label, train
+from fewshot_gui.cli import backbones, cache, demo, embed, label, train
 from fewshot_gui.cli import eval as evaluate
 from fewshot_gui.cli.arguments import DefaultsHelpFormatter, show_defaults
 from fewshot_gui.cli.common import UsageError
 from fewshot_gui.core.errors import Cancelled, FewShotError
 
-SUBCOMMANDS = (label, evaluate, backbones, train, demo)
+SUBCOMMANDS = (label, evaluate, backbones, train, demo, embed, cache)
 # OSErrors that mean "the output cannot be written" (a full disk, a read-only or protected folder)
 OUTPUT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
                  getattr(errno, "EDQUOT", errno.ENOSPC)}

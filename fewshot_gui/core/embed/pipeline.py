@@ -14,6 +14,7 @@ rather than passing the rows on as unreadable images (cached rows were checked o
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ from fewshot_gui.core.embed.hardware import usable_cpus
 from fewshot_gui.core.errors import Cancelled, FewShotError, ImageLoadError, ModelFileError
 from fewshot_gui.core.io.images import load_image
 from fewshot_gui.core.jobs import CancelToken, Progress
+
+log = logging.getLogger(__name__)
 
 CACHED_CHUNK = 1024  # cached vectors are yielded in chunks of this size
 
@@ -104,10 +107,14 @@ def iter_embeddings(paths: Sequence[str | Path], backbone, cache=None, batch_siz
     """Embed ``paths`` with ``backbone``; yields :class:`EmbedBatch` es (cached ones first).
 
     ``cache``: an :class:`~fewshot_gui.core.embed.cache.EmbeddingCache` for ``backbone.key`` or None.
-    ``loader(path, min_side=...)`` defaults to :func:`fewshot_gui.core.io.images.load_image`.
+    ``loader(path, min_side=...)`` defaults to :func:`fewshot_gui.core.io.images.load_image`
+    (a custom loader receives each item of ``paths`` unchanged, e.g. a URI string).
     Raises :class:`Cancelled` when ``cancel`` is set (checked between batches).
     """
-    paths = [p if isinstance(p, Path) else Path(p) for p in paths]
+    if loader is None:
+        paths = [p if isinstance(p, Path) else Path(p) for p in paths]
+    else:  # a custom loader gets the items as given (URIs would not survive Path())
+        paths = list(paths)
     total = len(paths)
     batch_size = max(1, int(batch_size))
     dim = int(backbone.dim)
@@ -139,7 +146,10 @@ def iter_embeddings(paths: Sequence[str | Path], backbone, cache=None, batch_siz
                 done += len(idx)
                 yield EmbedBatch(idx, feats, {}, done, total, from_cache=len(idx))
     misses = [i for i in range(total) if i not in hits]
+    n_cached = total - len(misses)
     hits = {}
+    if cache is not None:
+        log.info("embedding %d images: %d from the embedding cache, %d to embed", total, n_cached, len(misses))
     if not misses:
         return
 

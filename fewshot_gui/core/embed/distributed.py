@@ -1,0 +1,380 @@
+"""Embedding a folder or a list of URIs into shards (:mod:`.shards`), here or on a Ray cluster.
+
+Both ways run the labeling code: :func:`~fewshot_gui.core.embed.pipeline.iter_embeddings` over a
+backbone built by the same factory, so their vectors are those ``fewshot label`` computes.
+
+* :func:`embed_local` is a generator job: one pipeline over every image, a shard written every
+  ``shard_rows`` images.
+* :func:`embed_on_ray` splits the images into shards of ``shard_rows`` and hands them to Ray Data:
+  ``map_batches`` over an actor pool (:class:`EmbedActor`, ``ActorPoolStrategy(size=workers)``),
+  each actor building the backbone once and writing each of its shards itself (to a local folder
+  every worker can reach, or an fsspec URL), so that the vectors never pass through the driver. The
+  driver ships the backbone's ONNX export to the actors, so that every worker runs the same file
+  (same cache key); an actor whose backbone still gets another key stops with a clear error.
+
+Identities (the embedding cache's key): a local file's resolved path, size and ``mtime_ns``,
+taken before it is read; a URI's ``info()`` from its fsspec file system (size, modification time
+where the store has one). Ray is imported in :func:`embed_on_ray` only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from fewshot_gui.core.embed.cache import file_identities
+from fewshot_gui.core.embed.onnx_engine import OrtRunner, onnx_file, record_file
+from fewshot_gui.core.embed.pipeline import iter_embeddings
+from fewshot_gui.core.embed.shards import (INSTALL_CLUSTER, ShardRows, is_uri, key_mismatch, read_manifest,
+                                           iter_shards, require_fsspec, write_manifest, write_shard)
+from fewshot_gui.core.errors import ConfigError, DataError, ImageLoadError
+from fewshot_gui.core.io.images import image_extensions, load_image, natural_key, scan_folder
+from fewshot_gui.core.jobs import CancelToken, Progress
+
+SHARD_ROWS = 4096  # images per shard: 4096 x 1280 float32 = 21 MB before compression
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs
+# ------------------------------------------------------------------------------------------------
+def list_inputs(source: str | os.PathLike | None = None, list_file: str | os.PathLike | None = None) -> list[str]:
+    """The images to embed: every image under a local folder or a URL prefix (``source``), or the
+    paths / URIs listed one per line in ``list_file`` (blank lines and ``#`` comments skipped)."""
+    if list_file is not None:
+        try:
+            text = Path(list_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"{list_file}: cannot read the list of images ({exc}); give a UTF-8 text file "
+                            "with one path or URI per line") from None
+        items = [s.strip() for s in text.splitlines()]
+        items = [s for s in items if s and not s.startswith("#")]
+        if not items:
+            raise DataError(f"{list_file}: lists no images; give one path or URI per line")
+        return items
+    if source is None:
+        raise ConfigError("give a folder or a URL to embed, or --list FILE")
+    source = os.fspath(source)
+    if is_uri(source):
+        fs, inner = require_fsspec(source)
+        proto = source.split("://", 1)[0]
+        exts = image_extensions()
+        found = [p for p in fs.find(inner) if os.path.splitext(p)[1].lower() in exts]
+        if not found:
+            raise DataError(f"{source}: no images found there; check the URL and your credentials")
+        return sorted((f"{proto}://{p.lstrip('/')}" if "://" not in p else p for p in found), key=natural_key)
+    paths = scan_folder(source)
+    if not paths:
+        raise DataError(f"no images found in {source}; choose a folder that contains images")
+    return [os.fspath(p) for p in paths]
+
+
+def _mtime_ns(info: dict[str, Any]) -> int | None:
+    for k in ("mtime", "LastModified", "last_modified", "updated", "modified", "created"):
+        v = info.get(k)
+        if v is None:
+            continue
+        if hasattr(v, "timestamp"):
+            return int(round(v.timestamp() * 1e9))
+        try:
+            return int(round(float(v) * 1e9))
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+class UriLoader:
+    """``loader(uri, min_side)`` for the pipeline: reads the object through fsspec (recording its
+    identity first), then decodes it with the same :func:`load_image` as local files."""
+
+    def __init__(self):
+        self.identities: dict[str, tuple[str, int, int | None]] = {}
+
+    def __call__(self, uri, min_side=None):
+        uri = str(uri)
+        try:
+            fs, inner = require_fsspec(uri)
+            info = fs.info(inner)
+            ident = (uri, int(info.get("size") or 0), _mtime_ns(info))
+            with fs.open(inner, "rb") as fh:
+                data = fh.read()
+        except ConfigError as exc:
+            raise ImageLoadError(Path(uri), str(exc)) from None
+        except (OSError, ValueError) as exc:
+            raise ImageLoadError(Path(uri), f"cannot read: {exc}") from None
+        suffix = os.path.splitext(uri)[1][:16]
+        fd, tmp = tempfile.mkstemp(prefix=".fewshot-uri-", suffix=suffix)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            img = load_image(tmp, min_side=min_side)
+        finally:
+            os.unlink(tmp)
+        self.identities[uri] = ident
+        return img
+
+
+def embed_items(items: Sequence[str], backbone, batch_size: int = 32, cancel: CancelToken | None = None,
+                workers: int | None = None) -> Iterator[tuple[list, np.ndarray, dict[str, str], int]]:
+    """Embed ``items`` (local paths or URIs) with the labeling pipeline, no cache.
+
+    Yields ``(identities, vectors, errors {item: reason}, done)`` per batch: one identity
+    ``(path, size, mtime_ns)`` per row of ``vectors``.
+    """
+    items = list(items)
+    remote = [is_uri(s) for s in items]
+    local_ids = file_identities([s for s, r in zip(items, remote) if not r])
+    ids: list = [None] * len(items)
+    it = iter(local_ids)
+    for i, r in enumerate(remote):
+        if not r:
+            ids[i] = next(it)
+    uri_loader = UriLoader()
+
+    def loader(path, min_side=None):
+        return uri_loader(path, min_side) if is_uri(str(path)) else load_image(path, min_side=min_side)
+
+    for b in iter_embeddings(items, backbone, cache=None, batch_size=batch_size, cancel=cancel,
+                             workers=workers, loader=loader if any(remote) else None):
+        errors = {items[i]: msg for i, msg in b.errors.items()}
+        keep, idents = [], []
+        for j, i in enumerate(b.indices):
+            if i in b.errors:
+                continue
+            ident = uri_loader.identities.pop(items[i], None) if remote[i] else ids[i]
+            if ident is None:
+                errors[items[i]] = "the file changed or disappeared while it was read"
+                continue
+            keep.append(j)
+            idents.append(ident)
+        yield idents, b.features[keep], errors, b.done
+
+
+# ------------------------------------------------------------------------------------------------
+# Runs
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class EmbedReport:
+    """What a run did: ``found`` images, ``embedded`` now, ``skipped`` (already in the folder's
+    shards), ``errors`` ({path: reason}), the shards written, the seconds it took."""
+
+    out: str
+    found: int = 0
+    embedded: int = 0
+    skipped: int = 0
+    errors: dict[str, str] = field(default_factory=dict)
+    shards: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    workers: int = 1
+    engine: str = ""
+
+
+def run_id() -> str:
+    return time.strftime("%Y%m%d%H%M%S") + secrets.token_hex(2)
+
+
+def pending_items(items: Sequence[str], out: str, key: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """``(items not yet in out's shards, the shards already there)``; a folder of another key is
+    refused. A local ``out`` is created. A local file counts as done when its identity (path,
+    size, mtime) is in a shard; a URI, when its URI is."""
+    if not is_uri(out):
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as exc:
+            raise DataError(f"{out}: cannot create the shards folder ({exc.strerror or exc}); choose a folder "
+                            "you can write to") from None
+    manifest = read_manifest(out)
+    if manifest is None:
+        return list(items), []
+    if manifest.get("backbone_key") != key:
+        raise key_mismatch(out, str(manifest.get("backbone_key")), key)
+    done: set = set()
+    for shard in iter_shards(out, columns_only=True):
+        for p, s, m in zip(shard.paths, shard.sizes.tolist(), shard.mtimes):
+            done.add((p, s, m))
+            done.add(p)
+    local = [s for s in items if not is_uri(s)]
+    idents = dict(zip(local, file_identities(local)))
+    todo = [s for s in items if (s not in done if is_uri(s) else (idents[s] is None or idents[s] not in done))]
+    return todo, list(manifest["shards"])
+
+
+def finish(report: EmbedReport, backbone, old_shards: list[dict[str, Any]]) -> None:
+    report.shards = old_shards + report.shards
+    write_manifest(report.out, {
+        "backbone": getattr(backbone, "name", ""), "backbone_key": backbone.key, "dim": int(backbone.dim),
+        "engine": getattr(backbone, "engine", ""), "images": report.found, "embedded": report.embedded,
+        "already_there": report.skipped, "failed": report.errors, "shards": report.shards,
+        "workers": report.workers, "seconds": round(report.seconds, 3)})
+
+
+def embed_local(items: Sequence[str], out: str, backbone, batch_size: int = 32, shard_rows: int = SHARD_ROWS,
+                cancel: CancelToken | None = None):
+    """Generator job: embed ``items`` on this machine into shards under ``out``; returns an :class:`EmbedReport`."""
+    t0 = time.perf_counter()
+    todo, old = pending_items(items, out, backbone.key)
+    report = EmbedReport(out, found=len(items), skipped=len(items) - len(todo), engine=backbone.engine)
+    run, rows, first = run_id(), ShardRows(), 0
+    yield Progress("embedding", 0, len(todo))
+    for idents, vecs, errors, done in embed_items(todo, backbone, batch_size=batch_size, cancel=cancel):
+        report.errors.update(errors)
+        if len(idents):
+            rows.add(idents, vecs)
+        if len(rows) >= shard_rows:
+            report.shards.append(write_shard(out, f"part-{run}-{first:09d}.parquet", rows, backbone.key, backbone.dim))
+            report.embedded += len(rows)
+            rows, first = ShardRows(), done
+        yield Progress("embedding", done, len(todo))
+    if len(rows):
+        report.shards.append(write_shard(out, f"part-{run}-{first:09d}.parquet", rows, backbone.key, backbone.dim))
+        report.embedded += len(rows)
+    report.seconds = time.perf_counter() - t0
+    finish(report, backbone, old)
+    return report
+
+
+# ------------------------------------------------------------------------------------------------
+# Ray
+# ------------------------------------------------------------------------------------------------
+def onnx_payload(backbone, cache_dir: str | os.PathLike | None) -> dict[str, bytes]:
+    """The ONNX file (and its digest record) that runs ``backbone``, by file name; {} for torch."""
+    if getattr(backbone, "engine", "torch") != "onnx":
+        return {}
+    path = onnx_file(backbone, cache_dir)
+    return {p.name: p.read_bytes() for p in (path, record_file(path)) if p.is_file()}
+
+
+def limit_threads(backbone, threads: int, cache_dir: str | os.PathLike | None = None) -> None:
+    """Run ``backbone`` on ``threads`` CPU threads (torch, and a fresh ONNX Runtime session)."""
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    if getattr(backbone, "engine", "torch") == "onnx":
+        path = onnx_file(backbone, cache_dir)
+        produced_by = backbone.key[len(backbone.weights_key) + 1:]
+        backbone.use_runner(OrtRunner(path, threads=threads, model=path.read_bytes()), "onnx", produced_by)
+
+
+class EmbedActor:
+    """A Ray Data actor: builds the backbone once, then embeds whole shards and writes them.
+
+    ``make_backbone(cache_dir=...)`` builds the backbone (picklable: a module-level function or a
+    ``functools.partial`` of one); ``onnx_files`` are written into the actor's own cache folder first.
+    """
+
+    def __init__(self, make_backbone: Callable, expected_key: str, onnx_files: dict[str, bytes], out: str,
+                 run: str, batch_size: int = 32, threads: int = 1):
+        self.cache_dir = tempfile.mkdtemp(prefix="fewshot-ray-worker-")
+        os.makedirs(os.path.join(self.cache_dir, "onnx"), exist_ok=True)
+        for name, data in onnx_files.items():
+            with open(os.path.join(self.cache_dir, "onnx", name), "wb") as fh:
+                fh.write(data)
+        self.backbone = make_backbone(cache_dir=self.cache_dir)
+        if self.backbone.key != expected_key:
+            raise ConfigError(f"a Ray worker built backbone key {self.backbone.key!r}, the driver {expected_key!r}: "
+                              "the workers need the same fewshot_gui, torch and onnxruntime versions and the same "
+                              "weights files as the machine that runs `fewshot embed`")
+        limit_threads(self.backbone, threads, self.cache_dir)
+        self.out, self.run, self.batch_size, self.threads = out, run, batch_size, threads
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        files, rows_out, embedded, errors_out = [], [], [], []
+        for first, paths in zip(batch["first"], batch["paths"]):
+            rows, errors = ShardRows(), {}
+            for idents, vecs, errs, _ in embed_items([str(p) for p in paths], self.backbone,
+                                                     batch_size=self.batch_size, workers=max(2, self.threads)):
+                errors.update(errs)
+                if len(idents):
+                    rows.add(idents, vecs)
+            name = f"part-{self.run}-{int(first):09d}.parquet"
+            if len(rows):
+                write_shard(self.out, name, rows, self.backbone.key, self.backbone.dim)
+            files.append(name if len(rows) else "")
+            rows_out.append(len(rows))
+            embedded.append(len(paths))
+            errors_out.append(json.dumps(errors))
+        return {"file": np.array(files, dtype=object), "rows": np.array(rows_out, dtype=np.int64),
+                "images": np.array(embedded, dtype=np.int64), "errors": np.array(errors_out, dtype=object)}
+
+
+def require_ray():
+    """The ``ray`` module (Ray Data included), or a :class:`ConfigError` saying how to install it."""
+    try:
+        import ray  # lazy: Ray is the optional [cluster] extra
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"--ray needs Ray Data, which is not installed; install the cluster extra: "
+                          f"{INSTALL_CLUSTER}") from None
+    return ray
+
+
+def _quiet(ray) -> None:
+    """No Ray Data progress bars or per-stage log lines in the command's output (unless -v)."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    if hasattr(ctx, "print_on_execution_start"):
+        ctx.print_on_execution_start = False
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def embed_on_ray(items: Sequence[str], out: str, backbone, make_backbone: Callable, address: str | None = None,
+                 workers: int | None = None, threads: int = 1, batch_size: int = 32, shard_rows: int = SHARD_ROWS,
+                 cache_dir: str | os.PathLike | None = None, cancel: CancelToken | None = None):
+    """Generator job: embed ``items`` on Ray into shards under ``out``; returns an :class:`EmbedReport`.
+
+    Uses the running Ray when this process has one (``ray.init`` already called), else connects to
+    ``address`` (``"auto"``: the cluster this machine belongs to; None: a Ray started here, or the
+    one ``RAY_ADDRESS`` names). ``workers``: actors in the pool (default: the cluster's CPUs divided
+    by ``threads``); ``threads``: CPUs per actor.
+    """
+    ray = require_ray()
+    t0 = time.perf_counter()
+    todo, old = pending_items(items, out, backbone.key)
+    started = False
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+        started = True
+    _quiet(ray)
+    try:
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        workers = workers or max(1, cpus // max(1, threads))
+        report = EmbedReport(out, found=len(items), skipped=len(items) - len(todo), workers=workers,
+                             engine=backbone.engine)
+        yield Progress("embedding on Ray", 0, len(todo))
+        if todo:
+            # smaller shards when there are few images, so that every worker gets some
+            size = max(1, min(shard_rows, -(-len(todo) // workers)))
+            chunks = [{"first": s, "paths": todo[s:s + size]} for s in range(0, len(todo), size)]
+            ds = ray.data.from_items(chunks, override_num_blocks=len(chunks))
+            ds = ds.map_batches(
+                EmbedActor, batch_size=1, batch_format="numpy", num_cpus=threads,
+                compute=ray.data.ActorPoolStrategy(size=min(workers, len(chunks))),
+                fn_constructor_kwargs=dict(make_backbone=make_backbone, expected_key=backbone.key,
+                                           onnx_files=onnx_payload(backbone, cache_dir), out=out, run=run_id(),
+                                           batch_size=batch_size, threads=threads))
+            done = 0
+            for row in ds.iter_rows():
+                if cancel is not None:
+                    cancel.raise_if_cancelled()
+                report.errors.update(json.loads(row["errors"]))
+                if row["file"]:
+                    report.shards.append({"file": str(row["file"]), "rows": int(row["rows"])})
+                report.embedded += int(row["rows"])
+                done += int(row["images"])
+                yield Progress("embedding on Ray", done, len(todo))
+        report.shards.sort(key=lambda s: s["file"])
+    finally:
+        if started:
+            ray.shutdown()
+    report.seconds = time.perf_counter() - t0
+    finish(report, backbone, old)
+    return report

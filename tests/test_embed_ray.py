@@ -1,0 +1,122 @@
+"""``fewshot embed`` on a local Ray (2 CPUs) equals the local path's embeddings; ``fewshot cache
+import`` puts them into the cache, after which ``fewshot label`` embeds nothing. Also: shards of
+another backbone are refused, and without Ray the command says how to install it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fewshot_gui.cli import main
+
+pytest.importorskip("pyarrow")
+
+from fewshot_gui.core.embed.shards import iter_shards  # noqa: E402
+
+PIPELINE_LOG = "fewshot_gui.core.embed.pipeline"
+COLOURS = [(220, 40, 40), (40, 180, 60), (40, 70, 220)]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """data/support/<class>/ (2 x 2 images) and data/query/ (16 images): 20 small images."""
+    root = tmp_path_factory.mktemp("embed_ray") / "data"
+    rng = np.random.default_rng(0)
+
+    def image(path, colour):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        noise = rng.integers(-30, 31, size=(40, 48, 3))
+        Image.fromarray(np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)).save(path)
+
+    for k, name in enumerate(("red", "green")):
+        for i in range(2):
+            image(root / "support" / name / f"{i}.png", COLOURS[k])
+    for i in range(16):
+        image(root / "query" / f"q{i:02d}.png", COLOURS[i % 3])
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("embed_ray_cache")
+
+
+def vectors(shards_dir) -> dict[str, np.ndarray]:
+    out = {}
+    for shard in iter_shards(str(shards_dir)):
+        assert shard.vectors.dtype == np.float32 and shard.vectors.shape == (len(shard.paths), shard.dim)
+        out.update(zip(shard.paths, shard.vectors))
+    return out
+
+
+@pytest.fixture(scope="module")
+def local_shards(folder, cache_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards") / "local"
+    assert main(["embed", str(folder), "--out", str(out), "--cache-dir", str(cache_dir), "--shard-rows", "8"]) == 0
+    return out
+
+
+def test_ray_embeddings_equal_local_ones_and_label_then_embeds_nothing(folder, cache_dir, local_shards,
+                                                                       tmp_path, caplog, capsys):
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        out = tmp_path / "ray_shards"
+        assert main(["embed", str(folder), "--out", str(out), "--cache-dir", str(cache_dir),
+                     "--ray", "--workers", "2", "--batch-size", "4"]) == 0
+    finally:
+        ray.shutdown()
+    assert "embedded 20 of 20 images on Ray (2 workers)" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["images"] == 20 and manifest["embedded"] == 20 and manifest["failed"] == {}
+    assert len(manifest["shards"]) == 2  # one per worker
+    local, remote = vectors(local_shards), vectors(out)
+    assert len(local) == 20 and sorted(local) == sorted(remote)
+    for path, vec in local.items():
+        np.testing.assert_allclose(remote[path], vec, rtol=0, atol=1e-5)
+
+    assert main(["cache", "import", str(out), "--cache-dir", str(cache_dir)]) == 0
+    assert "imported 20 of 20 embeddings from 2 shards" in capsys.readouterr().out
+
+    caplog.set_level(logging.INFO, logger=PIPELINE_LOG)
+    csv_path = tmp_path / "labels.csv"
+    assert main(["label", "--support", str(folder / "support"), "--query", str(folder / "query"),
+                 "--out", str(csv_path), "--cache-dir", str(cache_dir)]) == 0
+    counts = [r.getMessage() for r in caplog.records if r.name == PIPELINE_LOG and "to embed" in r.getMessage()]
+    assert counts == ["embedding 4 images: 4 from the embedding cache, 0 to embed",
+                      "embedding 16 images: 16 from the embedding cache, 0 to embed"]
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 16 and all(r["label"] in ("red", "green") for r in rows)
+
+
+def test_rerun_embeds_only_new_images(folder, cache_dir, local_shards, capsys):
+    assert main(["embed", str(folder), "--out", str(local_shards), "--cache-dir", str(cache_dir)]) == 0
+    assert "embedded 0 of 20 images here" in capsys.readouterr().out
+    assert len(vectors(local_shards)) == 20
+
+
+def test_shards_of_another_backbone_are_refused(cache_dir, local_shards, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in local_shards.iterdir():
+        (other / f.name).write_bytes(f.read_bytes())
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["backbone_key"] = "resnet50|other-weights"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["cache", "import", str(other), "--cache-dir", str(cache_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "'resnet50|other-weights'" in err and "give the same --backbone/--model" in err
+
+
+def test_without_ray_the_command_says_how_to_install_it(folder, cache_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    assert main(["embed", str(folder), "--out", str(tmp_path / "s"), "--cache-dir", str(cache_dir), "--ray"]) == 1
+    assert 'pip install "fewshot_gui[cluster]"' in capsys.readouterr().err
