@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from fewshot_gui.core.errors import ProjectFileError
-from fewshot_gui.core.session.project import VERSION, LabelSet, Project
+from fewshot_gui.core.session.project import VERSION, ClassDef, LabelSet, Project
 
 
 def _make(tmp_path: Path) -> Project:
@@ -104,3 +104,45 @@ def test_duplicate_class_rejected():
     ls.add_class("a")
     with pytest.raises(ValueError):
         ls.add_class("a")
+
+
+def test_project_text_is_json_dumps_text():
+    import json as _json
+
+    from fewshot_gui.core.session.project_file import project_json
+
+    cases = [{}, [], "s", 3, None, {"a": [1, 2.5, None, True, {"x": []}], "b": {"é\u2028": "\"q\"\n\t", "c": [["x"], []]},
+                                     "t": (1, 2), "k": {1: 2}, "f": float("nan"), "e": {}}]
+    for case in cases:
+        assert project_json(case) == _json.dumps(case, indent=2, ensure_ascii=False) + "\n"
+
+
+def test_paths_are_stored_relative_to_the_project_folder_as_relpath_gives_them(tmp_path):
+    import os
+
+    from fewshot_gui.core.session.project import _Relative
+
+    base = tmp_path / "a" / "b"
+    rel = _Relative(base)
+    for p in ["a/b/c.jpg", "a/b", "a/x/../b/c/d.jpg", "q/r.jpg", "a/b/./c.jpg", "a/b/c/..", "a/bc/d.jpg",
+              "a/b/c/../../b/e.jpg", "a", ""]:
+        full = tmp_path / p
+        assert rel.one(full) == Path(os.path.relpath(os.path.abspath(full), base)).as_posix(), p
+    assert rel.many([base / "x.jpg", base / "y" / "z.jpg", tmp_path / "w.jpg"]) == ["x.jpg", "y/z.jpg", "../../w.jpg"]
+    assert _Relative(None).one(tmp_path / "a" / ".." / "c.jpg") == (tmp_path / "c.jpg").as_posix()
+
+
+def test_a_snapshot_saves_what_the_project_was_when_it_was_taken(tmp_path):
+    p = Project(label_sets=[LabelSet("s", [ClassDef("a", "#112233", [tmp_path / "x.jpg"])], {"q.jpg": "a"})],
+                active_label_set="s", query_folder=tmp_path, settings={"sort": "name", "nested": {"k": [1]}})
+    snap = p.snapshot()
+    p.label_sets[0].classes[0].support.append(tmp_path / "y.jpg")
+    p.label_sets[0].confirmed["r.jpg"] = "a"
+    p.label_sets[0].classes[0].name = "b"
+    p.settings["nested"]["k"].append(2)
+    p.label_sets.append(LabelSet("other"))
+    saved = Project.load(snap.save(tmp_path / "s.fewshot.json"))
+    ls = saved.label_sets
+    assert [x.name for x in ls] == ["s"] and ls[0].classes[0].name == "a"
+    assert ls[0].classes[0].support == [tmp_path / "x.jpg"] and ls[0].confirmed == {"q.jpg": "a"}
+    assert saved.settings["nested"] == {"k": [1]}

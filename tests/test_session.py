@@ -292,3 +292,89 @@ def test_unknown_threshold_and_view_are_kept_in_the_project_settings(tmp_path):
     bad = Project.load(f)
     assert not {"unknown_threshold", "sort", "filter", "filter_class"} & set(bad.settings)
     assert len(bad.warnings) == 4 and all(str(f) in w for w in bad.warnings)
+
+
+def _clustered_session(tmp_path, quick, full, n_per_class=60, dim=32):
+    """A session over synthetic embeddings of three classes (support: 3 images each)."""
+    from fewshot_gui.core.session.model import RunContext
+    from fewshot_gui.core.session.project import ClassDef, LabelSet, Project
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), n_per_class)
+    feats = (rng.normal(size=(3, dim))[y] * 2.0 + rng.normal(size=(len(y), dim))).astype(np.float32)
+    paths = [tmp_path / f"img{i:04d}.jpg" for i in range(len(y))]
+    classes = [ClassDef(f"c{k}", support=[paths[k * n_per_class + j] for j in range(3)]) for k in range(3)]
+    project = Project(label_sets=[LabelSet("s", classes)], active_label_set="s", query_folder=tmp_path)
+    s = LabelingSession(project, executor=full, quick_executor=quick)
+    s.set_query(tmp_path, paths)
+    s.features, s.run = feats, RunContext("efficientnet-lite0", "synthetic", "protonet")
+    return s, y
+
+
+def test_a_large_folder_gets_a_quick_answer_first_then_the_full_assessment(tmp_path, monkeypatch):
+    import fewshot_gui.core.session.model as model_mod
+    import fewshot_gui.core.session.session as session_mod
+
+    monkeypatch.setattr(session_mod, "QUICK_MIN_ROWS", 100)
+    monkeypatch.setattr(model_mod, "QUICK_MIN_ROWS", 100)
+    monkeypatch.setattr(model_mod, "QUICK_SAMPLE", 64)
+    monkeypatch.setattr(model_mod, "QUICK_CHUNK", 50)
+    quick, full = ManualExecutor(), ManualExecutor()
+    s, y = _clustered_session(tmp_path, quick, full)
+    assert s.repredict()
+    assert not quick.waiting  # nothing to start from: the full assessment only
+    full.run_all()
+    first = s.trust["s"]
+    changes = []
+    s.events.predictions_changed.connect(changes.append)
+    s.set_confirmed([70], ["c0"])  # a correction (image 70 is of class c1)
+    assert quick.waiting and not full.waiting
+    quick.run_all()
+    quick_trust = s.trust["s"]
+    assert len(changes) == 1 and s.repredicting  # the quick answer is shown; the full one is on its way
+    assert quick_trust.probs is not first.probs and quick_trust.unknown is first.unknown
+    assert np.isfinite(quick_trust.probs).all() and np.allclose(quick_trust.probs.sum(axis=1), 1, atol=1e-4)
+    assert full.waiting
+    full.run_all()
+    assert len(changes) == 2 and not s.repredicting
+    final = s.trust["s"]
+    assert final.unknown is not first.unknown
+    agree = (quick_trust.probs.argmax(axis=1) == final.probs.argmax(axis=1)).mean()
+    assert agree >= 0.95
+
+
+def test_a_newer_edit_drops_the_quick_answer_and_its_full_assessment(tmp_path, monkeypatch):
+    import fewshot_gui.core.session.session as session_mod
+
+    monkeypatch.setattr(session_mod, "QUICK_MIN_ROWS", 100)
+    monkeypatch.setattr("fewshot_gui.core.session.model.QUICK_MIN_ROWS", 100)
+    quick, full = ManualExecutor(), ManualExecutor()
+    s, _ = _clustered_session(tmp_path, quick, full)
+    s.repredict()
+    full.run_all()
+    before = s.trust["s"]
+    changes = []
+    s.events.predictions_changed.connect(changes.append)
+    s.set_confirmed([70], ["c0"])
+    s.set_confirmed([71], ["c1"])  # before the first answer came
+    assert len(quick.waiting) == 2
+    quick.run_all()  # the superseded one is skipped and dropped: one answer, one full assessment queued
+    assert len(changes) == 1 and len(full.waiting) == 1
+    full.run_all()
+    assert len(changes) == 2 and s.trust["s"] is not before and not s.repredicting
+    confirmed = s.arrays().confirmed
+    assert confirmed[70] == 0 and confirmed[71] == 1
+
+
+def test_quick_answers_only_for_large_refined_folders(tmp_path):
+    from fewshot_gui.core.session.model import RunContext, quick_trust
+
+    s, y = _clustered_session(tmp_path, ManualExecutor(), ManualExecutor(), n_per_class=10)
+    xs, ys = s.features[[0, 10, 20]], np.array([0, 1, 2])
+    assert quick_trust(s.run, xs, ys, 3, s.features, None) is None  # nothing to start from
+    s.repredict()
+    s.background.executor.run_all()
+    prev = s.trust["s"]
+    assert quick_trust(s.run, xs, ys, 3, s.features, prev) is None  # small folder: the full one is fast
+    off = RunContext("efficientnet-lite0", "synthetic", "protonet", refine=False)
+    assert quick_trust(off, xs, ys, 3, s.features, prev) is None

@@ -8,9 +8,10 @@
   :class:`~fewshot_gui.core.errors.FewShotError` (a message for the user) from anything else (a
   bug, logged with its traceback here). Signals cross as queued connections; the GUI never blocks
   on the worker.
-* :class:`BackgroundExecutor` is the executor a labeling session re-predicts through:
-  ``submit(fn) -> concurrent.futures.Future``, one call at a time on a worker thread, each future
-  resolved on the GUI thread (so its done-callbacks run there).
+* :class:`BackgroundExecutor` is the executor a labeling session re-predicts through (and the
+  document writes project files through): ``submit(fn) -> concurrent.futures.Future``, one call
+  at a time on a worker thread, each future resolved on the GUI thread (so its done-callbacks run
+  there).
 * :class:`ThumbnailLoader` makes thumbnails on a ``QThreadPool`` (``QRunnable`` tasks), newest
   requests first, with an optional disk cache, and delivers ``QImage``s by signal.
 
@@ -218,6 +219,20 @@ class BackgroundExecutor(QObject):
         """Cancel the calls not started yet and wait for the running one (shutdown only)."""
         self.cancel_pending()
         return self.runner.wait(ms)
+
+    def drain(self, ms: int = 30000) -> bool:
+        """Finish every call (shutdown only): wait up to ``ms`` for the running one, then run the
+        queued ones on the calling thread. True when the running one ended in time."""
+        pending = list(self._queue)
+        self._queue.clear()
+        ok = self.runner.wait(ms)
+        for fn, future in pending:
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as exc:  # delivered to the future's reader
+                    future.set_exception(exc)
+        return ok
 
     @Slot()
     def _start_next(self) -> None:

@@ -51,9 +51,10 @@ class LatestAnswers:
         return key in self._in_flight
 
     def submit(self, key: str, work: Callable[[], Any], on_answer: Callable[[Any], None],
-               on_error: Callable[[str], None], on_cancelled: Callable[[], None]) -> None:
-        """Run ``work()`` through the executor (superseding earlier work for ``key``); then
-        ``on_answer(value)``, ``on_error(message)`` or ``on_cancelled()`` unless superseded."""
+               on_error: Callable[[str], None], on_cancelled: Callable[[], None], executor: Any = None) -> None:
+        """Run ``work()`` through ``executor`` (default: this one's; superseding earlier work for
+        ``key``); then ``on_answer(value)``, ``on_error(message)`` or ``on_cancelled()`` unless
+        superseded."""
         self.supersede(key)
         gen = self._generation[key]
         generation = self._generation
@@ -80,4 +81,4 @@ class LatestAnswers:
                 on_error(f"{type(exc).__name__}: {exc}")
 
         self._in_flight.add(key)
-        self.executor.submit(guarded).add_done_callback(done)
+        (executor or self.executor).submit(guarded).add_done_callback(done)

@@ -18,7 +18,7 @@ absent: the calibrated default). Invalid values are dropped with a warning.
 
 from __future__ import annotations
 
-import json
+import copy
 import logging
 import os
 import stat
@@ -34,7 +34,7 @@ from fewshot_gui.core.errors import ProjectFileError, WriteError
 from fewshot_gui.core.io.export import UNKNOWN_LABEL
 from fewshot_gui.core.io.images import scan_class_folders
 from fewshot_gui.core.models.choice import DEFAULT_METHOD
-from fewshot_gui.core.session.project_file import SUFFIX, parse_json, read_project_text
+from fewshot_gui.core.session.project_file import SUFFIX, parse_json, project_json, read_project_text
 
 MAX_FILE_BYTES = 64 * 1024 * 1024  # larger files are refused before they are read
 MAX_DEPTH = 32  # JSON nesting: the format itself needs 5 levels (settings may nest a little)
@@ -185,23 +185,20 @@ class Project:
     # ----------------------------------------------------------------- serialise
     def to_dict(self, base: Path | None = None) -> dict[str, Any]:
         base = Path(base) if base is not None else (self.path.parent if self.path else None)
-
-        def rel(p: Path | None) -> str | None:
-            return None if p is None else _relpath(Path(p), base)
-
+        rel = _Relative(base)
         return {
             "format": FORMAT,
             "version": VERSION,
-            "query_folder": rel(self.query_folder),
+            "query_folder": rel.one(self.query_folder),
             "backbone": self.backbone,
-            "model_file": rel(self.model_file),
+            "model_file": rel.one(self.model_file),
             "method": self.method,
             "active_label_set": self.active_label_set,
             "label_sets": [
                 {
                     "name": ls.name,
                     "classes": [
-                        {"name": c.name, "color": c.color, "support": [rel(p) for p in c.support]}
+                        {"name": c.name, "color": c.color, "support": rel.many(c.support)}
                         for c in ls.classes
                     ],
                     "confirmed": dict(sorted(ls.confirmed.items())),
@@ -210,6 +207,16 @@ class Project:
             ],
             "settings": dict(self.settings),
         }
+
+    def snapshot(self) -> "Project":
+        """A copy that later edits of this project do not change (its containers are copied;
+        paths and texts are immutable): cheap to take on the GUI thread, then saved elsewhere."""
+        return Project(
+            label_sets=[LabelSet(ls.name, [ClassDef(c.name, c.color, list(c.support)) for c in ls.classes],
+                                 dict(ls.confirmed)) for ls in self.label_sets],
+            query_folder=self.query_folder, backbone=self.backbone, model_file=self.model_file,
+            method=self.method, active_label_set=self.active_label_set,
+            settings=copy.deepcopy(self.settings), path=self.path)
 
     @classmethod
     def from_dict(cls, data: Any, base: Path | None, source: str = "project") -> "Project":
@@ -248,7 +255,7 @@ class Project:
         if target is None:
             raise ProjectFileError("this project has never been saved; choose a file name (Save As)")
         target = target.resolve()
-        text = json.dumps(self.to_dict(target.parent), indent=2, ensure_ascii=False) + "\n"
+        text = project_json(self.to_dict(target.parent))
         try:
             atomic_write_text(target, text)
         except WriteError as exc:
@@ -264,14 +271,45 @@ class Project:
         return self.to_dict(Path("/")) == other.to_dict(Path("/"))
 
 
-def _relpath(p: Path, base: Path | None) -> str:
-    p = Path(os.path.abspath(p))
-    if base is None:
-        return p.as_posix()
-    try:
-        return Path(os.path.relpath(p, os.path.abspath(base))).as_posix()
-    except ValueError:  # another drive on Windows
-        return p.as_posix()
+class _Relative:
+    """Paths as the file stores them: relative to ``base`` with ``/`` (absolute without a base,
+    or on another drive). The folder part of each path is converted once per folder (a project
+    lists many images of the same folders)."""
+
+    def __init__(self, base: Path | None):
+        self.base = None if base is None else os.path.abspath(base)
+        self._folders: dict[str, str] = {}
+
+    def one(self, p: Path | str | None) -> str | None:
+        return None if p is None else self.many([p])[0]
+
+    def many(self, paths: list[Path]) -> list[str]:
+        out = []
+        folders, split = self._folders, os.path.split
+        for p in paths:
+            head, name = split(os.fspath(p))
+            if name in ("", ".", ".."):
+                out.append(self._convert(os.fspath(p)))
+                continue
+            folder = folders.get(head)
+            if folder is None:
+                folder = folders[head] = self._convert(head)
+            if folder == ".":
+                out.append(name)
+            elif folder.endswith(".."):  # "../<name>" may lead back into base: the whole path
+                out.append(self._convert(os.fspath(p)))
+            else:
+                out.append(f"{folder}/{name}")
+        return out
+
+    def _convert(self, p: str) -> str:
+        a = os.path.abspath(p)
+        if self.base is None:
+            return Path(a).as_posix()
+        try:
+            return Path(os.path.relpath(a, self.base)).as_posix()
+        except ValueError:  # another drive on Windows
+            return Path(a).as_posix()
 
 
 def _is_color(s: str) -> bool:
@@ -291,6 +329,7 @@ class _ProjectReader:
     def __init__(self, source: str, base: Path | None):
         self.source = source
         self.base = base
+        self._base_text = str(base) if base is not None else ""
         self.warnings: list[str] = []
 
     def bad(self, where: str, what: str) -> ProjectFileError:
@@ -321,10 +360,9 @@ class _ProjectReader:
         return self._abs(self.text(v, where))
 
     def _abs(self, v: str) -> Path:
-        p = Path(v)
-        if not p.is_absolute() and self.base is not None:
-            p = self.base / p
-        return Path(os.path.normpath(p))
+        if self.base is not None:
+            v = os.path.join(self._base_text, v)  # an absolute v stays itself
+        return Path(os.path.normpath(v))
 
     # -------------------------------------------------------------- the whole file
     def project(self, cls: type[Project], data: Any) -> Project:

@@ -35,23 +35,27 @@ from fewshot_gui.core.session.background import LatestAnswers
 from fewshot_gui.core.session.events import SessionEvents
 from fewshot_gui.core.session.examples import path_key, same_examples, training_examples
 from fewshot_gui.core.session.job import LabelBatch, LabelResult
-from fewshot_gui.core.session.model import RunContext, confirmed_overrides, refit_and_assess, reviewed_columns
+from fewshot_gui.core.session.model import (QUICK_MIN_ROWS, RunContext, confirmed_overrides, quick_trust,
+                                            refit_and_assess, reviewed_columns)
 from fewshot_gui.core.session.project import ClassDef, LabelSet, Project, check_new_class_name, palette_color
-from fewshot_gui.core.session.view import LabelState, ViewArrays, view_arrays
+from fewshot_gui.core.session.view import LabelState, ViewArrays, probs_of, saved_threshold, view_arrays
 from fewshot_gui.core.trust.report import Trust, trust_columns
 
 
 class LabelingSession:
     """An open project being labeled. ``executor``: where re-predictions run (anything with
-    ``submit(fn) -> Future``; default: at once, on the calling thread)."""
+    ``submit(fn) -> Future``; default: at once, on the calling thread); ``quick_executor``: where
+    the quick first answers of a large folder run (default: ``executor``), so that they need not
+    wait for a full assessment that a newer edit made out of date."""
 
-    def __init__(self, project: Project | None = None, executor: Any = None):
+    def __init__(self, project: Project | None = None, executor: Any = None, quick_executor: Any = None):
         self.events = SessionEvents()
         self.background = LatestAnswers(executor)
-        self.dirty = False
+        self.quick_executor = quick_executor
+        self.dirty, self.edits = False, 0
         self.job_running = False  # a labeling job streams into the active label set
         self.project = project or Project()
-        self.unknown_threshold = _saved_threshold(self.project)  # None: the run's calibrated default
+        self.unknown_threshold = saved_threshold(self.project.settings)  # None: the run's calibrated default
         self.paths: list[Path] = []
         self.rel: list[str] = []
         self._rel_index: dict[str, int] = {}
@@ -77,7 +81,7 @@ class LabelingSession:
     # ------------------------------------------------------------------ project
     def set_project(self, project: Project) -> None:
         self.project = project
-        self.unknown_threshold = _saved_threshold(project)
+        self.unknown_threshold = saved_threshold(project.settings)
         self.paths, self.rel, self._rel_index, self._path_index = [], [], {}, {}
         self._forget_examples()
         self._forget_run()
@@ -85,6 +89,7 @@ class LabelingSession:
         self.events.project_reset.emit()
 
     def set_dirty(self, dirty: bool = True) -> None:
+        self.edits += bool(dirty)  # a save compares it with the count at its snapshot
         if dirty != self.dirty:
             self.dirty = dirty
             self.events.dirty_changed.emit(dirty)
@@ -195,11 +200,7 @@ class LabelingSession:
 
     def probs_of(self, i: int) -> list[tuple[str, float]]:
         """(class, probability) for image ``i`` in the current class order ([] when none)."""
-        st = self.state
-        if st is None or i >= st.probs.shape[0] or np.isnan(st.probs[i]).any():
-            return []
-        col = {c: k for k, c in enumerate(st.classes)}
-        return [(c, float(st.probs[i, col[c]])) for c in self.class_names if c in col]
+        return probs_of(self.state, self.class_names, i)
 
     def _changed(self, items: np.ndarray | None) -> None:
         self._arrays = None
@@ -465,18 +466,18 @@ class LabelingSession:
         return True
 
     def _submit(self, name: str, xs: np.ndarray, ys: np.ndarray, example_paths: list[str], classes: list[str]) -> None:
-        run, feats = self.run, self.features
+        """Re-assess through the executor; in a large folder a quick answer
+        (:func:`~.model.quick_trust`) comes first and the full assessment follows it."""
+        run, feats, previous = self.run, self.features, self.trust.get(name)
 
-        def work() -> Trust:
-            return refit_and_assess(run, xs, ys, classes, feats, example_paths)
-
-        def answer(trust: Trust | None) -> None:
-            if trust is None or self.project.get_label_set(name).class_names != classes:
-                return
-            self.states[name] = LabelState(list(classes), np.asarray(trust.probs, np.float32))
-            self.trust[name] = trust
-            if name == self.project.active_label_set:
-                self._changed(None)
+        def answer(trust: Trust | None, then_full: bool = False) -> None:
+            if trust is not None and self.project.get_label_set(name).class_names == classes:
+                self.states[name] = LabelState(list(classes), np.asarray(trust.probs, np.float32))
+                self.trust[name] = trust
+                if name == self.project.active_label_set:
+                    self._changed(None)
+            if then_full:
+                full()
 
         def cancelled() -> None:
             if name in self.states:
@@ -485,10 +486,13 @@ class LabelingSession:
         def failed(text: str) -> None:
             self.events.message.emit(f"Could not update predictions: {text}")
 
-        self.background.submit(name, work, answer, failed, cancelled)
+        def full() -> None:
+            self.background.submit(name, lambda: refit_and_assess(run, xs, ys, classes, feats, example_paths),
+                                   answer, failed, cancelled)
 
-
-def _saved_threshold(project: Project) -> float | None:
-    t = project.settings.get("unknown_threshold")
-    return None if t is None else float(t)
-
+        if previous is None or len(feats) < QUICK_MIN_ROWS:
+            full()
+            return
+        self.background.submit(name, lambda: quick_trust(run, xs, ys, len(classes), feats, previous),
+                               lambda t: answer(t, then_full=True), lambda _text: full(), cancelled,
+                               executor=self.quick_executor)

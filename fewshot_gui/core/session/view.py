@@ -88,9 +88,23 @@ def view_arrays(n: int, class_names: list[str], state: LabelState | None, errors
     return ViewArrays(pred, conf, confirmed_idx, failed, done, unknown, rank, none_of_these)
 
 
+def probs_of(state: LabelState | None, class_names: list[str], i: int) -> list[tuple[str, float]]:
+    """(class, probability) of image ``i`` in the order of ``class_names`` ([] when none)."""
+    if state is None or i >= state.probs.shape[0] or np.isnan(state.probs[i]).any():
+        return []
+    col = {c: k for k, c in enumerate(state.classes)}
+    return [(c, float(state.probs[i, col[c]])) for c in class_names if c in col]
+
+
 def saved_view(settings: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
     """(sort, filter, filter class) saved in a project's ``settings`` (None: not saved)."""
     return settings.get("sort"), settings.get("filter"), settings.get("filter_class")
+
+
+def saved_threshold(settings: dict[str, Any]) -> float | None:
+    """The unknown threshold saved in a project's ``settings`` (None: the calibrated default)."""
+    t = settings.get("unknown_threshold")
+    return None if t is None else float(t)
 
 
 def save_view(settings: dict[str, Any], sort: str, filter_kind: str, filter_class: str | None = None) -> None:
