@@ -8,6 +8,10 @@ Examples::
         --val-data "../shared/data/omniglot/images_background_small2.zip::Japanese_(katakana),Sanskrit,Tagalog" \\
         --way 20 --shot 1 --query 5 --episodes 3000 --out omniglot-conv4-protonet.safetensors
 
+    # EfficientNet-Lite0 with its top block meta-tuned (ProtoNet) on GTSRB, 21 of 43 classes held out
+    fewshot train --method protonet --backbone efficientnet-lite0 --tune-blocks 1 \\
+        --data ../shared/data/gtsrb --holdout 0.49 --way 5 --shot 5 --query 10 --out gtsrb-lite0.safetensors
+
     # Proto-MAML head on EfficientNet-Lite0 features of Caltech-101, 40% of classes held out
     fewshot train --method maml --backbone efficientnet-lite0 --data ../shared/data/caltech101 \\
         --holdout 0.4 --way 5 --shot 5 --query 10 --out caltech-lite0-maml.safetensors
@@ -29,7 +33,7 @@ from fewshot_gui.cli.progress import ProgressBar
 from fewshot_gui.core.atomic import check_writable
 from fewshot_gui.core.errors import DataError
 from fewshot_gui.core.jobs import run_job
-from fewshot_gui.core.training.config import TrainConfig
+from fewshot_gui.core.training.config import DEFAULT_TUNE_BLOCKS, MAX_TUNE_BLOCKS, TrainConfig
 
 CONV4_MIN_SIZE = 16  # four 2x2 poolings leave at least one pixel
 
@@ -38,11 +42,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("train", help="meta-train a model (protonet, maml, relation) into a model file",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", choices=("protonet", "maml", "relation"), default="protonet",
-                   help="what to meta-train (protonet: a Conv-4 only; default: protonet)")
+                   help="what to meta-train (protonet: a Conv-4, or the top blocks of a pretrained backbone; "
+                        "default: protonet)")
     p.add_argument("--backbone", default="conv4",
-                   help="conv4 (trained from scratch on images; default) or a registered frozen backbone such "
-                        "as efficientnet-lite0 (a maml or relation head is trained on its features; see "
-                        "`fewshot backbones`)")
+                   help="conv4 (trained from scratch on images; default) or a registered pretrained backbone such "
+                        "as efficientnet-lite0 (its top blocks are meta-tuned, see --tune-blocks, or a maml or "
+                        "relation head is trained on its features; see `fewshot backbones`)")
+    p.add_argument("--tune-blocks", dest="tune_blocks", type=whole_number(0), default=None, metavar="N",
+                   help=f"pretrained backbone: meta-tune its top N blocks (and head convolution), 1 to "
+                        f"{MAX_TUNE_BLOCKS}; the model file keeps only those. Default: {DEFAULT_TUNE_BLOCKS} for "
+                        "--method protonet, 0 (a head on frozen features) for maml and relation")
     p.add_argument("--data", action="append", required=True, metavar="PATH",
                    help="training data (repeatable): ImageFolder dir or zip, optionally PATH::GROUP1,GROUP2")
     p.add_argument("--data-weights", dest="data_weights", metavar="W1,W2", type=weight_list,
@@ -133,8 +142,13 @@ def config_from_args(args) -> TrainConfig:
         raise DataError(f"--data-weights has {len(weights)} numbers for {len(args.data)} --data sets; give one "
                         "weight per --data")
     meta_batch = args.meta_batch or (4 if args.method == "maml" and args.backbone == "conv4" else 1)
+    tune = args.tune_blocks
+    if tune is None:
+        tune = DEFAULT_TUNE_BLOCKS if args.method == "protonet" and args.backbone != "conv4" else 0
+    if tune > MAX_TUNE_BLOCKS:
+        raise DataError(f"--tune-blocks {tune}: give 1 to {MAX_TUNE_BLOCKS} top blocks (0: none)")
     return TrainConfig(
-        method=args.method, backbone=args.backbone, data=list(args.data), data_weights=weights,
+        method=args.method, backbone=args.backbone, tune_blocks=tune, data=list(args.data), data_weights=weights,
         val_data=args.val_data, holdout=args.holdout, split_seed=args.split_seed, way=args.way,
         shot=args.shot, query=args.query, episodes=args.episodes, within_group=args.within_group,
         rotations=args.rotations, seed=args.seed, val_every=args.val_every, val_episodes=args.val_episodes,
@@ -156,7 +170,8 @@ def _argv_tail() -> list[str]:
 
 def run(args) -> int:
     check_writable(args.out)
-    from fewshot_gui.core.training.loop import ValidationResult, meta_train  # lazy: torch, only when training
+    from fewshot_gui.core.training.loop import ValidationResult  # lazy: torch, only when training
+    from fewshot_gui.core.training.metatune import training_job  # lazy: torch, only when training
 
     bar = ProgressBar(enabled=None if not args.quiet else False)
 
@@ -167,7 +182,7 @@ def run(args) -> int:
         elif not args.quiet:
             bar(item)
 
-    result = run_job(meta_train(config_from_args(args)), on_event)
+    result = run_job(training_job(config_from_args(args)), on_event)
     bar.close()
     v = result.meta.get("validation")
     print(f"wrote {result.out} ({result.wall_time_s:.0f} s of training)")

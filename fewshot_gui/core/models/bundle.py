@@ -7,7 +7,9 @@
   ``embed(batch) -> (B, D)``): a :class:`~fewshot_gui.core.embed.conv4.Conv4Backbone` for Conv-4
   models (its cache key names the model file's digest), or the named large backbone (via
   :func:`fewshot_gui.core.embed.backbones.get_backbone`, its ONNX export kept under ``cache_dir``)
-  for heads trained on its features;
+  for heads trained on its features; for a meta-tuned backbone, the base backbone with the
+  file's tuned top stages, checked against the base weights it was tuned from
+  (:mod:`fewshot_gui.core.models.tuned`);
 * ``make_method()``: the meta-trained :class:`FewShotMethod` (MAML, Relation) or, for a
   ProtoNet-trained backbone, a ProtoNet configured like training (squared Euclidean, no
   normalisation); None when the method is unknown.
@@ -31,6 +33,7 @@ from fewshot_gui.core.embed.conv4 import Conv4Backbone, ImageSpec
 from fewshot_gui.core.errors import ModelFileError
 from fewshot_gui.core.fewshot import FewShotMethod, get_method
 from fewshot_gui.core.models.format import file_digest, read_model_file
+from fewshot_gui.core.models.tuned import TUNED_TYPE, tuned_backbone
 from fewshot_gui.core.models.nets import (check_model_meta, check_net_tensors, embedding_module, feature_size,
                                           load_net)
 
@@ -46,8 +49,25 @@ class ModelBundle:
     def method(self) -> str:
         return str(self.meta.get("method", ""))
 
-    def make_backbone(self, device: str | None = None, cache_dir: str | Path | None = None):
+    @property
+    def tuned(self) -> bool:
+        """Whether the file is a meta-tuned backbone (:mod:`fewshot_gui.core.models.tuned`)."""
+        return self.meta.get("net", {}).get("type") == TUNED_TYPE
+
+    def make_backbone(self, device: str | None = None, cache_dir: str | Path | None = None,
+                      weights: str | Path | None = None, engine: str = "auto"):
+        """The model's backbone; ``weights``: a meta-tuned model's base weights file (default: the
+        registered backbone's own); ``engine``: how a pretrained backbone runs (see
+        :func:`~fewshot_gui.core.embed.backbones.get_backbone`)."""
         kind = self.meta.get("backbone")
+        if self.tuned:
+            backbone = tuned_backbone(self.meta, self.tensors, self.path, self.digest, device=device,
+                                      cache_dir=cache_dir, weights=weights, engine=engine)
+            head = self.meta["net"].get("head")
+            if head is not None and int(head["dim"]) != backbone.dim:
+                raise ModelFileError(f"{self.path}: the model's head takes features of {head['dim']} values, but "
+                                     f"{kind} computes {backbone.dim}; re-download or retrain the model")
+            return backbone
         if kind == "conv4":
             net = load_net(self.meta, self.tensors, self.path)
             name = Path(self.path).stem
@@ -55,7 +75,7 @@ class ModelBundle:
                                      key=f"conv4-{name}-{self.digest}", device=device)
             backbone.weights_file = self.path
             return backbone
-        backbone = get_backbone(kind, device=device, cache_dir=cache_dir)
+        backbone = get_backbone(kind, device=device, cache_dir=cache_dir, engine=engine)
         want = feature_size(self.meta)
         if want is not None and want != backbone.dim:
             raise ModelFileError(f"{self.path}: the model's head takes features of {want} values, but {kind} "
@@ -64,6 +84,8 @@ class ModelBundle:
 
     def make_method(self) -> FewShotMethod | None:
         method = self.method
+        if method == "protonet" and self.tuned:
+            return get_method("protonet")  # trained with the default ProtoNet's scores
         if method == "protonet":
             return get_method("protonet", normalize="none", scale=1.0)
         if method in ("maml", "relation"):

@@ -36,6 +36,7 @@ from fewshot_gui.core.errors import ModelFileError
 from fewshot_gui.core.fewshot.features import prototypes, sq_distance_scores
 from fewshot_gui.core.fewshot.maml import FeatureNeck, MAMLNet
 from fewshot_gui.core.fewshot.relation import FeatureRelation, RelationNet, make_conv4_relation
+from fewshot_gui.core.models.tuned import MAX_TUNE_BLOCKS, TUNED_TYPE, check_base
 
 
 class ProtoNetConv4(nn.Module):
@@ -153,6 +154,9 @@ def check_model_meta(meta: dict[str, Any], path: str | Path, backbones: Iterable
 
 
 def _check_meta(meta: dict[str, Any], backbones: list[str]) -> None:
+    if isinstance(meta.get("net"), dict) and meta["net"].get("type") == TUNED_TYPE:
+        _check_tuned(meta, backbones)
+        return
     method = _one_of(_get(meta, "method", "meta"), "meta.method", sorted(set(NET_TYPES.values())))
     backbone = _get(meta, "backbone", "meta")
     if backbone != "conv4" and backbone not in backbones:
@@ -177,6 +181,30 @@ def _check_meta(meta: dict[str, Any], backbones: list[str]) -> None:
             _int(_get(r, key, "net.relation"), f"net.relation.{key}", 1, MAX_FEATURE_SIZE)
     if kind.startswith("relation"):
         _one_of(net.get("loss", "mse"), "net.loss", ("mse", "ce"))
+
+
+def _check_tuned(meta: dict[str, Any], backbones: list[str]) -> None:
+    """A meta-tuned backbone (:mod:`fewshot_gui.core.models.tuned`): ProtoNet, or MAML with its head."""
+    method = _one_of(_get(meta, "method", "meta"), "meta.method", ("protonet", "maml"))
+    backbone = _get(meta, "backbone", "meta")
+    if backbone not in backbones:
+        raise _Bad(f"meta.backbone {_show(backbone)} is not a pretrained backbone of this version "
+                   f"({', '.join(backbones)})")
+    problem = check_base(meta)
+    if problem:
+        raise _Bad(problem)
+    net = meta["net"]
+    _int(_get(net, "tune_blocks", "net"), "net.tune_blocks", 1, MAX_TUNE_BLOCKS)
+    head = net.get("head")
+    if method == "protonet":
+        if head is not None:
+            raise _Bad("net.head is set but a ProtoNet-tuned backbone has no head")
+        return
+    if not isinstance(head, dict) or head.get("type") != "maml":
+        raise _Bad("net.head is not a MAML head (a MAML-tuned backbone carries its head)")
+    if _dict(head, "maml", "net.head").get("mode") != "head":
+        raise _Bad("net.head.maml.mode must be 'head' on a tuned backbone")
+    _check_maml(head)
 
 
 def _check_conv4_net(meta: dict[str, Any], net: dict[str, Any], kind: str) -> None:
@@ -237,6 +265,8 @@ def _check_maml(net: dict[str, Any]) -> None:
 def feature_size(meta: dict[str, Any]) -> int | None:
     """The size of the backbone features a head on features takes (None for Conv-4 networks)."""
     net = meta["net"]
+    if net["type"] == TUNED_TYPE:
+        return None
     if net["type"] == "relation-features":
         return int(net["relation"]["dim"])
     if net["type"] == "maml" and net["maml"]["mode"] == "head":
@@ -247,9 +277,11 @@ def feature_size(meta: dict[str, Any]) -> int | None:
 def check_net_tensors(meta: dict[str, Any], tensors: dict[str, np.ndarray], path: str | Path) -> None:
     """Build the network of ``meta`` (already checked) on the ``meta`` device, allocating nothing,
     and raise :class:`ModelFileError` unless ``tensors`` hold an entry of its size for each of
-    its state's entries, and no other ``net.`` entries."""
+    its state's entries, and no other ``net.`` entries (a tuned backbone: those of its head, if
+    any; its ``tuned.`` entries are checked against the backbone when they are applied)."""
+    net_meta = meta["net"].get("head") if meta["net"]["type"] == TUNED_TYPE else meta["net"]
     with torch.device("meta"):
-        want = {k: v.numel() for k, v in build_net(meta["net"]).state_dict().items()}
+        want = {k: v.numel() for k, v in build_net(net_meta).state_dict().items()} if net_meta else {}
     have = {k[len("net."):]: int(v.size) for k, v in tensors.items() if k.startswith("net.")}
     missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
     wrong = sorted(k for k in want if k in have and want[k] != have[k])
@@ -266,9 +298,10 @@ def net_state(tensors: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 
 def load_net(meta: dict[str, Any], tensors: dict[str, np.ndarray], path: str | Path) -> nn.Module:
-    """The trained network of the model file ``path`` (its ``meta`` and ``tensors``), in eval mode."""
+    """The trained network of the model file ``path`` (its ``meta`` and ``tensors``), in eval mode
+    (a tuned backbone's: its MAML head)."""
     try:
-        net = build_net(meta["net"])
+        net = build_net(meta["net"]["head"] if meta["net"]["type"] == TUNED_TYPE else meta["net"])
     except ModelFileError as exc:
         raise ModelFileError(f"{path}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:

@@ -9,6 +9,8 @@ from typing import Any
 from fewshot_gui.core.errors import DataError
 
 METHODS = ("protonet", "maml", "relation")
+DEFAULT_TUNE_BLOCKS = 1  # --tune-blocks of a ProtoNet meta-tuning run
+MAX_TUNE_BLOCKS = 5  # the top blocks that run at 7 x 7 and 14 x 14 (core/embed/split.py)
 
 
 @dataclass
@@ -16,7 +18,8 @@ class TrainConfig:
     """Options of one run; the command line's ``fewshot train`` options map onto these fields."""
 
     method: str = "protonet"
-    backbone: str = "conv4"  # "conv4" (trained on images) or a frozen backbone name (a head on its features)
+    backbone: str = "conv4"  # "conv4" (trained on images) or a pretrained backbone name (a head on its features)
+    tune_blocks: int = 0  # a pretrained backbone: its top blocks meta-tuned (0: frozen, a head only)
     data: list[str] = field(default_factory=list)  # PATH or PATH::GROUP1,GROUP2 (io.datasets.open_data_spec)
     data_weights: list[float] | None = None  # sampling weight of each data set (default: equal)
     val_data: list[str] | None = None
@@ -71,10 +74,17 @@ def check_config(cfg: TrainConfig) -> None:
         raise DataError(f"unknown method {cfg.method!r}; choose protonet, maml or relation")
     if cfg.method == "maml" and cfg.head_init not in (None, "zero", "proto"):
         raise DataError("--head-init must be zero or proto")
-    if cfg.method == "protonet" and cfg.backbone != "conv4":
-        raise DataError(f"--method protonet with --backbone {cfg.backbone}: ProtoNet on a frozen backbone "
-                        "needs no training (use `fewshot label --backbone`); meta-train a head with "
-                        "--method maml or relation, or train --backbone conv4")
+    if cfg.tune_blocks and cfg.backbone == "conv4":
+        raise DataError("--tune-blocks meta-tunes the top of a pretrained backbone (e.g. --backbone "
+                        "efficientnet-lite0); a conv4 is trained whole")
+    if cfg.tune_blocks and cfg.method == "relation":
+        raise DataError("--tune-blocks works with --method protonet or maml, not relation")
+    if cfg.tune_blocks and cfg.resume:
+        raise DataError("--resume is not available with --tune-blocks; run the command again without it")
+    if cfg.method == "protonet" and cfg.backbone != "conv4" and not cfg.tune_blocks:
+        raise DataError(f"--method protonet with --backbone {cfg.backbone} and --tune-blocks 0: ProtoNet on a "
+                        "frozen backbone needs no training (use `fewshot label --backbone`); meta-tune its top "
+                        "with --tune-blocks N, or train --backbone conv4")
     if not 0 <= cfg.holdout < 1:
         raise DataError(f"--holdout {cfg.holdout:g}: give the share of classes to hold out, from 0 to below 1")
     w = cfg.data_weights
