@@ -378,3 +378,21 @@ def test_quick_answers_only_for_large_refined_folders(tmp_path):
     assert quick_trust(s.run, xs, ys, 3, s.features, prev) is None  # small folder: the full one is fast
     off = RunContext("efficientnet-lite0", "synthetic", "protonet", refine=False)
     assert quick_trust(off, xs, ys, 3, s.features, prev) is None
+
+
+def test_the_query_index_gives_what_relative_posix_and_path_key_give(tmp_path):
+    from fewshot_gui.core.io.export import relative_posix
+    from fewshot_gui.core.session.examples import path_key
+    from fewshot_gui.core.session.query import query_index
+
+    root = tmp_path / "q"
+    paths = [root / "a.jpg", root / "sub" / "b.jpg", root / ".." / "q" / "c.jpg", tmp_path / "elsewhere.jpg",
+             root / "sub" / ".hidden" / "d.jpg", Path("relative/e.jpg")]
+    q = query_index(root, paths)
+    assert q.rel == relative_posix(paths, root)
+    assert q.path_index == {path_key(p): i for i, p in enumerate(paths)}
+    assert q.rel_index == {r: i for i, r in enumerate(q.rel)}
+    assert query_index(None, paths).rel == [p.name for p in paths]
+    s = LabelingSession()
+    s.set_query(root, paths, q)
+    assert s.rel == q.rel and s.index_of_path(root / "sub" / "b.jpg") == 1 and s.index_of_rel("a.jpg") == 0

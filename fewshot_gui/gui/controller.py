@@ -24,6 +24,7 @@ from fewshot_gui.core.errors import FewShotError
 from fewshot_gui.core.io.images import image_extensions, scan_folder
 from fewshot_gui.core.jobs import Progress
 from fewshot_gui.core.session.model import ModelLoader
+from fewshot_gui.core.session.query import query_index
 from fewshot_gui.core.session.runs import (FinishedRun, NewExamples, NotRestored, labeling_job, restore_job,
                                            support_embedding_job)
 from fewshot_gui.gui.document import Document
@@ -159,7 +160,8 @@ class LabelController(QObject):
 
         def make(_token):
             yield Progress("scanning", 0, 0, str(root))
-            return scan_folder(root)
+            found = scan_folder(root)
+            return found, query_index(root, list(found))  # indexed here: seconds at 100,000 images
 
         self.kind = "scan"
         self._root = root
@@ -271,7 +273,8 @@ class LabelController(QObject):
     def _on_finished(self, value: Any) -> None:
         self._job_ended()
         if self.kind == "scan":
-            self.doc.set_query(self._root, list(value))
+            value, index = value
+            self.doc.set_query(self._root, index.paths, index)
             if value:
                 self.message.emit(f"{len(value):,} images in {self._root}")
                 self._restore_pending = True

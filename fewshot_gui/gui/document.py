@@ -23,6 +23,7 @@ from fewshot_gui.core.errors import FewShotError
 from fewshot_gui.core.session.job import LabelBatch, LabelResult
 from fewshot_gui.core.session.model import RunContext
 from fewshot_gui.core.session.project import ClassDef, LabelSet, Project
+from fewshot_gui.core.session.query import QueryIndex
 from fewshot_gui.core.session.session import LabelingSession
 from fewshot_gui.core.session.view import LabelState, ViewArrays
 from fewshot_gui.core.trust.report import Trust
@@ -190,8 +191,8 @@ class Document(QObject):
     def set_dirty(self, dirty: bool = True) -> None:
         self.session.set_dirty(dirty)
 
-    def set_query(self, root: Path | None, paths: list[Path]) -> None:
-        self.session.set_query(root, paths)
+    def set_query(self, root: Path | None, paths: list[Path], index: QueryIndex | None = None) -> None:
+        self.session.set_query(root, paths, index)
 
     def set_model(self, backbone: str | None = None, model_file: Path | None = None) -> None:
         self.session.set_model(backbone, model_file)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from fewshot_gui.core.errors import ExportError, FewShotError
-from fewshot_gui.core.io.export import LabelColumns, relative_posix, write_csv
+from fewshot_gui.core.io.export import LabelColumns, write_csv
 from fewshot_gui.core.session.background import LatestAnswers
 from fewshot_gui.core.session.events import SessionEvents
 from fewshot_gui.core.session.examples import path_key, same_examples, training_examples
@@ -38,6 +38,7 @@ from fewshot_gui.core.session.job import LabelBatch, LabelResult
 from fewshot_gui.core.session.model import (QUICK_MIN_ROWS, RunContext, confirmed_overrides, quick_trust,
                                             refit_and_assess, reviewed_columns)
 from fewshot_gui.core.session.project import ClassDef, LabelSet, Project, check_new_class_name, palette_color
+from fewshot_gui.core.session.query import QueryIndex, query_index
 from fewshot_gui.core.session.view import LabelState, ViewArrays, probs_of, saved_threshold, view_arrays
 from fewshot_gui.core.trust.report import Trust, trust_columns
 
@@ -156,14 +157,13 @@ class LabelingSession:
         return True
 
     # ------------------------------------------------------------------ query images
-    def set_query(self, root: Path | None, paths: list[Path]) -> None:
+    def set_query(self, root: Path | None, paths: list[Path], index: QueryIndex | None = None) -> None:
+        """The query images (``index``: :func:`~.query.query_index` of them, made in a worker)."""
         if root is not None and self.project.query_folder != root:
             self.project.query_folder = root
             self.set_dirty()
-        self.paths = list(paths)
-        self.rel = relative_posix(self.paths, root) if root is not None else [p.name for p in self.paths]
-        self._rel_index = {r: i for i, r in enumerate(self.rel)}
-        self._path_index = {path_key(p): i for i, p in enumerate(self.paths)}
+        q = index if index is not None and index.root == root else query_index(root, paths)
+        self.paths, self.rel, self._rel_index, self._path_index = q.paths, q.rel, q.rel_index, q.path_index
         self._forget_run()
         self.events.query_changed.emit()
 
