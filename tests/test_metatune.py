@@ -154,3 +154,23 @@ def test_cli_options():
     conv = config_from_args(parse(["train", "--data", ".", "--out", "x.safetensors", "--tune-blocks", "1"]))
     with pytest.raises(DataError, match="pretrained backbone"):
         run_job(metatune.training_job(conv))
+
+
+def test_maml_tuned_model_carries_its_head(trained, tmp_path):
+    _, _, data = trained
+    out = tmp_path / "maml.safetensors"
+    cfg = TrainConfig(method="maml", backbone="efficientnet-lite0", tune_blocks=1, data=[str(data)], way=2, shot=1,
+                      query=2, episodes=2, steps=2, val_episodes=2, out=str(out), cache_dir=str(tmp_path / "cache"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(metatune, "lower_backbone",
+                   lambda name, n, cache_dir=None: LowerBackbone(name, n, cache_dir, engine="torch"))
+        run_job(metatune.training_job(cfg))
+    meta, tensors = read_model_file(out)
+    assert meta["method"] == "maml" and meta["net"]["head"]["maml"]["mode"] == "head"
+    assert any(k.startswith("net.") for k in tensors) and any(k.startswith("tuned.") for k in tensors)
+    bundle = load_model(out)
+    method = bundle.make_method()
+    assert type(method).__name__ == "MAML"
+    backbone = bundle.make_backbone(device="cpu", engine="torch")
+    x = np.random.default_rng(0).normal(size=(2, 3, 224, 224)).astype(np.float32)
+    assert backbone.embed(x).shape == (2, 1280)

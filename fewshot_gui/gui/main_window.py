@@ -31,6 +31,7 @@ from fewshot_gui.gui.document import Document
 from fewshot_gui.gui.exporting import export_csv, export_folders
 from fewshot_gui.gui.grid import GridPanel
 from fewshot_gui.gui.job_status import JobStatus
+from fewshot_gui.gui.learn_dialog import LearnDialog
 from fewshot_gui.gui.review_toolbar import add_review_toolbar
 from fewshot_gui.gui.run_toolbar import RunToolbar
 from fewshot_gui.gui.settings import AppSettings
@@ -415,6 +416,11 @@ class MainWindow(QMainWindow):
             self.grid.set_thumb_size(self.settings.thumb_size)
             self.grid.set_threshold(self.settings.threshold)
             self.controller.forget_model()  # the device may have changed
+
+    def learn_from_project(self) -> None:
+        """Labels > Learn from this project (:mod:`fewshot_gui.gui.learn_dialog`)."""
+        LearnDialog(self.doc.project, self.controller.cache_dir,
+                    lambda path: self._set_model(model_file=Path(path)), self).exec()
 
     def show_help(self) -> None:
         HelpDialog(self).exec()

@@ -38,6 +38,7 @@ class WindowActions:
     none_of_these: QAction
     clear_label: QAction
     resort: QAction
+    learn: QAction
 
 
 def build_actions(win: QMainWindow) -> WindowActions:
@@ -97,6 +98,9 @@ def build_actions(win: QMainWindow) -> WindowActions:
                         "Forget the verdict on the selected images (0)"),
         resort=act("&Re-sort", grid.resort, "Ctrl+R",
                    "Apply the sort and filter again (the tiles keep their places while you review)"),
+        learn=act("Learn from this project\u2026", win.learn_from_project, None,
+                  "Meta-tune the top of the backbone on this project's labels or on a labeled folder, "
+                  "and offer the result as a model"),
     )
 
 
@@ -110,7 +114,7 @@ def build_menus(win: QMainWindow, a: WindowActions) -> QMenu:
                    None, a.quit]),
         ("&Edit", [a.undo, a.redo, None, a.select_all, a.find, None, a.settings]),
         ("&Labels", [a.label, a.cancel, None, a.review, a.accept, a.none_of_these, a.clear_label,
-                     a.add_corrections, None]),
+                     a.add_corrections, None, a.learn, None]),
         ("&View", []),
         ("&Help", [a.help, a.about]),
     ]

@@ -4,7 +4,9 @@
 
 * every backbone whose weights are available offline (``fewshot backbones``), with ProtoNet;
 * every bundled model file (``resources/models/*.safetensors``: Conv-4 models for characters,
-  heads on EfficientNet-Lite0 features), with its own method.
+  heads on EfficientNet-Lite0 features), with its own method;
+* every model file learned in the app (:func:`learned_models_dir`: "Learn from this project"
+  writes there, e.g. an EfficientNet-Lite0 meta-tuned on the project's labels), with its own method.
 
 With a method named, only the candidates that run it take part (a backbone runs any method that
 needs no trained network of its own; a model file only its own method).
@@ -51,6 +53,7 @@ log = logging.getLogger(__name__)
 AUTO = "auto"  # the backbone (or model) name that asks for the automatic choice
 DEFAULT_METHOD = "protonet"
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parents[3] / "resources" / "models"
+MODELS_DIR_ENV = "FEWSHOT_MODELS_DIR"
 MAX_HELD_OUT = 40  # examples left out one at a time per candidate (taken in turn from each class)
 MAX_BUILT = 6      # built candidates kept for the process
 STAGE = "choosing a model"
@@ -139,16 +142,31 @@ class Choice:
 # ------------------------------------------------------------------------------------------------
 # Candidates
 # ------------------------------------------------------------------------------------------------
+def learned_models_dir() -> Path:
+    """Where the app keeps the models it learns: ``$FEWSHOT_MODELS_DIR`` when set, else
+    ``models`` in the user data folder of ``fewshot_gui``."""
+    env = os.environ.get(MODELS_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    try:
+        import platformdirs
+
+        return Path(platformdirs.user_data_dir("fewshot_gui", appauthor=False)) / "models"
+    except ImportError:  # pragma: no cover
+        return Path.home() / ".local" / "share" / "fewshot_gui" / "models"
+
+
 def default_candidates(method: str | None = None, models_dir: str | Path | None = None) -> list[Candidate]:
     """The backbones available offline (with ProtoNet, or ``method`` when it needs no trained
-    network) and the model files in ``models_dir`` (default: the bundled ones) whose method is
-    ``method`` (any when None), cheapest first."""
+    network) and the model files in ``models_dir`` (default: the bundled ones and the learned
+    ones, :func:`learned_models_dir`) whose method is ``method`` (any when None), cheapest first."""
     out: list[Candidate] = []
     if method is None or method in UNTRAINED_METHODS:
         out += [Candidate(info.name, method or DEFAULT_METHOD, backbone=info.name, family=info.name)
                 for info in list_backbones() if info.weights_available]
-    folder = Path(models_dir) if models_dir is not None else BUNDLED_MODELS_DIR
-    for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+    folders = [Path(models_dir)] if models_dir is not None else [BUNDLED_MODELS_DIR, learned_models_dir()]
+    files = [p for folder in folders if folder.is_dir() for p in sorted(folder.glob("*.safetensors"))]
+    for path in files:
         try:
             meta = _load_bundle(path).meta
         except FewShotError as exc:

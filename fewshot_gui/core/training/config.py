@@ -22,6 +22,7 @@ class TrainConfig:
     tune_blocks: int = 0  # a pretrained backbone: its top blocks meta-tuned (0: frozen, a head only)
     data: list[str] = field(default_factory=list)  # PATH or PATH::GROUP1,GROUP2 (io.datasets.open_data_spec)
     data_weights: list[float] | None = None  # sampling weight of each data set (default: equal)
+    items: dict[str, list[str]] | None = None  # labeled images given directly, {class: paths} (tune_blocks runs)
     val_data: list[str] | None = None
     holdout: float = 0.0  # share of each data set's classes kept out of training
     split_seed: int = 0
@@ -68,7 +69,9 @@ class TrainConfig:
 
 def check_config(cfg: TrainConfig) -> None:
     """Raise :class:`DataError` for options that cannot make a run, before any data is read."""
-    if not cfg.data:
+    if cfg.items is not None and not cfg.tune_blocks:
+        raise DataError("labeled images given directly train only with --tune-blocks")
+    if not cfg.data and not cfg.items:
         raise DataError("no training data: give --data PATH (an ImageFolder directory or an Omniglot zip)")
     if cfg.method not in METHODS:
         raise DataError(f"unknown method {cfg.method!r}; choose protonet, maml or relation")
@@ -88,6 +91,8 @@ def check_config(cfg: TrainConfig) -> None:
     if not 0 <= cfg.holdout < 1:
         raise DataError(f"--holdout {cfg.holdout:g}: give the share of classes to hold out, from 0 to below 1")
     w = cfg.data_weights
+    if w is not None and cfg.items:
+        raise DataError("--data-weights needs --data sets, not labeled images given directly")
     if w is not None and (len(w) != len(cfg.data) or any(x < 0 for x in w) or sum(w) <= 0):
         raise DataError(f"--data-weights needs {len(cfg.data)} non-negative numbers (not all zero), "
                         "one per --data")
@@ -95,7 +100,7 @@ def check_config(cfg: TrainConfig) -> None:
 
 def data_weights(cfg: TrainConfig) -> list[float]:
     """The sampling probability of each ``--data`` set (the weights, normalised)."""
-    w = cfg.data_weights or [1.0] * len(cfg.data)
+    w = cfg.data_weights or [1.0] * (len(cfg.data) + (1 if cfg.items else 0))
     return [float(x) / float(sum(w)) for x in w]
 
 

@@ -27,6 +27,7 @@ from fewshot_gui.core.jobs import CancelToken, Progress
 from fewshot_gui.core.training.config import TrainConfig
 from fewshot_gui.core.training.data import EpisodeSet
 
+ITEMS_NAME = "labeled images"  # the name of the data set given as {class: paths}
 HEAD_NAMES = {"0": "_conv_head", "1": "_bn1"}  # the split's head Sequential -> Lite0's modules
 
 
@@ -92,6 +93,20 @@ def activation_set(spec_str: str, lower: LowerBackbone, cancel: CancelToken | No
     if not isinstance(ds, ImageFolderDataset):
         raise DataError(f"{spec_str}: meta-tuning a backbone trains on ImageFolder directories, not zips")
     paths, labels = ds.paths()
+    return (yield from _activations(spec_str, paths, labels, list(ds.classes), list(ds.groups), lower, cancel))
+
+
+def items_set(name: str, items: dict[str, list[str]], lower: LowerBackbone, cancel: CancelToken | None = None
+              ) -> Generator[Progress, None, EpisodeSet]:
+    """The lower activations of labeled images given as ``{class: paths}`` (a project's labels)."""
+    classes = [c for c in items if items[c]]
+    paths = [Path(p) for c in classes for p in items[c]]
+    labels = np.asarray([k for k, c in enumerate(classes) for _ in items[c]], dtype=np.int64)
+    return (yield from _activations(name, paths, labels, classes, [""] * len(classes), lower, cancel))
+
+
+def _activations(name: str, paths: list, labels: np.ndarray, classes: list[str], groups: list[str],
+                 lower: LowerBackbone, cancel: CancelToken | None) -> Generator[Progress, None, EpisodeSet]:
     acts = np.zeros((len(paths), lower.split.lower.dim), np.float16)
     ok = np.zeros(len(paths), bool)
     yield Progress("embedding", 0, len(paths), "lower part of the backbone")
@@ -104,19 +119,20 @@ def activation_set(spec_str: str, lower: LowerBackbone, cancel: CancelToken | No
         yield Progress("embedding", b.done, b.total, "lower part of the backbone")
     present = np.unique(labels[ok])
     if len(present) < 2:
-        raise DataError(f"{spec_str}: fewer than two classes with readable images")
-    remap = np.full(ds.n_classes, -1, dtype=np.int64)
+        raise DataError(f"{name}: fewer than two classes with readable images")
+    remap = np.full(len(classes), -1, dtype=np.int64)
     remap[present] = np.arange(len(present))
-    return EpisodeSet(str(spec_str), torch.from_numpy(acts[ok]), remap[labels[ok]],
-                      [ds.classes[c] for c in present], [ds.groups[c] for c in present], "features")
+    return EpisodeSet(str(name), torch.from_numpy(acts[ok]), remap[labels[ok]],
+                      [classes[c] for c in present], [groups[c] for c in present], "features")
 
 
 def load_activations(cfg: TrainConfig, lower: LowerBackbone, cancel: CancelToken | None = None
                      ) -> Generator[Progress, None, tuple[list[EpisodeSet], list[EpisodeSet]]]:
     """``(train, val)`` activation sets of a run (``--holdout`` as for other training runs)."""
     train, val = [], []
-    for s in cfg.data:
-        d = yield from activation_set(s, lower, cancel)
+    sets = [(s, None) for s in cfg.data] + ([(ITEMS_NAME, cfg.items)] if cfg.items else [])
+    for s, items in sets:
+        d = yield from (items_set(s, items, lower, cancel) if items else activation_set(s, lower, cancel))
         if cfg.holdout > 0:
             split = split_classes(d.classes, test=cfg.holdout, seed=cfg.split_seed)
             if not cfg.val_data:

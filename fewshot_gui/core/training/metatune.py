@@ -112,8 +112,11 @@ def meta_tune(cfg: TrainConfig, cancel: CancelToken | None = None
         torch.set_num_threads(int(cfg.threads))
     backbone = lower_backbone(cfg.backbone, cfg.tune_blocks, cache_dir=cfg.cache_dir)
     train, val = yield from load_activations(cfg, backbone, cancel)
-    samplers = [d.sampler(cfg.way, cfg.shot, cfg.query, cfg.seed, cfg.within_group, False) for d in train]
+    # a small base set (a project's few classes) gets episodes of as many classes as it has
+    way = min(cfg.way, *(len(d.classes) for d in train))
+    samplers = [d.sampler(way, cfg.shot, cfg.query, cfg.seed, cfg.within_group, False) for d in train]
     v_way, v_shot, v_query = cfg.val_way or cfg.way, cfg.val_shot or cfg.shot, cfg.val_query or cfg.query
+    v_way = min(v_way, *(len(d.classes) for d in val)) if val else v_way
     v_within = cfg.within_group if cfg.val_within_group is None else cfg.val_within_group
     val_samplers = [d.sampler(v_way, v_shot, v_query, cfg.seed, v_within, False) for d in val]
     protocol = protocol_text(v_way, v_shot, v_query, v_within)
@@ -201,7 +204,8 @@ def _model_meta(cfg: TrainConfig, backbone, head_meta, train, val, updates, firs
         "base": base_identity(backbone.base),
         "input": {"features_of": cfg.backbone},
         "training": {
-            "data": list(cfg.data), "data_weights": weights, "holdout": cfg.holdout,
+            "data": list(cfg.data) + ([f"{len(cfg.items)} classes given directly"] if cfg.items else []),
+            "data_weights": weights, "holdout": cfg.holdout,
             "split_seed": cfg.split_seed, "held_out_classes": held_out,
             "classes": sorted({c for d in train for c in d.classes}),
             "episode": {"way": cfg.way, "shot": cfg.shot, "query": cfg.query, "within_group": cfg.within_group},

@@ -1,0 +1,147 @@
+"""ProtoNet on EfficientNet-Lite0 vs. Lite0 with its top meta-tuned on base classes, same episodes.
+
+Protocol (issue 11): the classes of an ImageFolder set (default GTSRB, 43 classes) are split with
+the seeded :func:`~fewshot_gui.core.io.datasets.split_classes` (``--holdout 0.49 --split-seed 0``:
+22 base classes, 21 novel ones: the split ``fewshot train --holdout`` makes). The model is
+meta-tuned on the base classes only (``--model FILE`` from ``fewshot train ... --holdout 0.49``,
+or trained here with ``--train``); its file must list the novel classes as held out and none of
+them among its training classes. Both models then label the same 5-way K-shot episodes drawn
+from the novel classes (15 queries per class, 600 episodes, seed 0) with the default ProtoNet;
+for GTSRB a sign's frames (its track, ``TTTTT`` of ``TTTTT_FFFFF.ppm``) are never in both support
+and query (``--no-tracks``: plain episodes, for sets without tracks). Printed: mean accuracy ±
+95% CI of each, and the mean of the paired differences ± its 95% CI.
+
+    .venv/bin/python bench/metatune.py --train --episodes-train 600 --out /tmp/gtsrb-tuned.safetensors
+    .venv/bin/python bench/metatune.py --model /tmp/gtsrb-tuned.safetensors --json result.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED = Path(os.environ.get("FEWSHOT_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def track_of(path: Path) -> str:
+    """A GTSRB file's track (``TTTTT`` of ``TTTTT_FFFFF.ppm``); the file itself otherwise."""
+    stem = path.stem
+    return stem.split("_")[0] if "_" in stem else stem
+
+
+def embed(paths: list[Path], backbone, cache_dir: str | None) -> np.ndarray:
+    from fewshot_gui.core.embed.cache import EmbeddingCache
+    from fewshot_gui.core.embed.pipeline import embed_paths
+
+    t = time.perf_counter()
+    feats, errors = embed_paths(paths, backbone, cache=EmbeddingCache(cache_dir, backbone.key))
+    print(f"embedded {len(paths)} images with {backbone.name} in {time.perf_counter() - t:.1f}s "
+          f"({len(errors)} failed)", flush=True)
+    return feats
+
+
+def train(args, novel: list[str]) -> Path:
+    from fewshot_gui.core.jobs import run_job
+    from fewshot_gui.core.training.config import TrainConfig
+    from fewshot_gui.core.training.metatune import training_job
+
+    cfg = TrainConfig(method=args.method, backbone="efficientnet-lite0", tune_blocks=args.tune_blocks,
+                      data=[str(args.data)], holdout=args.holdout, split_seed=args.split_seed, way=5, shot=5,
+                      query=10, episodes=args.episodes_train, lr=args.lr, seed=args.seed, val_every=10 ** 9,
+                      val_episodes=100, out=str(args.out), cache_dir=args.cache_dir, threads=args.threads,
+                      command="bench/metatune.py --train")
+    t = time.perf_counter()
+    result = run_job(training_job(cfg))
+    print(f"trained {args.out} in {time.perf_counter() - t:.0f}s", flush=True)
+    return Path(result.out)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=SHARED / "gtsrb")
+    p.add_argument("--holdout", type=float, default=0.49)
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--model", type=Path, help="a meta-tuned model file (trained on the base classes)")
+    p.add_argument("--train", action="store_true", help="train the model here first (into --out)")
+    p.add_argument("--out", type=Path, default=Path("/tmp/metatune-bench.safetensors"))
+    p.add_argument("--method", default="protonet")
+    p.add_argument("--tune-blocks", type=int, default=1)
+    p.add_argument("--episodes-train", type=int, default=600)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--episodes", type=int, default=600)
+    p.add_argument("--shots", default="5,1")
+    p.add_argument("--way", type=int, default=5)
+    p.add_argument("--query", type=int, default=15)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-tracks", action="store_true")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+
+    from fewshot_gui.core.embed.backbones import get_backbone
+    from fewshot_gui.core.episodes.evaluate import ci95
+    from fewshot_gui.core.episodes.sampler import LabelIndex
+    from fewshot_gui.core.fewshot import get_method
+    from fewshot_gui.core.io.datasets import ImageFolderDataset, split_classes
+    from fewshot_gui.core.models.bundle import load_model
+
+    ds = ImageFolderDataset(args.data)
+    split = split_classes(ds.classes, test=args.holdout, seed=args.split_seed)
+    novel = split.test
+    model = train(args, novel) if args.train else args.model
+    if model is None:
+        p.error("give --model FILE or --train")
+    bundle = load_model(model)
+    trained_on = set(bundle.meta.get("training", {}).get("classes") or [])
+    if trained_on & set(novel) or sorted(bundle.meta["training"].get("held_out_classes") or []) != sorted(novel):
+        print(f"{model}: its training classes are not the base classes of this split "
+              f"(--holdout {args.holdout} --split-seed {args.split_seed}); refusing to compare", file=sys.stderr)
+        return 1
+    sub = ds.subset(novel)
+    paths, labels = sub.paths()
+    tracks = None if args.no_tracks else np.array([f"{lab}:{track_of(Path(q))}" for q, lab in zip(paths, labels)])
+    print(f"{len(split.train)} base classes, {len(novel)} novel classes ({len(paths)} images); model {model} "
+          f"({bundle.meta['net']}, {bundle.meta['training'].get('episodes')} training episodes)", flush=True)
+    base = embed(paths, get_backbone("efficientnet-lite0", cache_dir=args.cache_dir), args.cache_dir)
+    tuned = embed(paths, bundle.make_backbone(cache_dir=args.cache_dir), args.cache_dir)
+    ok = np.isfinite(base).all(1) & np.isfinite(tuned).all(1)
+    index = LabelIndex(labels[ok], item_groups=None if tracks is None else tracks[ok])
+    base, tuned = base[ok].astype(np.float64), tuned[ok].astype(np.float64)
+    out = {"data": str(args.data), "model": str(model), "novel_classes": novel, "way": args.way,
+           "query": args.query, "episodes": args.episodes, "seed": args.seed, "tracks_apart": tracks is not None,
+           "results": {}}
+    for shot in [int(s) for s in args.shots.split(",")]:
+        sampler = index.sampler(args.way, shot, args.query, seed=args.seed, skip_small_classes=True)
+        accs = {"protonet": [], "tuned": []}
+        for i in range(args.episodes):
+            ep = sampler.episode(i)
+            s, q = index.episode_rows(ep)
+            for name, feats in (("protonet", base), ("tuned", tuned)):
+                m = get_method("protonet")
+                m.fit(feats[s], ep.support_labels, ep.way)
+                pred = np.asarray(m.predict_proba(feats[q])).argmax(1)
+                accs[name].append(100.0 * float((pred == ep.query_labels).mean()))
+        a, b = np.array(accs["protonet"]), np.array(accs["tuned"])
+        res = {"protonet": [a.mean(), ci95(a)], "tuned": [b.mean(), ci95(b)], "gain": [(b - a).mean(), ci95(b - a)],
+               "classes_used": len(sampler.usable)}
+        out["results"][f"{shot}-shot"] = res
+        print(f"{args.way}-way {shot}-shot, {args.query} queries/class, {args.episodes} episodes"
+              f"{', tracks apart' if tracks is not None else ''} ({len(sampler.usable)} classes usable): "
+              f"ProtoNet {a.mean():.2f} ± {ci95(a):.2f}, meta-tuned {b.mean():.2f} ± {ci95(b):.2f}, "
+              f"gain {(b - a).mean():+.2f} ± {ci95(b - a):.2f} points", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
