@@ -3,6 +3,10 @@
 
     python bench/embed_throughput.py [FOLDER] [--runs N] [--limit N] [--naive-limit N]
                                      [--rss-images N] [--backbone NAME] [--engine auto|torch|onnx]
+    python bench/embed_throughput.py [FOLDER] --ray-compare N [--runs N]
+
+``--ray-compare N`` only measures ``fewshot embed`` on N images locally and on a local Ray with 1
+and 2 workers of one thread each (:func:`ray_vs_local`: images/s, per-worker peak RSS).
 
 Default FOLDER: ``../shared/data/caltech101`` beside the repository. Each run measures, one
 after the other (interleaved, so that a shared CPU slows all of them alike):
@@ -149,6 +153,65 @@ def measure_rss(folder: Path, n: int, backbone: str, engine: str) -> dict | None
 
 
 # ------------------------------------------------------------------------------------------
+def _embed_cli(args: list[str], env: dict) -> dict:
+    """Run ``fewshot embed ARGS`` in a fresh process; its wall time and the manifest it wrote."""
+    code = "import sys; from fewshot_gui.cli import main; sys.exit(main(sys.argv[1:]))"
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code, "embed", *args], cwd=REPO, env=env, capture_output=True,
+                         text=True)
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise RuntimeError(f"fewshot embed {' '.join(args)} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+    target = Path(args[args.index("--out") + 1])
+    return {"wall_s": wall, **json.loads((target / "manifest.json").read_text())}
+
+
+def ray_vs_local(folder: Path, n: int, runs: int = 3, workers: tuple[int, ...] = (1, 2),
+                 batch_size: int = 32) -> dict:
+    """Images/s of ``fewshot embed`` on ``n`` images of ``folder``: locally, and on a local Ray with
+    each worker count in ``workers`` (1 thread each: the per-core figure). Fresh processes, runs
+    interleaved; ``job_s`` counts from the command's start of work (Ray: start-up included) to the
+    manifest, ``wall_s`` the whole process (imports, backbone). Medians over ``runs``."""
+    from fewshot_gui.core.io.images import scan_folder
+
+    paths = _pick(scan_folder(folder), n)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ""}
+    work = Path(tempfile.mkdtemp(prefix="fewshot-ray-bench-"))
+    try:
+        lst = work / "list.txt"
+        lst.write_text("\n".join(str(p) for p in paths) + "\n")
+        cache = work / "cache"
+        _embed_cli(["--list", str(lst), "--out", str(work / "warm"), "--cache-dir", str(cache)], env)  # ONNX export
+        modes = {"local": []} | {f"ray x{w}": ["--ray", "--workers", str(w)] for w in workers}
+        res: dict[str, list[dict]] = {m: [] for m in modes}
+        for r in range(runs):
+            for mode, extra in modes.items():
+                out = work / f"{mode.replace(' ', '')}-{r}"
+                m = _embed_cli(["--list", str(lst), "--out", str(out), "--cache-dir", str(cache),
+                                "--batch-size", str(batch_size), *extra], env)
+                res[mode].append(m)
+                print(f"run {r + 1} {mode:>8}: {m['embedded'] / m['seconds']:6.1f} img/s (job {m['seconds']:.1f}s, "
+                      f"process {m['wall_s']:.1f}s" + (f", worker peak RSS {m['worker_peak_rss_mb']:.0f} MB"
+                                                       if "worker_peak_rss_mb" in m else "") + ")", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    summary = {}
+    for mode, ms in res.items():
+        summary[mode] = {"images_per_s": statistics.median(m["embedded"] / m["seconds"] for m in ms),
+                         "job_s": statistics.median(m["seconds"] for m in ms),
+                         "wall_s": statistics.median(m["wall_s"] for m in ms)}
+        if ms and "worker_peak_rss_mb" in ms[0]:
+            summary[mode]["worker_peak_rss_mb"] = statistics.median(m["worker_peak_rss_mb"] for m in ms)
+    print(f"\nmedians over {runs} runs, {len(paths)} images, batch {batch_size}:")
+    for mode, v in summary.items():
+        extra = f", worker peak RSS {v['worker_peak_rss_mb']:.0f} MB" if "worker_peak_rss_mb" in v else ""
+        print(f"  {mode:>8}: {v['images_per_s']:6.1f} img/s (job {v['job_s']:.1f}s, process {v['wall_s']:.1f}s{extra})")
+    base = summary["local"]["images_per_s"]
+    print("  ratio to local: " + ", ".join(f"{m} {v['images_per_s'] / base:.2f}x" for m, v in summary.items()
+                                          if m != "local"))
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folder", nargs="?", default=str(DEFAULT_FOLDER))
@@ -161,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rss-images", type=int, default=5000, help="0 skips the RSS measurement")
     ap.add_argument("--backbone", default="efficientnet-lite0")
     ap.add_argument("--engine", default="auto", choices=["auto", "torch", "onnx"])
+    ap.add_argument("--ray-compare", type=int, default=0, metavar="N",
+                    help="only compare `fewshot embed` locally and on a local Ray (1 and 2 workers) on N images")
     ap.add_argument("--_rss-child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -172,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     if not folder.is_dir():
         print(f"folder not found: {folder}", file=sys.stderr)
         return 2
+    if args.ray_compare:
+        ray_vs_local(folder, args.ray_compare, runs=args.runs, batch_size=args.batch_size)
+        return 0
 
     import onnxruntime
     import torch

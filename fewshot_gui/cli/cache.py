@@ -59,3 +59,25 @@ def run(args) -> int:
     note = f" ({report.skipped} without a file identity or finite vector, left out)" if report.skipped else ""
     print(f"imported {report.stored} of {report.rows} embeddings from {report.shards} shards into {where}{note}")
     return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# "On first use": `fewshot label --embeddings SHARDS_DIR`
+# ------------------------------------------------------------------------------------------------
+def add_embeddings_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--embeddings", metavar="SHARDS_DIR", action="append", default=[],
+                   help="first import the shards `fewshot embed` wrote there into the embedding cache (as "
+                        "`fewshot cache import` does), so those images are not embedded again; repeatable")
+
+
+def import_embeddings(args, backbone, cache) -> None:
+    """Import every ``--embeddings`` folder into ``cache`` (the label run's) before the work."""
+    folders = getattr(args, "embeddings", None) or []
+    if not folders:
+        return
+    if cache is None:
+        raise UsageError("--embeddings imports into the embedding cache, which --no-cache turns off")
+    require_pyarrow()
+    for folder in folders:
+        report = import_shards(folder, cache, backbone.name)
+        print(f"imported {report.stored} of {report.rows} embeddings from {folder}", flush=True)

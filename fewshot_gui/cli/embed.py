@@ -120,6 +120,8 @@ def run(args) -> int:
         print(f"  {path}: {reason}")
     if len(report.errors) > 10:
         print(f"  ... and {len(report.errors) - 10} more (all in {args.out}/manifest.json)")
+    if report.worker_peak_rss_mb:
+        print(f"peak memory of a worker: {report.worker_peak_rss_mb:.0f} MB")
     print(f"wrote {len(report.shards)} shards and manifest.json to {args.out}")
     if args.import_:
         cache = EmbeddingCache(args.cache_dir, backbone.key, dim=backbone.dim)

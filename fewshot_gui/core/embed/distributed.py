@@ -175,6 +175,7 @@ class EmbedReport:
     seconds: float = 0.0
     workers: int = 1
     engine: str = ""
+    worker_peak_rss_mb: float = 0.0  # Ray: the largest peak RSS of an actor
 
 
 def run_id() -> str:
@@ -213,7 +214,8 @@ def finish(report: EmbedReport, backbone, old_shards: list[dict[str, Any]]) -> N
         "backbone": getattr(backbone, "name", ""), "backbone_key": backbone.key, "dim": int(backbone.dim),
         "engine": getattr(backbone, "engine", ""), "images": report.found, "embedded": report.embedded,
         "already_there": report.skipped, "failed": report.errors, "shards": report.shards,
-        "workers": report.workers, "seconds": round(report.seconds, 3)})
+        "workers": report.workers, "seconds": round(report.seconds, 3),
+        **({"worker_peak_rss_mb": round(report.worker_peak_rss_mb, 1)} if report.worker_peak_rss_mb else {})})
 
 
 def embed_local(items: Sequence[str], out: str, backbone, batch_size: int = 32, shard_rows: int = SHARD_ROWS,
@@ -301,8 +303,22 @@ class EmbedActor:
             rows_out.append(len(rows))
             embedded.append(len(paths))
             errors_out.append(json.dumps(errors))
+        peak = np.full(len(files), peak_rss_mb(), dtype=np.float64)
         return {"file": np.array(files, dtype=object), "rows": np.array(rows_out, dtype=np.int64),
-                "images": np.array(embedded, dtype=np.int64), "errors": np.array(errors_out, dtype=object)}
+                "images": np.array(embedded, dtype=np.int64), "errors": np.array(errors_out, dtype=object),
+                "peak_rss_mb": peak}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB (Linux ``VmHWM``; NaN elsewhere)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
 
 
 def require_ray():
@@ -369,6 +385,7 @@ def embed_on_ray(items: Sequence[str], out: str, backbone, make_backbone: Callab
                 if row["file"]:
                     report.shards.append({"file": str(row["file"]), "rows": int(row["rows"])})
                 report.embedded += int(row["rows"])
+                report.worker_peak_rss_mb = max(report.worker_peak_rss_mb, float(row["peak_rss_mb"]))
                 done += int(row["images"])
                 yield Progress("embedding on Ray", done, len(todo))
         report.shards.sort(key=lambda s: s["file"])
