@@ -101,3 +101,31 @@ def test_confirmed_and_predicted_columns_and_the_confidence_of_the_final_label(t
     assert cols.outcomes({3}) == ["cat", "dog", UNKNOWN_LABEL, ""]
     assert LabelColumns(["cat", "dog"], probs, extra={"unknown": [True, False, False, None]}).outcomes({3}) == \
         [UNKNOWN_LABEL, "cat", "dog", ""]
+
+
+def test_bulk_number_format_matches_the_cell_format():
+    from fewshot_gui.core.io.export import _fmt, format_numbers
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.random(500), rng.random(50) * 1e-7, [0.0, -0.0, 1.0, np.nan, 0.5, 1e-6,
+                                                                       5e-7, 4.9999e-7, 0.9999995, -0.25]])
+    assert format_numbers(values) == [_fmt(float(v)) for v in values]
+    assert format_numbers([]) == []
+
+
+def test_extra_columns_of_numpy_arrays_and_lists_write_the_same(tmp_path):
+    probs = np.array([[0.7, 0.3], [np.nan, np.nan], [0.2, 0.8]])
+    as_lists = {"unknown": [False, None, True], "unknown_score": [0.12345, None, -0.5], "review_rank": [2, None, 1],
+                "note": ["=x", None, "ok"]}
+    as_arrays = {"unknown": as_lists["unknown"], "unknown_score": np.array([0.12345, np.nan, -0.5]),
+                 "review_rank": as_lists["review_rank"], "note": as_lists["note"]}
+    a = write_csv(tmp_path / "a.csv", ["a.jpg", "b.jpg", "-c.jpg"], {1: "broken"},
+                  LabelColumns(["x", "y"], probs, as_lists, {2: "x"}))
+    b = write_csv(tmp_path / "b.csv", ["a.jpg", "b.jpg", "-c.jpg"], {1: "broken"},
+                  LabelColumns(["x", "y"], probs, as_arrays, {2: "x"}))
+    assert a.read_text() == b.read_text()
+    rows = read_csv(a)
+    assert rows[0]["unknown_score"] == "0.12345" and rows[1]["unknown_score"] == ""
+    assert rows[0]["note"] == "'=x" and rows[2]["path"] == "'-c.jpg"
+    assert rows[2]["label"] == "x" and rows[2]["confidence"] == "0.2" and rows[2]["predicted"] == "y"
+    assert rows[1]["error"] == "broken" and rows[1]["label"] == "" and rows[1]["margin"] == ""

@@ -95,29 +95,108 @@ class LabelColumns:
         return ["" if i in errors else self.outcome_of(i) for i in range(len(self.probs))]
 
 
+def format_numbers(values: np.ndarray | Sequence[float], digits: int = 6) -> list[str]:
+    """:func:`_fmt` of every value, in bulk: "" for NaN, "0" for zero, else up to ``digits``
+    decimals without trailing zeros (one C-level format of all the values, then a strip)."""
+    a = np.asarray(values, dtype=np.float64).ravel()
+    if len(a) == 0:
+        return []
+    nan = np.isnan(a)
+    zero = a == 0
+    text = ((f"%.{digits}f\n" * len(a)) % tuple(np.where(nan | zero, 1.0, a).tolist())).split("\n")[:-1]
+    out = [t.rstrip("0").rstrip(".") for t in text]
+    for i in np.flatnonzero(nan | zero).tolist():
+        out[i] = "" if nan[i] else "0"
+    return out
+
+
+def _label_columns(errors: dict[int, str] | Container[int], cols: LabelColumns, n: int):
+    """(failed mask, predicted class index or -1, final label per row, column of the label or -1)."""
+    probs = np.asarray(cols.probs, dtype=np.float64) if len(cols.probs) else np.zeros((n, 0))
+    failed = np.isnan(probs).any(axis=1) if probs.shape[1] else np.ones(n, bool)
+    if errors:
+        failed[[i for i in errors if 0 <= i < n]] = True
+    names = [neutralise(c) for c in cols.classes]
+    best = np.where(failed, -1, probs.argmax(axis=1) if probs.shape[1] else -1)
+    predicted = [names[k] if k >= 0 else "" for k in best.tolist()]
+    labels = list(predicted)
+    column = best.copy()
+    index = {str(c): k for k, c in enumerate(cols.classes)}
+    for i, lab in cols.labels_override.items():
+        if 0 <= i < n:
+            labels[i] = neutralise(lab)
+            column[i] = -1 if failed[i] else index.get(lab, -1)
+    return probs, failed, predicted, labels, column
+
+
 def rows_for(rel_paths: Sequence[str], errors: dict[int, str], cols: LabelColumns,
              prefix: str = "") -> tuple[list[str], list[list[str]]]:
-    header = [f"{prefix}label", f"{prefix}confidence", f"{prefix}margin"]
+    """The header and the cells (row by row) of one label set."""
+    header, columns = columns_for(rel_paths, errors, cols, prefix)
+    return header, [list(r) for r in zip(*columns)] if columns else [[] for _ in rel_paths]
+
+
+def columns_for(rel_paths: Sequence[str], errors: dict[int, str], cols: LabelColumns,
+                prefix: str = "") -> tuple[list[str], list[list[str]]]:
+    """The header and the cells (column by column) of one label set, built in bulk; text cells
+    are already :func:`neutralise` d."""
+    n = len(rel_paths)
     p_cols = [f"{prefix}p_{c}" for c in cols.classes]
     extra_names = list(cols.extra)
-    rows: list[list[str]] = []
-    probs = np.asarray(cols.probs, dtype=np.float64)
-    column = {str(c): k for k, c in enumerate(cols.classes)}
-    for i in range(len(rel_paths)):
-        row = probs[i] if len(probs) else np.array([])
-        failed = i in errors or row.size == 0 or np.isnan(row).any()
-        label = cols.labels_override.get(i, "") if failed else cols.label_of(i)
-        if failed:
-            cells = [label, "", ""] + [""] * len(p_cols)
+    probs, failed, predicted, labels, column = _label_columns(errors, cols, n)
+    ok = ~failed
+    conf = np.full(n, np.nan)
+    margin = np.full(n, np.nan)
+    if ok.any() and probs.shape[1]:
+        rows = np.flatnonzero(ok & (column >= 0))
+        conf[rows] = probs[rows, column[rows]]
+        p_ok = probs[ok]
+        if p_ok.shape[1] > 1:
+            top2 = -np.partition(-p_ok, 1, axis=1)[:, :2]
+            margin[ok] = top2[:, 0] - top2[:, 1]
         else:
-            top = np.sort(row)[::-1]
-            margin = top[0] - top[1] if len(top) > 1 else 1.0
-            k = column.get(label)
-            cells = [label, "" if k is None else _fmt(row[k]), _fmt(margin)] + [_fmt(p) for p in row]
-        cells += [_cell(cols.extra[name][i]) for name in extra_names]
-        cells += ["1" if i in cols.labels_override else "0", "" if failed else cols.predicted_of(i)]
-        rows.append(cells)
-    return header + p_cols + [f"{prefix}{n}" for n in [*extra_names, "confirmed", "predicted"]], rows
+            margin[ok] = 1.0
+    conf_text = format_numbers(conf)
+    margin_text = format_numbers(margin)
+    # a failed row and a confirmed "none of these" have an empty margin / confidence cell
+    for i in np.flatnonzero(ok & (column < 0)).tolist():
+        conf_text[i] = ""
+    for i in np.flatnonzero(failed).tolist():
+        labels[i] = neutralise(cols.labels_override.get(i, ""))
+    columns = [labels, conf_text, margin_text]
+    if probs.shape[1]:
+        text = np.array(format_numbers(np.where(ok[:, None], probs, np.nan)), dtype=object).reshape(n, -1)
+        columns += [text[:, k].tolist() for k in range(probs.shape[1])]
+    else:
+        columns += [[""] * n for _ in p_cols]
+    columns += [_cells(cols.extra[name], n) for name in extra_names]
+    confirmed = ["0"] * n
+    for i in cols.labels_override:
+        if 0 <= i < n:
+            confirmed[i] = "1"
+    columns += [confirmed, predicted]
+    header = [f"{prefix}label", f"{prefix}confidence", f"{prefix}margin"]
+    return header + p_cols + [f"{prefix}{m}" for m in [*extra_names, "confirmed", "predicted"]], columns
+
+
+def _cells(values: Sequence[object], n: int) -> list[str]:
+    """One extra column as text (:func:`_cell` of each value; numpy arrays in bulk)."""
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind == "f":
+            return format_numbers(values[:n])
+        if values.dtype.kind == "b":
+            return ["1" if v else "0" for v in values[:n].tolist()]
+        if values.dtype.kind in "iu":
+            return [str(v) for v in values[:n].tolist()]
+    vals = list(values[:n]) if not isinstance(values, list) else values[:n]
+    kinds = {type(v) for v in vals}
+    if kinds <= {float, type(None)}:
+        return format_numbers([np.nan if v is None else v for v in vals])
+    if kinds <= {bool, type(None)}:
+        return ["" if v is None else "1" if v else "0" for v in vals]
+    if kinds <= {int, type(None)}:
+        return ["" if v is None else str(v) for v in vals]
+    return [neutralise(_cell(v)) for v in vals]
 
 
 def _cell(v: object) -> str:
@@ -130,6 +209,11 @@ def _cell(v: object) -> str:
     return str(v)
 
 
+def _neutralised(cells: list[str]) -> list[str]:
+    """:func:`neutralise` over a column (only cells that start like a formula can change)."""
+    return [neutralise(c) if c.startswith(_FORMULA_START) else c for c in cells]
+
+
 def write_csv(path: str | Path, rel_paths: Sequence[str], errors: dict[int, str],
               label_sets: dict[str, LabelColumns] | LabelColumns) -> Path:
     """Write the CSV atomically. ``label_sets`` is one set or ``{name: set}`` (grouped columns)."""
@@ -138,29 +222,32 @@ def write_csv(path: str | Path, rel_paths: Sequence[str], errors: dict[int, str]
         groups = [("", label_sets)]
     else:
         groups = [(f"{name}:" if len(label_sets) > 1 else "", cols) for name, cols in label_sets.items()]
+    n = len(rel_paths)
     header = ["path"]
-    body: list[list[str]] = [[p] for p in rel_paths]
+    columns: list[list[str]] = [[str(p) for p in rel_paths]]
+    error_column = [""] * n
+    for i, msg in errors.items():
+        if 0 <= i < n:
+            error_column[i] = neutralise(msg)
     first = True
     for prefix, cols in groups:
-        h, rows = rows_for(rel_paths, errors, cols, prefix)
+        h, c = columns_for(rel_paths, errors, cols, prefix)
         # ``error`` sits right after the first group's label/confidence/margin, as documented
         if first:
             h = h[:3] + ["error"] + h[3:]
-            rows = [r[:3] + [errors.get(i, "")] + r[3:] for i, r in enumerate(rows)]
+            c = c[:3] + [error_column] + c[3:]
             first = False
         header += h
-        for b, r in zip(body, rows):
-            b.extend(r)
+        columns += c
     if not groups:
         header.append("error")
-        for i, b in enumerate(body):
-            b.append(errors.get(i, ""))
+        columns.append(error_column)
+    columns[0] = _neutralised(columns[0])  # paths; the other text cells are neutralised already
     try:
         with atomic_open(path, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow([neutralise(h) for h in header])
-            for b in body:
-                w.writerow([neutralise(c) for c in b])
+            w.writerows(zip(*columns))
     except OSError as exc:
         raise ExportError(f"cannot write {path}: {exc.strerror or exc}; choose another location") from exc
     return path
