@@ -174,3 +174,22 @@ def test_maml_tuned_model_carries_its_head(trained, tmp_path):
     backbone = bundle.make_backbone(device="cpu", engine="torch")
     x = np.random.default_rng(0).normal(size=(2, 3, 224, 224)).astype(np.float32)
     assert backbone.embed(x).shape == (2, 1280)
+
+
+def test_learned_models_are_listed_and_offered_to_auto(trained, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from fewshot_gui.cli import main
+    from fewshot_gui.core.models.auto import default_candidates, learned_models_dir
+
+    out, _, _ = trained
+    folder = tmp_path / "learned"
+    folder.mkdir()
+    shutil.copy(out, folder / "my-signs.safetensors")
+    monkeypatch.setenv("FEWSHOT_MODELS_DIR", str(folder))
+    assert learned_models_dir() == folder
+    found = [c for c in default_candidates() if c.model_file is not None and c.model_file.parent == folder]
+    assert [(c.name, c.method, c.family) for c in found] == [("my-signs", "protonet", "efficientnet-lite0")]
+    assert not [c for c in default_candidates("maml") if c.model_file and c.model_file.parent == folder]
+    assert main(["backbones"]) == 0
+    assert "my-signs.safetensors  protonet on efficientnet-lite0" in capsys.readouterr().out

@@ -4,7 +4,8 @@ Three parts: the pretrained backbones (``--backbone NAME``) with whether their w
 machine and where they are read from; Conv-4, the small network ``fewshot train`` trains from
 scratch (it lives inside model files); and the bundled model files
 (``resources/models/*.safetensors``, ``--model FILE``), each with its method, its backbone and
-the one-line "When to use" of its model card (``<name>.md`` beside it).
+the one-line "When to use" of its model card (``<name>.md`` beside it); then the model files
+learned in the app (:func:`~fewshot_gui.core.models.auto.learned_models_dir`), when there are any.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from fewshot_gui.core.embed.backbones import list_backbones
 from fewshot_gui.core.errors import FewShotError
+from fewshot_gui.core.models.auto import learned_models_dir
 
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parents[2] / "resources" / "models"
 CONV4_LINE = ("Conv-4 (four 3x3 conv blocks of 64 channels), trained from scratch by `fewshot train "
@@ -43,6 +45,12 @@ def run(args) -> int:
         print()
         print("bundled model files (--model FILE):")
         for line in models:
+            print(f"  {line}")
+    learned = bundled_models(learned_models_dir())
+    if learned:
+        print()
+        print(f"learned model files (the app's Learn from this project; {learned_models_dir()}):")
+        for line in learned:
             print(f"  {line}")
     return 0
 
