@@ -454,3 +454,20 @@ def test_builtin_demo_is_consistent():
     total = sum(p.stat().st_size for p in demo.rglob("*") if p.is_file())
     assert total < 1_000_000
 
+
+
+def test_scan_order_is_natural_order_of_relative_paths_with_files_and_folders_mixed(tmp_path):
+    from pathlib import Path
+
+    from fewshot_gui.core.io.images import natural_key
+
+    for rel in ["b/img10.jpg", "b/img2.jpg", "b.jpg", "a1/x.png", "A10/y.png", "a2/z.jpg", "b/c/d.jpg",
+                "b/c.jpg", "B/e.jpg", "Ä/f.jpg", "b/c2/a.jpg"]:
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+    found = [p.relative_to(tmp_path).parts for p in scan_folder(tmp_path)]
+    assert found == sorted(found, key=lambda parts: tuple(natural_key(x) for x in parts))
+    assert [Path(*parts).as_posix() for parts in found][:3] == ["a1/x.png", "a2/z.jpg", "A10/y.png"]
+    assert all(isinstance(p, Path) and p.is_file() for p in scan_folder(tmp_path))
+    assert natural_key("Img2") < natural_key("img10") and natural_key("a") != natural_key("A")

