@@ -79,3 +79,21 @@ def test_learns_from_the_project_and_offers_the_model(qtbot, tmp_path, monkeypat
     dlg.use_button.click()
     assert used == [tmp_path / "models" / "learned.safetensors"] and used[0].exists()
     assert not running_threads()
+
+
+@pytest.mark.skipif(not any(i.name == "efficientnet-lite0" and i.weights_available for i in list_backbones()),
+                    reason="no EfficientNet-Lite0 weights")
+def test_cancel_stops_the_run_and_writes_no_model(qtbot, tmp_path, monkeypatch, one_torch_thread):
+    monkeypatch.setattr(metatune, "lower_backbone",
+                        lambda name, n, cache_dir=None: LowerBackbone(name, n, cache_dir, engine="torch"))
+    dlg = LearnDialog(_project(tmp_path, 4), tmp_path / "cache", lambda p: None)
+    qtbot.addWidget(dlg)
+    dlg.episodes.setValue(100000)
+    out = tmp_path / "models" / "never.safetensors"
+    dlg.out.setText(str(out))
+    dlg.start()
+    qtbot.waitUntil(lambda: dlg.progress.value() > 0 and "meta-training" in dlg.stage.text(), timeout=120000)
+    dlg.cancel_button.click()
+    qtbot.waitUntil(lambda: not dlg.runner.is_running(), timeout=5000)
+    assert "Cancelled" in dlg.log.toPlainText() and not out.exists()
+    assert dlg.start_button.isEnabled() and not dlg.use_button.isEnabled()
