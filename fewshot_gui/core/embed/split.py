@@ -158,6 +158,20 @@ class SplitLite0:
         return EmbeddingCache(root, AugmentedView(self.lower, view).key if view else self.lower.key,
                               dim=self.lower.dim)
 
+    def full_names(self) -> dict[str, str]:
+        """Top state-dict name -> the full backbone module's name (``blocks.0.x`` ->
+        ``net._blocks.<cut>.x``, ``head.0.x`` -> ``net._conv_head.x``, ``head.1.x`` -> ``net._bn1.x``)."""
+        out = {}
+        for name in self.top.state_dict():
+            part, rest = name.split(".", 1)
+            if part == "blocks":
+                i, tail = rest.split(".", 1)
+                out[name] = f"net._blocks.{self.cut + int(i)}.{tail}"
+            else:
+                i, tail = rest.split(".", 1)
+                out[name] = f"net.{'_conv_head' if i == '0' else '_bn1'}.{tail}"
+        return out
+
     def adapted(self, top) -> "AdaptedBackbone":
         return AdaptedBackbone(self, top)
 
