@@ -258,3 +258,27 @@ def test_file_identities_match_single_resolve_including_links(tmp_path):
     assert got == [file_identity(p) for p in query]
     assert got[3] == got[2] and got[4] == got[1]
     assert got[5] is None and got[6] is None
+
+
+def test_lookup_into_fills_rows_like_lookup_and_drops_damaged_rows(tmp_path, caplog):
+    paths = _files(tmp_path, 6)
+    feats = np.random.default_rng(1).standard_normal((6, 5)).astype(np.float32)
+    c = EmbeddingCache(tmp_path / "cache", "bb")
+    c.store(paths[:5], feats[:5])
+    _sql(c, "UPDATE vec SET data = ? WHERE path = ?", feats[0].tobytes()[::-1], os.path.realpath(paths[3]))
+    nan = feats[4].copy()
+    nan[0] = np.nan
+    _sql(c, "UPDATE vec SET data = ?, crc = ? WHERE path = ?", nan.tobytes(),
+         __import__("fewshot_gui.core.embed.cache", fromlist=["vector_crc"]).vector_crc(
+             os.path.realpath(paths[4]), nan.tobytes()), os.path.realpath(paths[4]))
+    asked = [paths[1], tmp_path / "missing.jpg", paths[0], paths[3], paths[4], paths[5], paths[1]]
+    out = np.full((len(asked), 5), -7, np.float32)
+    with caplog.at_level(logging.WARNING):
+        found = c.lookup_into(asked, out)
+    assert found.tolist() == [True, False, True, False, False, False, True]
+    np.testing.assert_array_equal(out[[0, 2, 6]], feats[[1, 0, 1]])
+    assert (out[~found] == -7).all()                  # rows of misses untouched
+    assert c.dropped == 2 and len(_warnings(caplog)) == 1
+    assert sorted(c.lookup(paths)) == [0, 1, 2]       # the damaged rows were deleted
+    with pytest.raises(ValueError):
+        c.lookup_into(paths, np.zeros((6, 4), np.float32))

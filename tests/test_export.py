@@ -129,3 +129,17 @@ def test_extra_columns_of_numpy_arrays_and_lists_write_the_same(tmp_path):
     assert rows[0]["note"] == "'=x" and rows[2]["path"] == "'-c.jpg"
     assert rows[2]["label"] == "x" and rows[2]["confidence"] == "0.2" and rows[2]["predicted"] == "y"
     assert rows[1]["error"] == "broken" and rows[1]["label"] == "" and rows[1]["margin"] == ""
+
+
+@pytest.mark.parametrize("root", ["/data/q", "/data/q/", "/", "rel/q", "."])
+def test_relative_posix_matches_relative_to(root):
+    paths = [Path("/data/q/a.jpg"), Path("/data/q/sub/b c.jpg"), Path("/data/qq/x.jpg"), Path("/other/y.jpg"),
+             Path("rel/q/z.jpg"), Path("z.jpg"), "/data/q//s.jpg", Path("/data/q")]
+
+    def slow(p):
+        try:
+            return Path(p).relative_to(Path(root)).as_posix()
+        except ValueError:
+            return Path(p).as_posix()
+
+    assert relative_posix(paths, Path(root)) == [slow(p) for p in paths]

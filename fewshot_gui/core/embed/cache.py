@@ -364,6 +364,67 @@ class EmbeddingCache:
         with self._lock:
             return self._guard(run, {})
 
+    def lookup_into(self, paths: Sequence[str | Path], out: np.ndarray,
+                    identities: Sequence[tuple[str, int, int] | None] | None = None) -> np.ndarray:
+        """:meth:`lookup` for a big folder: the cached vectors go straight into the rows of
+        ``out`` ((len(paths), dim) float32, rows of misses untouched); returns the (N,) mask of
+        the rows found. No per-row arrays are made, so memory stays at ``out`` plus one chunk."""
+        n = len(paths)
+        found = np.zeros(n, bool)
+        if out.shape[0] != n or out.dtype != np.float32 or (self.dim is not None and out.shape[1] != self.dim):
+            raise ValueError(f"out must be a ({n}, {self.dim}) float32 array; got {out.shape} {out.dtype}")
+        idents = identities if identities is not None else file_identities(paths)
+        want: dict[str, int | list[int]] = {}
+        for i, ident in enumerate(idents):
+            if ident is not None:
+                k = ident[0]
+                if k in want:  # the same file twice (rare): keep every index
+                    prev = want[k]
+                    want[k] = (prev if isinstance(prev, list) else [prev]) + [i]
+                else:
+                    want[k] = i
+        keys = [k for k in want if _storable(k)]
+        if not keys:
+            return found
+        nbytes = 4 * out.shape[1]
+
+        def run(conn: sqlite3.Connection) -> np.ndarray:
+            bad: list[tuple[str, object]] = []
+            crc32 = zlib.crc32
+            for s in range(0, len(keys), _CHUNK):
+                chunk = keys[s:s + _CHUNK]
+                q = f"SELECT path, size, mtime_ns, crc, data FROM vec WHERE path IN ({','.join('?' * len(chunk))})"
+                rows: list[int] = []
+                blobs: list[bytes] = []
+                crcs: list[int] = []
+                for path, size, mtime, crc, data in conn.execute(q, chunk):
+                    if type(data) is not bytes or len(data) != nbytes or crc32(data, crc32(path.encode())) != crc:
+                        bad.append((path, crc))
+                        continue
+                    hit = want[path]
+                    for i in (hit if isinstance(hit, list) else (hit,)):
+                        ident = idents[i]
+                        if ident[1] == size and ident[2] == mtime:
+                            rows.append(i)
+                            blobs.append(data)
+                            crcs.append(crc)
+                if not rows:
+                    continue
+                vecs = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(rows), -1)
+                finite = np.isfinite(vecs).all(axis=1)
+                idx = np.asarray(rows)
+                if not finite.all():
+                    bad.extend((idents[i][0], crcs[j]) for j, i in enumerate(rows) if not finite[j])
+                    vecs, idx = vecs[finite], idx[finite]
+                out[idx] = vecs
+                found[idx] = True
+            if bad:
+                self._drop(conn, sorted(set(bad)))
+            return found
+
+        with self._lock:
+            return self._guard(run, found)
+
     def _drop(self, conn: sqlite3.Connection, bad: list[tuple[str, object]]) -> None:
         """Delete rows that failed their check (unless rewritten since): one warning for the first
         lookup that finds some, info for the later ones (``dropped`` counts them all)."""

@@ -23,9 +23,10 @@ neutralised with a leading apostrophe. Files are written atomically.
 from __future__ import annotations
 
 import csv
+import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Container, Iterable, Sequence
 
 import numpy as np
@@ -259,10 +260,22 @@ def read_csv(path: str | Path) -> list[dict[str, str]]:
 
 
 def relative_posix(paths: Iterable[Path], root: Path) -> list[str]:
-    """Paths relative to ``root`` with ``/`` separators (absolute when outside ``root``)."""
+    """Paths relative to ``root`` with ``/`` separators (absolute when outside ``root``).
+
+    ``Path`` objects spelled under ``root`` are cut as text (cheap for 100,000 paths); any other
+    goes through :meth:`PurePath.relative_to`, which decides."""
     out = []
     root = Path(root)
+    head = str(root)
+    head = head if head.endswith(os.sep) else head + os.sep
+    cut = len(head)
+    slash = os.sep != "/"
     for p in paths:
+        text = str(p) if isinstance(p, PurePath) else ""  # a Path's text is normalised
+        if text.startswith(head) and cut < len(text) and head != "." + os.sep:
+            rel = text[cut:]
+            out.append(rel.replace(os.sep, "/") if slash else rel)
+            continue
         try:
             out.append(Path(p).relative_to(root).as_posix())
         except ValueError:

@@ -63,10 +63,11 @@ class LabelResult:
 
     @property
     def labels(self) -> list[str]:
-        out = []
-        for i, row in enumerate(self.probs):
-            out.append("" if i in self.errors or np.isnan(row).any() else self.classes[int(row.argmax())])
-        return out
+        ok = ~np.isnan(self.probs).any(axis=1)
+        if self.errors:
+            ok[list(self.errors)] = False
+        best = np.where(ok, np.nan_to_num(self.probs).argmax(axis=1), -1)
+        return [self.classes[k] if k >= 0 else "" for k in best.tolist()]
 
     @property
     def n_ok(self) -> int:
@@ -178,6 +179,11 @@ def label_folder(
     classes, s_paths, s_labels, s_feats, s_errors = yield from embed_support(
         support, backbone, cache=cache, cancel=cancel, batch_size=batch_size)
     cancel.raise_if_cancelled()
+    plain_backbone = backbone
+    adapt = getattr(method, "adapt_backbone", None)
+    if adapt is not None:  # test-time adaptation of the backbone on the support set (the method decides)
+        backbone, s_feats = yield from adapt(backbone, s_paths, s_labels, s_feats, cache=cache, cancel=cancel)
+        cancel.raise_if_cancelled()
     yield Progress("adapting", 0, 1)
     method.fit(s_feats, s_labels, len(classes))
     yield Progress("adapting", 1, 1)
@@ -187,32 +193,69 @@ def label_folder(
     feats: np.ndarray | None = None
     errors: dict[int, str] = {}
     yield Progress("labeling", 0, n)
-    for batch in iter_embeddings(query_paths, backbone, cache=cache, batch_size=batch_size, cancel=cancel):
-        idx = np.asarray(batch.indices, dtype=int)
-        errors.update(batch.errors)
-        good, f = _good_rows(batch)
-        if len(good):
-            if feats is None:
-                feats = np.full((n, f.shape[1]), np.nan, dtype=np.float32)
-            feats[good] = f
-            probs[good] = method.predict_proba(f)
-        yield LabelBatch(idx, probs[idx], {i: batch.errors[i] for i in idx if i in batch.errors})
-        yield Progress("labeling", batch.done, n)
-        cancel.raise_if_cancelled()
+    own_embedder = getattr(backbone, "iter_embeddings", None)
+    done = 0
+    misses = np.arange(n)
+    if own_embedder is None and cache is not None and hasattr(cache, "lookup_into"):
+        # cached rows straight into the feature matrix (no per-row arrays), then only the misses embedded
+        feats = _new_features(n, backbone)
+        cache.require_dim(feats.shape[1])
+        found = cache.lookup_into(query_paths, feats)
+        misses = np.flatnonzero(~found)
+        for rows in _chunks(np.flatnonzero(found), CACHED_PREDICT_ROWS):
+            probs[rows] = method.predict_proba(feats[rows])
+            done += len(rows)
+            yield LabelBatch(rows, probs[rows], {})
+            yield Progress("labeling", done, n)
+            cancel.raise_if_cancelled()
+    if len(misses):
+        paths = [query_paths[i] for i in misses] if len(misses) < n else query_paths
+        batches = (own_embedder(paths, cache=cache, batch_size=batch_size, cancel=cancel) if own_embedder
+                   else iter_embeddings(paths, backbone, cache=cache, batch_size=batch_size, cancel=cancel))
+        for batch in batches:
+            idx = misses[np.asarray(batch.indices, dtype=int)]
+            batch_errors = {int(misses[i]): msg for i, msg in batch.errors.items()}
+            errors.update(batch_errors)
+            good, f = _good_rows(batch)
+            if len(good):
+                good = misses[good]
+                if feats is None:
+                    feats = np.full((n, f.shape[1]), np.nan, dtype=np.float32)
+                feats[good] = f
+                probs[good] = method.predict_proba(f)
+            done += len(idx)
+            yield LabelBatch(idx, probs[idx], batch_errors)
+            yield Progress("labeling", done, n)
+            cancel.raise_if_cancelled()
 
     result = LabelResult(query_root, query_paths, classes, probs, errors, feats, s_paths, s_labels,
                          s_feats, s_errors, method=getattr(method, "name", ""),
-                         backbone=getattr(backbone, "name", ""))
+                         backbone=getattr(plain_backbone, "name", ""))
+    result.notes.extend(getattr(method, "notes", []) or [])
     yield from _post_process(result, method, refine, unknown_threshold)
     result.seconds = time.perf_counter() - t0
     return result
 
 
+CACHED_PREDICT_ROWS = 8192  # cached rows are scored and streamed in chunks of this size
+
+
+def _chunks(rows: np.ndarray, size: int):
+    for lo in range(0, len(rows), size):
+        yield rows[lo:lo + size]
+
+
+def _new_features(n: int, backbone) -> np.ndarray:
+    """The (n, dim) float32 feature matrix of a folder, NaN until a row is filled."""
+    return np.full((n, int(backbone.dim)), np.nan, dtype=np.float32)
+
+
 def _post_process(result: LabelResult, method, refine: bool | None, unknown_threshold: float | None):
     """Whole-folder steps after streaming (:func:`~fewshot_gui.core.trust.report.assess_folder`):
     transductive refinement, unknown scores, review order, support diagnostics."""
-    ok = np.array([i not in result.errors and not np.isnan(result.probs[i]).any()
-                   for i in range(len(result.paths))], dtype=bool)
+    ok = ~np.isnan(result.probs).any(axis=1)
+    if result.errors:
+        ok[list(result.errors)] = False
     if not ok.any() or result.features is None:
         return
     stage = "refining and checking" if refine is not False and refinable(method) else "checking examples"
