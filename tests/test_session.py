@@ -396,3 +396,19 @@ def test_the_query_index_gives_what_relative_posix_and_path_key_give(tmp_path):
     s = LabelingSession()
     s.set_query(root, paths, q)
     assert s.rel == q.rel and s.index_of_path(root / "sub" / "b.jpg") == 1 and s.index_of_rel("a.jpg") == 0
+
+
+def test_centred_scores_equal_the_chunked_kernel_without_a_normalised_copy():
+    from fewshot_gui.core.fewshot.chunked import sq_distance_scores
+    from fewshot_gui.core.session.model import centred_sq_scores
+
+    rng = np.random.default_rng(0)
+    x = np.abs(rng.normal(size=(500, 32))).astype(np.float32)
+    x[3] = np.nan
+    p = rng.normal(size=(5, 32))
+    p /= np.linalg.norm(p, axis=1, keepdims=True)
+    c = np.abs(rng.normal(size=32)) * 0.05
+    got = centred_sq_scores(x, p, c, chunk=77)
+    want = sq_distance_scores(x, p, c)
+    assert np.isnan(got[3]).all() and np.isfinite(np.delete(got, 3, axis=0)).all()
+    assert np.nanmax(np.abs(got - want)) < 1e-5

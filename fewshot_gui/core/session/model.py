@@ -25,6 +25,7 @@ import numpy as np
 
 from fewshot_gui.core.errors import DataError
 from fewshot_gui.core.fewshot import get_method
+from fewshot_gui.core.fewshot.features import softmax
 from fewshot_gui.core.fewshot.transductive import TransductiveProtoNet, refinable
 from fewshot_gui.core.io.export import UNKNOWN_LABEL
 from fewshot_gui.core.jobs import CancelToken
@@ -124,8 +125,8 @@ def refit_and_assess(run: RunContext, support_feats: np.ndarray, support_labels:
 
 
 QUICK_MIN_ROWS = 20_000  # folders at least this large get a quick first answer after an edit
-QUICK_SAMPLE = 8_192     # query rows the quick answer refines the prototypes on
-QUICK_CHUNK = 8_192      # query rows scored at a time (bounded float64 temporaries)
+QUICK_SAMPLE = 2_048     # query rows the quick answer refines the prototypes on
+QUICK_CHUNK = 16_384     # query rows scored at a time
 
 
 def quick_trust(run: RunContext, support_feats: np.ndarray, support_labels: np.ndarray, n_classes: int,
@@ -134,8 +135,8 @@ def quick_trust(run: RunContext, support_feats: np.ndarray, support_labels: np.n
     folder, a method that is not ProtoNet-style, refinement off, or no previous assessment with
     these classes): the transductive ProtoNet of the full assessment with its prototypes refined
     on :data:`QUICK_SAMPLE` rows of the folder (an even sample, fixed seed) instead of all of
-    them, then every row scored in chunks. Rows the previous assessment could not score (failed
-    images) stay NaN; unknown scores, review order and notes are the previous ones until the full
+    them, then every row scored in float32 chunks (:func:`centred_sq_scores`: one read of the
+    folder's matrix, no copy). Rows of failed images (NaN embeddings) stay NaN; unknown scores, review order and notes are the previous ones until the full
     assessment replaces them."""
     n = len(query_feats)
     if (previous is None or n < QUICK_MIN_ROWS or run.refine is False or previous.probs.shape != (n, n_classes)
@@ -149,11 +150,35 @@ def quick_trust(run: RunContext, support_feats: np.ndarray, support_labels: np.n
     m = TransductiveProtoNet(refine=True, calibration=run.profile.calibration)
     m.fit(support_feats, support_labels, n_classes)
     m.set_query_set(query_feats[sample])
-    probs = np.full((n, n_classes), np.nan, np.float32)
-    for start in range(0, len(ok), QUICK_CHUNK):
-        rows = ok[start:start + QUICK_CHUNK]
-        probs[rows] = m.predict_proba(query_feats[rows])
+    m.predict_proba(query_feats[sample[:1]])  # refines the prototypes on the sample
+    probs = softmax(m.scale * centred_sq_scores(query_feats, m.prototypes, m.centre))
+    probs = probs.astype(np.float32, copy=False)
     return dataclasses.replace(previous, probs=probs)
+
+
+def centred_sq_scores(x: np.ndarray, protos: np.ndarray, centre: np.ndarray, chunk: int | None = None) -> np.ndarray:
+    """(N, C) float32 ProtoNet scores ``-||z - p||^2`` with ``z`` the ``center_l2`` normalised
+    rows of ``x`` (L2, minus ``centre``, L2 again), as
+    :func:`fewshot_gui.core.fewshot.chunked.sq_distance_scores` gives them, without normalising
+    a copy of ``x``: with ``u = x / |x|`` and ``v = u - centre``, ``|v|^2 = 1 - 2 x.c / |x| + |c|^2``
+    and ``z.p = (x.p / |x| - c.p) / |v|``, so one product ``x @ [P; c].T`` and the row norms
+    suffice (one read of ``x``). Rows with a non-finite value give NaN."""
+    p = np.asarray(protos, np.float32)
+    c = np.asarray(centre, np.float32)
+    w = np.vstack([p, c[None, :]]).T.copy()  # (D, C + 1)
+    pp, cp, cc = (p * p).sum(1), p @ c, float(c @ c)
+    out = np.empty((len(x), len(p)), np.float32)
+    step = chunk or QUICK_CHUNK
+    for lo in range(0, len(x), step):
+        block = x[lo:lo + step]
+        a = np.sqrt(np.einsum("ij,ij->i", block, block, dtype=np.float32))
+        np.maximum(a, 1e-8, out=a)
+        xw = block @ w
+        xw /= a[:, None]
+        v = np.sqrt(np.maximum(1.0 - 2.0 * xw[:, -1] + cc, 1e-16))
+        zp = (xw[:, :-1] - cp) / v[:, None]
+        out[lo:lo + step] = -np.maximum(1.0 + pp - 2.0 * zp, 0.0)
+    return out
 
 
 def confirmed_overrides(label_set: LabelSet, rel_paths: list[str]) -> dict[int, str]:
