@@ -70,11 +70,12 @@ def test_learns_from_the_project_and_offers_the_model(qtbot, tmp_path, monkeypat
     dlg.episodes.setValue(10)
     dlg.out.setText(str(tmp_path / "models" / "learned.safetensors"))
     cfg = dlg.config()
-    assert cfg.items and cfg.tune_blocks >= 1 and cfg.holdout > 0
+    assert cfg.items and cfg.tune_blocks >= 1
+    assert round(cfg.holdout * 4) == 2  # two of the four classes kept out: a 2-way validation
     dlg.start()
     qtbot.waitUntil(lambda: not dlg.runner.is_running(), timeout=120000)
     text = dlg.log.toPlainText()
-    assert "before tuning" in text and "Wrote" in text, text
+    assert "before tuning" in text and "2-way" in text and "Wrote" in text, text
     assert dlg.use_button.isEnabled()
     dlg.use_button.click()
     assert used == [tmp_path / "models" / "learned.safetensors"] and used[0].exists()

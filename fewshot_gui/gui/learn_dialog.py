@@ -150,18 +150,20 @@ class LearnDialog(QDialog):
                                    f"{MIN_CLASSES} (some to train on, some to validate on): pick a labeled folder")
             data, items = [], self.items
             smallest = min(len(p) for p in items.values())
+            kept = max(2, round(self.holdout.value() * len(items)))  # at least two classes to validate on
+            holdout = min(kept, len(items) - 2) / len(items) - 1e-9
             shot = max(1, min(5, smallest // 3))
             query = max(1, min(10, smallest - shot))
         else:
             folder = self.folder.text().strip()
             if not folder or not Path(folder).is_dir():
                 raise FewShotError("choose a labeled folder (one sub-folder of images per class)")
-            data, items, shot, query = [folder], None, 5, 10
+            data, items, shot, query, holdout = [folder], None, 5, 10, float(self.holdout.value())
         out = self.out.text().strip()
         if not out:
             raise FewShotError("name the model file to write")
         return TrainConfig(method=self.method.currentData(), backbone=BACKBONE, tune_blocks=self.blocks.value(),
-                           data=data, items=items, holdout=float(self.holdout.value()), way=5, shot=shot,
+                           data=data, items=items, holdout=holdout, way=5, shot=shot,
                            query=query, episodes=self.episodes.value(),
                            val_every=max(50, self.episodes.value() // 4), val_episodes=100, lr=3e-4, seed=0, out=out,
                            cache_dir=str(self.cache_dir) if self.cache_dir else None, threads=1,

@@ -112,6 +112,7 @@ def meta_tune(cfg: TrainConfig, cancel: CancelToken | None = None
         torch.set_num_threads(int(cfg.threads))
     backbone = lower_backbone(cfg.backbone, cfg.tune_blocks, cache_dir=cfg.cache_dir)
     train, val = yield from load_activations(cfg, backbone, cancel)
+    val = [d for d in val if len(d.classes) >= 2]  # a single kept-out class makes no episode
     # a small base set (a project's few classes) gets episodes of as many classes as it has
     way = min(cfg.way, *(len(d.classes) for d in train))
     samplers = [d.sampler(way, cfg.shot, cfg.query, cfg.seed, cfg.within_group, False) for d in train]
