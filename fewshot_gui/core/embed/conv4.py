@@ -16,19 +16,36 @@ Batch norm has two modes:
 The module holds no state besides parameters and (in "running" mode) BN buffers, so
 ``functional_call(model, params, (x,))`` with a dict of (possibly non-leaf) tensors works.
 
-:class:`ImageSpec` says how an image becomes a Conv-4 input (stored in model files);
-:class:`Conv4Backbone` wraps a trained Conv-4 as a Backbone for labeling and evaluation.
+:class:`ImageSpec` says how an image becomes a Conv-4 input and how the embedding is read out
+(stored in model files); :class:`Conv4Backbone` wraps a trained Conv-4 as a Backbone for labeling
+and evaluation.
+
+Read-out (optional, off unless the model file asks): ``test_views`` averages the embeddings of a
+few fixed small affine views of each image (shifts of a pixel or two, small rotations: the
+distortions the network was trained to ignore), which makes the embedding steadier against where
+and how a character was drawn; ``embedding_norm: "l2"`` then scales each embedding to unit length,
+so that ProtoNet's squared Euclidean distance ranks classes by the angle between embeddings.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
+from fewshot_gui.core.errors import ModelFileError
+
+MAX_TEST_VIEWS = 32           # views averaged per image (each costs one forward pass)
+MAX_VIEW_SHIFT = 16.0         # pixels at the input size
+MAX_VIEW_ANGLE = 45.0         # degrees
+VIEW_SCALES = (0.5, 2.0)      # allowed zoom range
+EMBEDDING_NORMS = ("none", "l2")
 
 
 class ConvBlock(nn.Module):
@@ -100,25 +117,51 @@ def build_conv4(config: dict) -> Conv4:
                  flatten=bool(config.get("flatten", True)))
 
 
+def affine_view(x: torch.Tensor, dx: float, dy: float, angle: float, scale: float) -> torch.Tensor:
+    """``x`` (B, C, S, S) seen shifted by (``dx``, ``dy``) pixels, rotated by ``angle`` degrees
+    (counter-clockwise) and zoomed by ``scale`` about the centre; bilinear. What enters from
+    outside the image is each image's minimum (the background of inverted drawings)."""
+    if dx == 0 and dy == 0 and angle == 0 and scale == 1:
+        return x
+    a = math.radians(angle)
+    side = x.shape[-1]
+    theta = torch.tensor([[math.cos(a) / scale, -math.sin(a) / scale, -2.0 * dx / side],
+                          [math.sin(a) / scale, math.cos(a) / scale, -2.0 * dy / side]], dtype=x.dtype)
+    grid = F.affine_grid(theta[None].expand(x.shape[0], 2, 3).to(x.device), list(x.shape), align_corners=False)
+    bg = x.amin(dim=(1, 2, 3), keepdim=True)
+    return F.grid_sample(x - bg, grid, align_corners=False, padding_mode="zeros") + bg
+
+
 @dataclass
 class ImageSpec:
     """How images become Conv-4 inputs: squash-resize to ``size`` (Lanczos), grey (1 channel) or
     RGB, optional inversion (Omniglot: strokes become bright), then ``(x - mean) / std`` per
-    channel. Stored in a model file's ``meta["input"]``."""
+    channel; and how the embedding is read out (``test_views``: ``(dx, dy, angle, scale)`` views
+    whose embeddings are averaged, shifts in pixels at ``size``; ``embedding_norm``: "none" or
+    "l2"; see the module docstring). Stored in a model file's ``meta["input"]``; the read-out keys
+    only when they differ from the defaults, so older files read and write unchanged."""
 
     size: int = 28
     channels: int = 1
     invert: bool = True
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
+    test_views: tuple[tuple[float, float, float, float], ...] = ()
+    embedding_norm: str = "none"
 
     def to_meta(self) -> dict[str, Any]:
-        return {"size": self.size, "channels": self.channels, "invert": self.invert,
-                "mean": list(self.mean), "std": list(self.std), "resize": "squash-lanczos"}
+        m: dict[str, Any] = {"size": self.size, "channels": self.channels, "invert": self.invert,
+                             "mean": list(self.mean), "std": list(self.std), "resize": "squash-lanczos"}
+        if self.test_views:
+            m["test_views"] = [list(v) for v in self.test_views]
+        if self.embedding_norm != "none":
+            m["embedding_norm"] = self.embedding_norm
+        return m
 
     @classmethod
     def from_meta(cls, m: dict[str, Any]) -> "ImageSpec":
-        return cls(int(m["size"]), int(m["channels"]), bool(m["invert"]), tuple(m["mean"]), tuple(m["std"]))
+        return cls(int(m["size"]), int(m["channels"]), bool(m["invert"]), tuple(m["mean"]), tuple(m["std"]),
+                   _test_views(m.get("test_views", [])), _embedding_norm(m.get("embedding_norm", "none")))
 
     def to_uint8(self, img: Image.Image) -> np.ndarray:
         """(channels, size, size) uint8, resized and (optionally) inverted, not yet normalised."""
@@ -137,6 +180,33 @@ class ImageSpec:
 
     def preprocess(self, img: Image.Image) -> np.ndarray:
         return self.normalise(torch.from_numpy(self.to_uint8(img))[None])[0].numpy()
+
+
+def _test_views(value: Any) -> tuple[tuple[float, float, float, float], ...]:
+    """``input.test_views`` of a model file, checked (a crafted file cannot ask for thousands of
+    passes or degenerate transforms)."""
+    bad = ModelFileError(f"input.test_views is {str(value)[:80]}; a list of at most {MAX_TEST_VIEWS} "
+                         "[dx, dy, angle, scale] views was expected; re-download or retrain the model")
+    if not isinstance(value, list) or len(value) > MAX_TEST_VIEWS:
+        raise bad
+    views = []
+    for v in value:
+        if (not isinstance(v, list) or len(v) != 4
+                or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in v)):
+            raise bad
+        dx, dy, angle, scale = map(float, v)
+        if (abs(angle) > MAX_VIEW_ANGLE or not VIEW_SCALES[0] <= scale <= VIEW_SCALES[1]
+                or max(abs(dx), abs(dy)) > MAX_VIEW_SHIFT):
+            raise bad
+        views.append((dx, dy, angle, scale))
+    return tuple(views)
+
+
+def _embedding_norm(value: Any) -> str:
+    if value not in EMBEDDING_NORMS:
+        raise ModelFileError(f"input.embedding_norm is {str(value)[:40]!r}; one of {', '.join(EMBEDDING_NORMS)} "
+                             "was expected; re-download or retrain the model")
+    return str(value)
 
 
 class Conv4Backbone:
@@ -175,10 +245,20 @@ class Conv4Backbone:
         return x
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
+        """Embeddings (B, dim): the network's output, averaged over the spec's test views and
+        normalised as the spec says."""
         if len(batch) == 0:
             return np.zeros((0, self.dim), np.float32)
         with torch.no_grad():
-            return self.module(self.to_model_input(batch).to(self.device)).flatten(1).cpu().numpy()
+            x = self.to_model_input(batch).to(self.device)
+            views = self.spec.test_views or ((0.0, 0.0, 0.0, 1.0),)
+            e = self.module(affine_view(x, *views[0])).flatten(1)
+            for v in views[1:]:
+                e = e + self.module(affine_view(x, *v)).flatten(1)
+            e = e / len(views)
+            if self.spec.embedding_norm == "l2":
+                e = F.normalize(e, dim=1)
+            return e.cpu().numpy()
 
     def __repr__(self) -> str:
         return f"Conv4Backbone({self.name!r}, dim={self.dim}, input={self.input_size})"
