@@ -168,6 +168,27 @@ def _progress(text: str) -> None:
     print(f"  [{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
+def _rss_now_mb() -> float:
+    with open("/proc/self/status") as fh:
+        return next(int(l.split()[1]) for l in fh if l.startswith("VmRSS:")) / 1024
+
+
+def _profiled(fn, what: str) -> None:
+    """``fn()``; with FEWSHOT_BENCH_PROFILE=1 its profile's top entries go to stderr."""
+    if not os.environ.get("FEWSHOT_BENCH_PROFILE"):
+        fn()
+        return
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.runcall(fn)
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("cumtime").print_stats(14)
+    _progress(f"profile of {what}:\n{out.getvalue()}")
+
+
 def one_run(setup: dict, corrections: int = 3, save_paths: int = 180_000) -> dict:
     """One run of the protocol in this process (see the module docstring)."""
     import resource
@@ -208,7 +229,16 @@ def one_run(setup: dict, corrections: int = 3, save_paths: int = 180_000) -> dic
     win.set_project(project)
     _wait_for(loop, lambda: len(win.doc.paths) > 0 and not win.controller.busy())
     out["scan_s"] = time.perf_counter() - t0
+    meter.context = "open"
+    _wait(loop, 300)
+    out["open"] = meter.stop()
+    meter.context = "idle"  # the floor this machine gives: the same window doing nothing for 3 s
+    meter.start()
+    _wait(loop, 3000)
+    out["idle"] = meter.stop()
+    _progress(f"opened (scan + index {out['scan_s']:.1f} s): {out['open']}; idle window: {out['idle']}")
     meter.context = "label"
+    meter.start()
     t1 = time.perf_counter()
     assert win.label(), getattr(win, "last_error", "")
     _wait_for(loop, lambda: not win.controller.busy() and win.doc.trust_now is not None)
@@ -252,7 +282,7 @@ def one_run(setup: dict, corrections: int = 3, save_paths: int = 180_000) -> dic
     meter.start()
     for key in ("confidence", "class", "name", "review", "rank"):
         meter.context = f"sort {key}"
-        win.grid.set_sort(key)
+        _profiled(lambda: win.grid.set_sort(key), f"sort {key}")
         _wait(loop, 150)
     for kind, k in (("uncertain", -1), ("class", 1), ("all", -1)):
         meter.context = f"filter {kind}"
@@ -274,7 +304,7 @@ def one_run(setup: dict, corrections: int = 3, save_paths: int = 180_000) -> dic
         before = win.doc.state
         meter.context = f"correction {c + 1}"
         tc = time.perf_counter()
-        win.grid.assign_selected(name)
+        _profiled(lambda: win.grid.assign_selected(name), f"correction {c + 1} (GUI thread)")
         _wait_for(loop, lambda: win.doc.state is not before, timeout_s=300)
         times.append({"first_s": time.perf_counter() - tc})
         _progress(f"correction {c + 1}: first answer after {times[-1]['first_s']:.2f} s")
@@ -284,6 +314,18 @@ def one_run(setup: dict, corrections: int = 3, save_paths: int = 180_000) -> dic
     _progress(f"last correction: full assessment after {times[-1]['full_s']:.2f} s")
     out["corrections"] = times
     out["correct"] = meter.stop()
+    import numpy as np
+
+    feats = win.doc.session.features  # baseline in this run: one read of the matrix (x @ W)
+    w = np.ones((feats.shape[1], len(win.doc.classes) + 1), np.float32)
+    base = []
+    for _ in range(3):
+        t = time.perf_counter()
+        feats @ w
+        base.append(time.perf_counter() - t)
+    out["matmul_s"] = statistics.median(base)
+    out["rss_labeled_mb"] = _rss_now_mb()
+    _progress(f"baseline x @ W over the {feats.shape} matrix: {out['matmul_s']:.3f} s; RSS now {out['rss_labeled_mb']:.0f} MB")
 
     # 5. save a project with save_paths paths
     big = Project(label_sets=[LabelSet("caltech", [c for c in win.doc.classes])], active_label_set="caltech",
@@ -338,7 +380,7 @@ def report(r: dict, label: str) -> str:
     firsts = ", ".join(f"{c['first_s']:.2f}" for c in r["corrections"])
     fulls = f"{r['corrections'][-1]['full_s']:.2f}"
     return (f"{label}: {r['labeled']:,}/{r['images']:,} labeled (scan {r['scan_s']:.1f} s, label {r['label_s']:.1f} s) | "
-            f"open+label stalls {st(r['open_label'])} | scroll {r['pages']} pages {st(r['scroll'])} | "
+            f"idle {st(r['idle'])} | open {st(r['open'])} | label stalls {st(r['open_label'])} | scroll {r['pages']} pages {st(r['scroll'])} | "
             f"sort/filter {st(r['sort_filter'])} | corrections first answer "
             f"{firsts} s, full assessment after the last {fulls} s, "
             f"stalls {st(r['correct'])} | save {r['saved_paths']:,} paths: GUI thread {1000 * r['save_gui_s']:.0f} ms, "
@@ -378,21 +420,29 @@ def main() -> int:
         runs.append(json.loads(line[7:]))
         print(report(runs[-1], f"run {k + 1}"), flush=True)
     med = statistics.median
-    stall = med(max(r[k]["max_ms"] for k in ("open_label", "scroll", "sort_filter")) for r in runs)
+    stall = med(max(r[k]["max_ms"] for k in ("open", "open_label", "scroll", "sort_filter")) for r in runs)
+    idle = med(r["idle"]["max_ms"] for r in runs)
+    idle99 = med(r["idle"]["p99_ms"] for r in runs)
     first = med(c["first_s"] for r in runs for c in r["corrections"])
+    matmul = med(r["matmul_s"] for r in runs)
+    rss_labeled = med(r["rss_labeled_mb"] for r in runs)
     full = med(r["corrections"][-1]["full_s"] for r in runs)
     save_total = med(r["save_total_s"] for r in runs)
     save_gui = med(r["save_gui_s"] for r in runs)
     rss = med(r["peak_rss_mb"] for r in runs)
-    summary = {"images": runs[0]["images"], "longest_stall_ms": stall, "repredict_first_s": first,
+    summary = {"images": runs[0]["images"], "longest_stall_ms": stall, "idle_stall_ms": idle, "repredict_first_s": first,
                "repredict_full_s": full, "save_total_s": save_total, "save_gui_ms": 1000 * save_gui,
-               "save_thread": runs[0]["save_thread"], "peak_rss_mb": rss, "runs": len(runs)}
+               "save_thread": runs[0]["save_thread"], "peak_rss_mb": rss, "rss_labeled_mb": rss_labeled,
+               "matmul_baseline_s": matmul, "runs": len(runs)}
     print(f"\nmedian over {len(runs)} runs, {runs[0]['images']:,} images (targets in brackets):")
-    print(f"  longest GUI stall labeling from cache, scrolling, sorting: {stall:.0f} ms (<= 100 ms)")
-    print(f"  re-prediction after a correction: first answer {first:.2f} s (<= 1 s), refined {full:.2f} s")
+    print(f"  longest GUI stall opening + labeling from cache, scrolling, sorting: {stall:.0f} ms (<= 100 ms); "
+          f"the idle window in the same runs (this machine's floor): longest {idle:.0f} ms, p99 {idle99:.0f} ms")
+    print(f"  re-prediction after a correction: first answer {first:.2f} s (<= 1 s), refined {full:.2f} s; "
+          f"baseline in the same runs, one x @ W over the features: {matmul:.3f} s (first answer = "
+          f"{first / max(matmul, 1e-9):.1f} x that)")
     print(f"  project save ({runs[0]['saved_paths']:,} paths): {save_total:.2f} s (<= 1 s), GUI thread "
           f"{1000 * save_gui:.0f} ms, written by the {runs[0]['save_thread']} thread")
-    print(f"  peak RSS: {rss:.0f} MB (<= 2,500 MB)")
+    print(f"  peak RSS: {rss:.0f} MB (<= 2,500 MB); RSS with the 100k images labeled, after the job: {rss_labeled:.0f} MB")
     if args.json:
         print("JSON " + json.dumps(summary))
     return 0

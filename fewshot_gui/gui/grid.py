@@ -59,7 +59,10 @@ class GridView(QListView):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.setViewMode(QListView.ViewMode.IconMode)
+        # a wrapping left-to-right list: looks like icon mode, lays out uniform tiles by arithmetic
+        self.setViewMode(QListView.ViewMode.ListMode)
+        self.setFlow(QListView.Flow.LeftToRight)
+        self.setWrapping(True)
         self.setMovement(QListView.Movement.Static)
         self.setResizeMode(QListView.ResizeMode.Adjust)
         self.setUniformItemSizes(True)
@@ -233,28 +236,32 @@ class GridPanel(QWidget):
         cur = self.view.currentIndex()
         return self.model.item_at(cur.row()) if cur.isValid() and cur.row() < len(self.model.order) else -1
 
-    def select_items(self, items: list[int], current: int | None = None) -> None:
+    def select_items(self, items: list[int], current: int | None = None, scroll: bool = True) -> None:
         sel = QItemSelection()
-        for it in items[:2000]:
-            row = self.model.row_of(it)
-            if row >= 0:
-                ix = self.model.index(row)
-                sel.select(ix, ix)
+        its = np.asarray(items, dtype=np.int64)
+        rows = np.sort(self.model.inverse[its[(its >= 0) & (its < len(self.model.inverse))]])
+        rows = rows[rows >= 0]
+        if len(rows):  # one selection range per run of consecutive rows
+            breaks = np.flatnonzero(np.diff(rows) != 1)
+            for lo, hi in zip(np.r_[rows[0], rows[breaks + 1]], np.r_[rows[breaks], rows[-1]]):
+                sel.select(self.model.index(int(lo)), self.model.index(int(hi)))
         sm = self.view.selectionModel()
         sm.select(sel, QItemSelectionModel.SelectionFlag.ClearAndSelect)
         cur = current if current is not None else (items[0] if items else -1)
         row = self.model.row_of(cur) if cur >= 0 else -1
         if row >= 0:
             sm.setCurrentIndex(self.model.index(row), QItemSelectionModel.SelectionFlag.NoUpdate)
-            self.view.scrollTo(self.model.index(row))
+            if scroll:
+                self.view.scrollTo(self.model.index(row))
 
     def refresh(self) -> None:
         """Re-apply sort and filter, keeping the selection (the order is no longer held)."""
         self._release_hold()
         sel, cur = self.selected_items(), self.current_item()
-        permuted = self.model.refresh()
-        if not permuted:
-            self.select_items(sel, cur)
+        change = self.model.refresh()
+        if change != "same":  # after a move the rows kept their places: no scrolling
+            self.select_items(sel, cur, scroll=change == "reset")
+            self.view.viewport().update()
         self._update_counts()
 
     def resort(self) -> None:

@@ -17,7 +17,6 @@ removes them (:meth:`RecoveryFiles.forget`), so a recovery file found when a pro
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -28,6 +27,7 @@ from PySide6.QtWidgets import QMessageBox, QWidget
 
 from fewshot_gui.core.atomic import atomic_write_text
 from fewshot_gui.core.session.project import SUFFIX, Project
+from fewshot_gui.core.session.project_file import project_json
 from fewshot_gui.gui.settings import AppSettings
 
 RECOVERY_SUFFIX = ".recovery"
@@ -64,7 +64,7 @@ def _process_running(pid: int) -> bool:
 
 def project_text(project: Project, base: Path | None) -> str:
     """The project as the text of a project file, paths relative to ``base`` (absolute for None)."""
-    return json.dumps(project.to_dict(base), indent=2, ensure_ascii=False) + "\n"
+    return project_json(project.to_dict(base))
 
 
 class RecoveryFiles:
@@ -81,7 +81,9 @@ class RecoveryFiles:
 
     def write(self, project: Project) -> Path | None:
         """Write the recovery file of ``project`` atomically; None when its content is unchanged.
-        Raises :class:`~fewshot_gui.core.errors.WriteError` when it cannot be written."""
+        Raises :class:`~fewshot_gui.core.errors.WriteError` when it cannot be written. The window
+        runs it on the document's file thread with a :meth:`Project.snapshot` (the text of a large
+        project takes a while to build)."""
         target = self.target(project)
         base = project.path.parent if project.path is not None else None
         text = project_text(project, base)
