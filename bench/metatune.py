@@ -54,6 +54,7 @@ def train(args, novel: list[str]) -> Path:
     from fewshot_gui.core.training.metatune import training_job
 
     cfg = TrainConfig(method=args.method, backbone="efficientnet-lite0", tune_blocks=args.tune_blocks,
+                      tune_bn=args.tune_bn,
                       data=[str(args.data)], holdout=args.holdout, split_seed=args.split_seed, way=5, shot=5,
                       query=10, episodes=args.episodes_train, lr=args.lr, seed=args.seed, val_every=10 ** 9,
                       val_episodes=100, out=str(args.out), cache_dir=args.cache_dir, threads=args.threads,
@@ -74,6 +75,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("/tmp/metatune-bench.safetensors"))
     p.add_argument("--method", default="protonet")
     p.add_argument("--tune-blocks", type=int, default=1)
+    p.add_argument("--tune-bn", action="store_true", help="batch norm of the tuned blocks on batch statistics")
     p.add_argument("--episodes-train", type=int, default=600)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--threads", type=int, default=1)

@@ -52,6 +52,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"pretrained backbone: meta-tune its top N blocks (and head convolution), 1 to "
                         f"{MAX_TUNE_BLOCKS}; the model file keeps only those. Default: {DEFAULT_TUNE_BLOCKS} for "
                         "--method protonet, 0 (a head on frozen features) for maml and relation")
+    p.add_argument("--tune-bn", dest="tune_bn", action="store_true",
+                   help="with --tune-blocks: the tuned blocks' batch norm learns the base set's statistics "
+                        "(default: the pretrained statistics are kept)")
     p.add_argument("--data", action="append", required=True, metavar="PATH",
                    help="training data (repeatable): ImageFolder dir or zip, optionally PATH::GROUP1,GROUP2")
     p.add_argument("--data-weights", dest="data_weights", metavar="W1,W2", type=weight_list,
@@ -148,7 +151,7 @@ def config_from_args(args) -> TrainConfig:
     if tune > MAX_TUNE_BLOCKS:
         raise DataError(f"--tune-blocks {tune}: give 1 to {MAX_TUNE_BLOCKS} top blocks (0: none)")
     return TrainConfig(
-        method=args.method, backbone=args.backbone, tune_blocks=tune, data=list(args.data), data_weights=weights,
+        method=args.method, backbone=args.backbone, tune_blocks=tune, tune_bn=args.tune_bn, data=list(args.data), data_weights=weights,
         val_data=args.val_data, holdout=args.holdout, split_seed=args.split_seed, way=args.way,
         shot=args.shot, query=args.query, episodes=args.episodes, within_group=args.within_group,
         rotations=args.rotations, seed=args.seed, val_every=args.val_every, val_episodes=args.val_episodes,

@@ -11,8 +11,8 @@ training episode runs only the top stages, forwards and backwards, on those acti
 * ``maml``: a Proto-MAML head (:class:`~fewshot_gui.core.fewshot.maml.MAMLNet`, ``mode="head"``)
   adapts on each episode's support features and is meta-learned with the top stages.
 
-Batch-norm layers of the top stages train in batch mode (their statistics follow the base set's
-domain). The model file (:mod:`fewshot_gui.core.models.tuned`) holds only the tuned stages'
+Batch-norm layers of the top stages keep the base statistics, or with ``tune_bn`` train in batch
+mode (their running statistics then follow the base set's domain). The model file (:mod:`fewshot_gui.core.models.tuned`) holds only the tuned stages'
 values, the MAML head, and the SHA-256 of the base weights. Determinism, validation and the
 learning-rate schedule are those of :mod:`fewshot_gui.core.training.loop`.
 """
@@ -111,6 +111,7 @@ def meta_tune(cfg: TrainConfig, cancel: CancelToken | None = None
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     backbone = lower_backbone(cfg.backbone, cfg.tune_blocks, cache_dir=cfg.cache_dir)
+    backbone.bn_train = cfg.tune_bn
     train, val = yield from load_activations(cfg, backbone, cancel)
     val = [d for d in val if len(d.classes) >= 2]  # a single kept-out class makes no episode
     # a small base set (a project's few classes) gets episodes of as many classes as it has
@@ -211,7 +212,8 @@ def _model_meta(cfg: TrainConfig, backbone, head_meta, train, val, updates, firs
             "classes": sorted({c for d in train for c in d.classes}),
             "episode": {"way": cfg.way, "shot": cfg.shot, "query": cfg.query, "within_group": cfg.within_group},
             "episodes": updates * cfg.meta_batch, "meta_batch": cfg.meta_batch, "tune_blocks": cfg.tune_blocks,
-            "tuned": list(backbone.tuned_names), "lr": cfg.lr, "seed": cfg.seed, "command": cfg.command,
+            "tune_bn": cfg.tune_bn, "tuned": list(backbone.tuned_names), "lr": cfg.lr, "seed": cfg.seed,
+            "command": cfg.command,
             "config": {k: v for k, v in asdict(cfg).items() if k in ("steps", "inner_lr", "first_order")},
             "wall_time_s": round(wall, 1), "cpu_time_s": round(cpu, 1), "threads": torch.get_num_threads(),
             "torch": torch.__version__,
