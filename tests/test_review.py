@@ -5,6 +5,7 @@ import pytest
 
 from fewshot_gui.core.trust.review import (STRATEGIES, review_order, review_priority, review_rank,
                                      simulate_review)
+from fewshot_gui.core.fewshot.base import Predictions
 from fewshot_gui.core.fewshot.features import centre_normalise, prototypes, softmax, sq_distance_scores
 
 
@@ -71,3 +72,43 @@ def test_simulation_reaches_full_accuracy_and_queue_beats_random():
     r_to = res["random"].reviewed_to_target or 10**9
     assert q_to is not None and q_to < r_to
     assert res["density"].reviewed_to_target is not None
+
+
+def _clustered(n, dim=32, groups=40, seed=3):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(groups, dim)) * 2
+    g = rng.integers(0, groups, n)
+    feats = (centres[g] + rng.normal(size=(n, dim))).astype(np.float32)
+    margin = np.clip(rng.random(groups)[g] + 0.15 * rng.normal(size=n), 0.0, 1.0)  # ambiguity goes by look
+    p1 = 0.5 + margin / 2
+    probs = np.stack([p1, 1 - p1], axis=1)
+    return probs, feats
+
+
+def test_big_folder_density_approximates_the_exact_one(monkeypatch):
+    from fewshot_gui.core.trust import review
+
+    probs, feats = _clustered(4000)
+    exact = review_priority(probs, feats)
+    monkeypatch.setattr(review, "EXACT_ROWS", 100)
+    monkeypatch.setattr(review, "CANDIDATES", 500)
+    approx = review_priority(probs, feats)
+    top = np.argsort(-exact)[:200]
+    assert len(set(top) & set(np.argsort(-approx)[:200])) >= 180      # the head of the queue is kept
+    head = np.argsort(-approx)[:500]
+    assert np.corrcoef(exact[head], approx[head])[0, 1] > 0.95
+
+
+@pytest.mark.parametrize("exact_rows", [3000, 10])
+def test_rows_with_non_finite_features_or_probs_get_no_density_and_do_not_break_the_order(monkeypatch, exact_rows):
+    from fewshot_gui.core.trust import review
+
+    monkeypatch.setattr(review, "EXACT_ROWS", exact_rows)
+    probs, feats = _clustered(300)
+    feats[5] = np.nan
+    probs[7] = np.nan
+    rank = review_rank(probs, feats)
+    assert rank[7] == 0 and rank[5] > 0
+    assert sorted(rank[rank > 0]) == list(range(1, 300))
+    pri = review_priority(probs, feats)
+    assert pri[5] == pytest.approx((1 - Predictions(probs[5:6]).margin[0]) * review.DEFAULT_FLOOR)
