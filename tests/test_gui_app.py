@@ -242,6 +242,7 @@ def test_save_and_reopen_project(qtbot, win, data, tmp_path):
     win.doc.project.active_label_set = "labels"
     f = tmp_path / "proj" / "p.fewshot.json"
     assert win.save_to(f)
+    qtbot.waitUntil(lambda: not win.doc.saving, timeout=10000)  # written on the file thread
     assert not win.doc.dirty
     saved = Project.load(f)
     assert saved == win.doc.project
@@ -395,6 +396,7 @@ def test_autosave_writes_a_recovery_file_not_the_project(qtbot, win, data, tmp_p
     support, _, _ = data
     f = tmp_path / "auto.fewshot.json"
     assert win.save_to(f)
+    qtbot.waitUntil(lambda: not win.doc.saving, timeout=10000)  # written on the file thread
     setup_classes(win, support)
     assert win.doc.dirty or not win.undo.isClean()
     win.autosave_now()
@@ -410,6 +412,7 @@ def test_recent_projects_menu_and_dialogs(qtbot, win, data, tmp_path):
     setup_classes(win, support)
     f = tmp_path / "r.fewshot.json"
     assert win.save_to(f)
+    qtbot.waitUntil(lambda: not win.doc.saving, timeout=10000)  # written on the file thread
     win.new_project()
     assert win.doc.classes == []
     win._fill_recent()

@@ -190,6 +190,7 @@ def test_close_without_a_job_closes_at_once_and_removes_the_recovery_file(qtbot,
     support, _ = data
     f = tmp_path / "p.fewshot.json"
     assert win.save_to(f)
+    qtbot.waitUntil(lambda: not win.doc.saving, timeout=10000)  # written on the file thread
     setup_classes(win, support)
     rec = win.autosave_now()
     assert rec == tmp_path / "p.fewshot.json.recovery" and rec.is_file()
@@ -365,6 +366,7 @@ def test_recovery_file_is_written_beside_the_project_and_offered_after_a_crash(q
     support, _ = data
     f = tmp_path / "proj" / "p.fewshot.json"
     assert win.save_to(f)
+    qtbot.waitUntil(lambda: not win.doc.saving, timeout=10000)  # written on the file thread
     saved_text = f.read_text()
     setup_classes(win, support)
     rec = win.autosave_now()
@@ -390,6 +392,7 @@ def test_recovery_file_is_written_beside_the_project_and_offered_after_a_crash(q
         assert w2.doc.project.path == f.resolve() and "*" in w2.windowTitle()
         assert rec.is_file()  # kept until the restored changes are saved
         assert w2.save_to(f)
+        qtbot.waitUntil(lambda: not w2.doc.saving, timeout=10000)  # written on the file thread
         assert not rec.exists() and Project.load(f).classes == ["class0", "class1", "class2"]
         # discarding removes the recovery file and keeps the saved project
         w2.doc.rename_class("class0", "renamed")

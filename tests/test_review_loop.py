@@ -249,6 +249,7 @@ def test_none_of_these_reaches_csv_folders_project_and_cli(qtbot, win, data, tmp
     # saved and reopened, the verdict is there; the CLI writes the same CSV and the same _unknown folder
     f = tmp_path / "proj" / "p.fewshot.json"
     assert win.save_to(f)
+    qtbot.waitUntil(lambda: not win.doc.saving, timeout=10000)  # written on the file thread
     assert Project.load(f).confirmed[doc.rel[nothing]] == UNKNOWN_LABEL
     cli_csv, cli_dir = tmp_path / "cli.csv", tmp_path / "cli_folders"
     assert cli_main(["label", "--project", str(f), "--out", str(cli_csv), "--export-folders", str(cli_dir),
@@ -282,6 +283,7 @@ def test_unknown_threshold_sort_and_filter_are_saved_with_the_project(qtbot, win
     grid.set_filter("uncertain")
     f = tmp_path / "view.fewshot.json"
     assert win.save_to(f)
+    qtbot.waitUntil(lambda: not win.doc.saving, timeout=10000)  # written on the file thread
     saved = Project.load(f).settings
     assert saved["unknown_threshold"] == pytest.approx(t) and saved["sort"] == "confidence"
     assert saved["filter"] == "uncertain"
@@ -317,6 +319,7 @@ def test_opening_a_project_restores_its_labels_without_embedding(qtbot, win, dat
     labeled = win.doc.state.probs.copy()
     f = tmp_path / "proj" / "r.fewshot.json"
     assert win.save_to(f)
+    qtbot.waitUntil(lambda: not win.doc.saving, timeout=10000)  # written on the file thread
 
     EMBEDDED.clear()
     w2 = _window(qtbot, tmp_path, "s2.ini")

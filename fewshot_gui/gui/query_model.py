@@ -10,7 +10,7 @@ file URLs.
 from __future__ import annotations
 
 import numpy as np
-from PySide6.QtCore import QAbstractListModel, QMimeData, QModelIndex, Qt, QUrl, Signal
+from PySide6.QtCore import QMimeData, QModelIndex, QStringListModel, Qt, QUrl, Signal
 
 from fewshot_gui.gui.document import Document
 
@@ -23,8 +23,12 @@ def items_from_mime(md: QMimeData) -> list[int]:
     return [int(x) for x in bytes(md.data(MIME_ITEMS)).decode().split(",") if x]
 
 
-class QueryModel(QAbstractListModel):
-    """Rows are query images in the current sort order, after the filter and the find text."""
+class QueryModel(QStringListModel):
+    """Rows are query images in the current sort order, after the filter and the find text.
+
+    The row count lives in C++ (a string list of empty strings, one per row; ``data`` is this
+    class's): laying out a grid, the view asks the model for an index of every row, and at
+    100,000 rows a Python ``rowCount`` answering each of those questions took seconds."""
 
     rowsMoved_ = Signal()  # refresh() showed the same images in another order (repaint, re-select)
 
@@ -41,9 +45,6 @@ class QueryModel(QAbstractListModel):
         self._lower: list[str] | None = None  # lower-cased relative paths, for the find text
 
     # -- Qt model API -----------------------------------------------------------------------------
-    def rowCount(self, parent=QModelIndex()) -> int:
-        return 0 if parent.isValid() else int(len(self.order))
-
     def item_at(self, row: int) -> int:
         return int(self.order[row])
 
@@ -94,10 +95,13 @@ class QueryModel(QAbstractListModel):
 
     # -- order ------------------------------------------------------------------------------------
     def reset_all(self) -> None:
-        self.beginResetModel()
         self._lower = None
-        self.order, self.inverse = self._compute()
-        self.endResetModel()
+        self._reset(*self._compute())
+
+    def _reset(self, order: np.ndarray, inverse: np.ndarray) -> None:
+        """Show other rows (the view forgets its selection)."""
+        self.order, self.inverse = order, inverse
+        self.setStringList([""] * len(order))  # resets the model: its row count, in C++
 
     def refresh(self) -> str:
         """Recompute sort + filter: ``"same"`` (nothing moved), ``"moved"`` (the same images in
@@ -116,9 +120,7 @@ class QueryModel(QAbstractListModel):
             self.order, self.inverse = order, inverse
             self.rowsMoved_.emit()
             return "moved"
-        self.beginResetModel()
-        self.order, self.inverse = order, inverse
-        self.endResetModel()
+        self._reset(order, inverse)
         return "reset"
 
     def _compute(self) -> tuple[np.ndarray, np.ndarray]:
