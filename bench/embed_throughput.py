@@ -170,7 +170,8 @@ def ray_vs_local(folder: Path, n: int, runs: int = 3, workers: tuple[int, ...] =
                  batch_size: int = 32) -> dict:
     """Images/s of ``fewshot embed`` on ``n`` images of ``folder``: locally, and on a local Ray with
     each worker count in ``workers`` (1 thread each: the per-core figure). Fresh processes, runs
-    interleaved; ``job_s`` counts from the command's start of work (Ray: start-up included) to the
+    interleaved; images per CPU-second (the embedding work's CPU time, all threads; Ray: the actors')
+    is the per-core rate an idle core gives, whatever else runs on a shared machine; ``job_s`` counts from the command's start of work (Ray: start-up included) to the
     manifest, ``wall_s`` the whole process (imports, backbone). Medians over ``runs``."""
     from fewshot_gui.core.io.images import scan_folder
 
@@ -190,7 +191,8 @@ def ray_vs_local(folder: Path, n: int, runs: int = 3, workers: tuple[int, ...] =
                 m = _embed_cli(["--list", str(lst), "--out", str(out), "--cache-dir", str(cache),
                                 "--batch-size", str(batch_size), *extra], env)
                 res[mode].append(m)
-                print(f"run {r + 1} {mode:>8}: {m['embedded'] / m['seconds']:6.1f} img/s (job {m['seconds']:.1f}s, "
+                print(f"run {r + 1} {mode:>8}: {m['embedded'] / m['seconds']:6.1f} img/s, "
+                      f"{m['embedded'] / m['cpu_s']:5.1f} img per CPU-s (job {m['seconds']:.1f}s, "
                       f"process {m['wall_s']:.1f}s" + (f", worker peak RSS {m['worker_peak_rss_mb']:.0f} MB"
                                                        if "worker_peak_rss_mb" in m else "") + ")", flush=True)
     finally:
@@ -198,6 +200,7 @@ def ray_vs_local(folder: Path, n: int, runs: int = 3, workers: tuple[int, ...] =
     summary = {}
     for mode, ms in res.items():
         summary[mode] = {"images_per_s": statistics.median(m["embedded"] / m["seconds"] for m in ms),
+                         "images_per_cpu_s": statistics.median(m["embedded"] / m["cpu_s"] for m in ms),
                          "job_s": statistics.median(m["seconds"] for m in ms),
                          "wall_s": statistics.median(m["wall_s"] for m in ms)}
         if ms and "worker_peak_rss_mb" in ms[0]:
@@ -205,7 +208,8 @@ def ray_vs_local(folder: Path, n: int, runs: int = 3, workers: tuple[int, ...] =
     print(f"\nmedians over {runs} runs, {len(paths)} images, batch {batch_size}:")
     for mode, v in summary.items():
         extra = f", worker peak RSS {v['worker_peak_rss_mb']:.0f} MB" if "worker_peak_rss_mb" in v else ""
-        print(f"  {mode:>8}: {v['images_per_s']:6.1f} img/s (job {v['job_s']:.1f}s, process {v['wall_s']:.1f}s{extra})")
+        print(f"  {mode:>8}: {v['images_per_s']:6.1f} img/s, {v['images_per_cpu_s']:5.1f} img per CPU-second "
+              f"(job {v['job_s']:.1f}s, process {v['wall_s']:.1f}s{extra})")
     base = summary["local"]["images_per_s"]
     print("  ratio to local: " + ", ".join(f"{m} {v['images_per_s'] / base:.2f}x" for m, v in summary.items()
                                           if m != "local"))

@@ -56,14 +56,33 @@ def vectors(shards_dir) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def local_shards(folder, cache_dir, tmp_path_factory):
+def embedded():
+    """Counts the images every backbone of this process embeds (``Backbone.embed``, whatever the engine)."""
+    from fewshot_gui.core.embed.backbones import Backbone
+
+    counter = {"images": 0}
+    original = Backbone.embed
+
+    def counting(self, batch):
+        counter["images"] += len(batch)
+        return original(self, batch)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Backbone, "embed", counting)
+        yield counter
+
+
+@pytest.fixture(scope="module")
+def local_shards(folder, cache_dir, tmp_path_factory, embedded):
     out = tmp_path_factory.mktemp("shards") / "local"
+    before = embedded["images"]
     assert main(["embed", str(folder), "--out", str(out), "--cache-dir", str(cache_dir), "--shard-rows", "8"]) == 0
+    assert embedded["images"] - before == 20  # the counter sees the embedding
     return out
 
 
 def test_ray_embeddings_equal_local_ones_and_label_then_embeds_nothing(folder, cache_dir, local_shards,
-                                                                       tmp_path, caplog, capsys):
+                                                                       embedded, tmp_path, caplog, capsys):
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.data")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -87,11 +106,12 @@ def test_ray_embeddings_equal_local_ones_and_label_then_embeds_nothing(folder, c
 
     caplog.set_level(logging.INFO, logger=PIPELINE_LOG)
     csv_path = tmp_path / "labels.csv"
+    before = embedded["images"]
     assert main(["label", "--support", str(folder / "support"), "--query", str(folder / "query"),
                  "--out", str(csv_path), "--cache-dir", str(cache_dir)]) == 0
+    assert embedded["images"] == before  # every support and query image came from the cache
     counts = [r.getMessage() for r in caplog.records if r.name == PIPELINE_LOG and "to embed" in r.getMessage()]
-    assert counts == ["embedding 4 images: 4 from the embedding cache, 0 to embed",
-                      "embedding 16 images: 16 from the embedding cache, 0 to embed"]
+    assert counts and all(m.endswith(", 0 to embed") for m in counts), counts
     with open(csv_path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 16 and all(r["label"] in ("red", "green") for r in rows)
@@ -120,3 +140,13 @@ def test_without_ray_the_command_says_how_to_install_it(folder, cache_dir, tmp_p
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     assert main(["embed", str(folder), "--out", str(tmp_path / "s"), "--cache-dir", str(cache_dir), "--ray"]) == 1
     assert 'pip install "fewshot_gui[cluster]"' in capsys.readouterr().err
+
+
+def test_fsspec_urls_give_the_same_vectors(folder, cache_dir, local_shards, tmp_path):
+    pytest.importorskip("fsspec")
+    url = (folder / "query").resolve().as_uri()  # file:///..., read through fsspec like s3://
+    assert main(["embed", url, "--out", str(tmp_path / "s"), "--cache-dir", str(cache_dir)]) == 0
+    remote, local = vectors(tmp_path / "s"), vectors(local_shards)
+    assert sorted(remote) == sorted("file://" + p for p in local if "/query/" in p)
+    for uri, vec in remote.items():
+        np.testing.assert_allclose(vec, local[uri[len("file://"):]], rtol=0, atol=1e-5)

@@ -65,12 +65,11 @@ def list_inputs(source: str | os.PathLike | None = None, list_file: str | os.Pat
     source = os.fspath(source)
     if is_uri(source):
         fs, inner = require_fsspec(source)
-        proto = source.split("://", 1)[0]
         exts = image_extensions()
         found = [p for p in fs.find(inner) if os.path.splitext(p)[1].lower() in exts]
         if not found:
             raise DataError(f"{source}: no images found there; check the URL and your credentials")
-        return sorted((f"{proto}://{p.lstrip('/')}" if "://" not in p else p for p in found), key=natural_key)
+        return sorted((fs.unstrip_protocol(p) for p in found), key=natural_key)
     paths = scan_folder(source)
     if not paths:
         raise DataError(f"no images found in {source}; choose a folder that contains images")
@@ -176,6 +175,7 @@ class EmbedReport:
     workers: int = 1
     engine: str = ""
     worker_peak_rss_mb: float = 0.0  # Ray: the largest peak RSS of an actor
+    cpu_s: float = 0.0  # CPU seconds spent embedding (all threads; Ray: summed over the actors)
 
 
 def run_id() -> str:
@@ -208,20 +208,22 @@ def pending_items(items: Sequence[str], out: str, key: str) -> tuple[list[str], 
     return todo, list(manifest["shards"])
 
 
-def finish(report: EmbedReport, backbone, old_shards: list[dict[str, Any]]) -> None:
-    report.shards = old_shards + report.shards
+def finish(report: EmbedReport, backbone, old_shards: list[dict[str, Any]], complete: bool = True) -> None:
+    """Write the manifest: the shards already there plus this run's. Also called after each new
+    shard (``complete=False``), so that an interrupted run's shards are kept and a rerun resumes."""
     write_manifest(report.out, {
+        "complete": complete,
         "backbone": getattr(backbone, "name", ""), "backbone_key": backbone.key, "dim": int(backbone.dim),
         "engine": getattr(backbone, "engine", ""), "images": report.found, "embedded": report.embedded,
-        "already_there": report.skipped, "failed": report.errors, "shards": report.shards,
-        "workers": report.workers, "seconds": round(report.seconds, 3),
+        "already_there": report.skipped, "failed": report.errors, "shards": old_shards + report.shards,
+        "workers": report.workers, "seconds": round(report.seconds, 3), "cpu_s": round(report.cpu_s, 3),
         **({"worker_peak_rss_mb": round(report.worker_peak_rss_mb, 1)} if report.worker_peak_rss_mb else {})})
 
 
 def embed_local(items: Sequence[str], out: str, backbone, batch_size: int = 32, shard_rows: int = SHARD_ROWS,
                 cancel: CancelToken | None = None):
     """Generator job: embed ``items`` on this machine into shards under ``out``; returns an :class:`EmbedReport`."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     todo, old = pending_items(items, out, backbone.key)
     report = EmbedReport(out, found=len(items), skipped=len(items) - len(todo), engine=backbone.engine)
     run, rows, first = run_id(), ShardRows(), 0
@@ -234,11 +236,12 @@ def embed_local(items: Sequence[str], out: str, backbone, batch_size: int = 32, 
             report.shards.append(write_shard(out, f"part-{run}-{first:09d}.parquet", rows, backbone.key, backbone.dim))
             report.embedded += len(rows)
             rows, first = ShardRows(), done
+            finish(report, backbone, old, complete=False)
         yield Progress("embedding", done, len(todo))
     if len(rows):
         report.shards.append(write_shard(out, f"part-{run}-{first:09d}.parquet", rows, backbone.key, backbone.dim))
         report.embedded += len(rows)
-    report.seconds = time.perf_counter() - t0
+    report.seconds, report.cpu_s = time.perf_counter() - t0, time.process_time() - c0
     finish(report, backbone, old)
     return report
 
@@ -289,8 +292,9 @@ class EmbedActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         files, rows_out, embedded, errors_out = [], [], [], []
+        cpu = []
         for first, paths in zip(batch["first"], batch["paths"]):
-            rows, errors = ShardRows(), {}
+            rows, errors, c0 = ShardRows(), {}, time.process_time()
             for idents, vecs, errs, _ in embed_items([str(p) for p in paths], self.backbone,
                                                      batch_size=self.batch_size, workers=max(2, self.threads)):
                 errors.update(errs)
@@ -303,10 +307,11 @@ class EmbedActor:
             rows_out.append(len(rows))
             embedded.append(len(paths))
             errors_out.append(json.dumps(errors))
+            cpu.append(time.process_time() - c0)
         peak = np.full(len(files), peak_rss_mb(), dtype=np.float64)
         return {"file": np.array(files, dtype=object), "rows": np.array(rows_out, dtype=np.int64),
                 "images": np.array(embedded, dtype=np.int64), "errors": np.array(errors_out, dtype=object),
-                "peak_rss_mb": peak}
+                "peak_rss_mb": peak, "cpu_s": np.array(cpu, dtype=np.float64)}
 
 
 def peak_rss_mb() -> float:
@@ -386,7 +391,10 @@ def embed_on_ray(items: Sequence[str], out: str, backbone, make_backbone: Callab
                     report.shards.append({"file": str(row["file"]), "rows": int(row["rows"])})
                 report.embedded += int(row["rows"])
                 report.worker_peak_rss_mb = max(report.worker_peak_rss_mb, float(row["peak_rss_mb"]))
+                report.cpu_s += float(row["cpu_s"])
                 done += int(row["images"])
+                if row["file"]:
+                    finish(report, backbone, old, complete=False)
                 yield Progress("embedding on Ray", done, len(todo))
         report.shards.sort(key=lambda s: s["file"])
     finally:
