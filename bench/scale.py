@@ -21,8 +21,11 @@ exponent ``log(t_big / t_small) / log(n_big / n_small)`` between the smallest an
 (1.0 = linear). ``--reference DIR``: compare each CSV with ``DIR/labels-<n>.csv`` (labels equal,
 probabilities within 1e-4) and print the differences.
 
-Then, when present: the app's longest GUI stall at 100k (``bench/gui_scale.py``) and the Ray
-embedding path's throughput beside the local one (``fewshot embed``), each run as its own script.
+Then, when present: the app's longest GUI stall at 100k (``bench/gui_scale.py --runs 1 --json``,
+with its own setup) and the Ray embedding path's throughput beside the local one
+(``bench/embed_throughput.py --ray-compare N``: ``fewshot embed`` locally and on a local Ray), each
+run as its own script. Wall times depend on what else runs on the machine: the CPU time (user +
+system of the process) is printed beside them.
 Benchmarks share the CPU: run them with ``nice``; the figures are medians of several runs.
 """
 
@@ -144,9 +147,10 @@ CLI = "import sys; from fewshot_gui.cli import main; sys.argv[0] = 'fewshot'; sy
 
 
 def run_label(root: Path, query: Path, out: Path, extra: list[str],
-              code: Path | None = None) -> tuple[float, float, str]:
-    """One ``fewshot label`` process: (wall s, peak RSS MB, output). ``code``: a folder holding
-    another copy of the ``fewshot_gui`` package to run instead of the installed one."""
+              code: Path | None = None) -> tuple[float, float, float, str]:
+    """One ``fewshot label`` process: (wall s, peak RSS MB, CPU s (user + system), output).
+    ``code``: a folder holding another copy of the ``fewshot_gui`` package to run instead of the
+    installed one."""
     env = dict(os.environ, FEWSHOT_CACHE_DIR=str(root / "cache"), PYTHONUNBUFFERED="1")
     if code is not None:
         env["PYTHONPATH"] = str(code)
@@ -160,7 +164,7 @@ def run_label(root: Path, query: Path, out: Path, extra: list[str],
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"fewshot label failed ({proc.returncode}):\n{text}")
-    return wall, usage.ru_maxrss / 1024.0, text
+    return wall, usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime, text
 
 
 def read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -208,22 +212,27 @@ def bench_sizes(root: Path, queries: dict[int, Path], runs: int, reference: Path
     out_dir = out_dir or root / "out"
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = {c: sum(1 for _ in (q).rglob("*.jpg")) for c, q in queries.items()}
-    figures: dict[int, tuple[list[float], list[float]]] = {c: ([], []) for c in queries}
+    figures: dict[int, tuple[list[float], list[float], list[float]]] = {c: ([], [], []) for c in queries}
     for r in range(runs):  # interleaved: a busy neighbour slows every size alike
         for c, q in queries.items():
-            wall, rss, _ = run_label(root, q, out_dir / f"labels-{counts[c]}.csv", extra, code)
+            wall, rss, cpu, _ = run_label(root, q, out_dir / f"labels-{counts[c]}.csv", extra, code)
             figures[c][0].append(wall)
             figures[c][1].append(rss)
-            print(f"  run {r + 1}: {counts[c]:>7} images  {wall:6.2f} s  {rss:7.0f} MB", flush=True)
-    med = {counts[c]: (statistics.median(w), statistics.median(m)) for c, (w, m) in figures.items()}
-    print(f"\nfewshot label from cache, {' '.join(extra) or 'defaults'} (median of {runs} runs):")
-    for n, (w, m) in sorted(med.items()):
-        print(f"  {n:>7} images: {w:6.2f} s wall, {m:7.0f} MB peak RSS, {1e6 * w / n:6.1f} us/image")
+            figures[c][2].append(cpu)
+            print(f"  run {r + 1}: {counts[c]:>7} images  {wall:6.2f} s wall  {cpu:6.2f} s CPU  {rss:7.0f} MB",
+                  flush=True)
+    med = {counts[c]: (statistics.median(w), statistics.median(m), statistics.median(u))
+           for c, (w, m, u) in figures.items()}
+    print(f"\nfewshot label from cache, {' '.join(extra) or 'defaults'} (median of {runs} runs; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs):")
+    for n, (w, m, u) in sorted(med.items()):
+        print(f"  {n:>7} images: {w:6.2f} s wall, {u:6.2f} s CPU, {m:7.0f} MB peak RSS, {1e6 * w / n:6.1f} us/image")
     ns = sorted(med)
     if len(ns) >= 2:
         a, b = ns[0], ns[-1]
         expo = math.log(med[b][0] / med[a][0]) / math.log(b / a)
-        print(f"  time growth exponent {a} -> {b}: {expo:.2f} (target <= {TARGET_EXPONENT})")
+        expo_cpu = math.log(med[b][2] / med[a][2]) / math.log(b / a)
+        print(f"  time growth exponent {a} -> {b}: {expo:.2f} wall, {expo_cpu:.2f} CPU (target <= {TARGET_EXPONENT})")
     big = ns[-1]
     print(f"  at {big}: {med[big][0]:.2f} s (target <= {TARGET_S}), {med[big][1]:.0f} MB (target <= {TARGET_MB:.0f})")
     if reference is not None:
@@ -245,7 +254,7 @@ def run_optional(script: str, args: list[str]) -> None:
 
 def ray_available() -> bool:
     try:
-        out = subprocess.run([sys.executable, "-m", "fewshot_gui.cli", "--help"], capture_output=True,
+        out = subprocess.run([sys.executable, "-c", CLI, "--help"], capture_output=True,
                              text=True, cwd=REPO, timeout=120).stdout
     except (OSError, subprocess.TimeoutExpired):
         return False
@@ -265,6 +274,7 @@ def main(argv=None) -> int:
                     help="run the fewshot_gui package found in this folder (e.g. a copy of an older commit)")
     ap.add_argument("--out-dir", type=Path, default=None, help="where the CSVs go (default ROOT/out)")
     ap.add_argument("--skip-extras", action="store_true", help="skip the GUI and Ray measurements")
+    ap.add_argument("--ray-images", type=int, default=256, help="images for the Ray vs local throughput")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     data = args.data.resolve()
@@ -275,11 +285,11 @@ def main(argv=None) -> int:
         return 0
     bench_sizes(args.root, queries, args.runs, args.reference, args.label_args.split(), args.code, args.out_dir)
     if not args.skip_extras:
-        big = queries[max(sizes)]
-        run_optional("gui_scale.py", ["--query", str(big), "--support", str(args.root / "support"),
-                                      "--cache-dir", str(args.root / "cache")])
-        if ray_available():
-            run_optional("ray_throughput.py", [])
+        # the app at 100k (its own setup under /work/helpers/scale_data, made once)
+        run_optional("gui_scale.py", ["--runs", "1", "--json"])
+        if ray_available():  # `fewshot embed` locally and on a local Ray, images/s side by side
+            run_optional("embed_throughput.py", [str(args.data), "--ray-compare", str(args.ray_images),
+                                                 "--runs", "1"])
         else:
             print("\n(`fewshot embed` not present: Ray throughput skipped)")
     return 0

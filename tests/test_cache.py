@@ -282,3 +282,12 @@ def test_lookup_into_fills_rows_like_lookup_and_drops_damaged_rows(tmp_path, cap
     assert sorted(c.lookup(paths)) == [0, 1, 2]       # the damaged rows were deleted
     with pytest.raises(ValueError):
         c.lookup_into(paths, np.zeros((6, 4), np.float32))
+
+
+def test_contains_says_which_files_have_a_current_vector(tmp_path):
+    paths = _files(tmp_path, 4)
+    c = EmbeddingCache(tmp_path / "cache", "bb")
+    c.store(paths[:3], np.ones((3, 4), np.float32))
+    paths[2].write_bytes(b"changed since")
+    got = c.contains([paths[0], paths[3], tmp_path / "missing.jpg", paths[2], paths[0], paths[1]])
+    assert got.tolist() == [True, False, False, False, True, True]

@@ -364,6 +364,31 @@ class EmbeddingCache:
         with self._lock:
             return self._guard(run, {})
 
+    def contains(self, paths: Sequence[str | Path],
+                 identities: Sequence[tuple[str, int, int] | None] | None = None) -> np.ndarray:
+        """(N,) mask of the files with a stored vector for their current size and mtime (the
+        vectors are not read, nor checked: a later :meth:`lookup` may still drop a damaged one)."""
+        idents = identities if identities is not None else file_identities(paths)
+        found = np.zeros(len(idents), bool)
+        want: dict[str, list[int]] = {}
+        for i, ident in enumerate(idents):
+            if ident is not None and _storable(ident[0]):
+                want.setdefault(ident[0], []).append(i)
+        keys = list(want)
+
+        def run(conn: sqlite3.Connection) -> np.ndarray:
+            for s in range(0, len(keys), _CHUNK):
+                chunk = keys[s:s + _CHUNK]
+                q = f"SELECT path, size, mtime_ns FROM vec WHERE path IN ({','.join('?' * len(chunk))})"
+                for path, size, mtime in conn.execute(q, chunk):
+                    for i in want[path]:
+                        if idents[i][1] == size and idents[i][2] == mtime:
+                            found[i] = True
+            return found
+
+        with self._lock:
+            return self._guard(run, found)
+
     def lookup_into(self, paths: Sequence[str | Path], out: np.ndarray,
                     identities: Sequence[tuple[str, int, int] | None] | None = None) -> np.ndarray:
         """:meth:`lookup` for a big folder: the cached vectors go straight into the rows of

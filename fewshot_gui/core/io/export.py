@@ -73,9 +73,10 @@ class LabelColumns:
     def predicted_of(self, i: int) -> str:
         """The model's own best guess for row ``i`` ("" without probabilities)."""
         row = self.probs[i] if len(self.probs) else np.zeros(0)
-        if row.size == 0 or np.isnan(row).any():
+        if row.size == 0:
             return ""
-        return str(self.classes[int(row.argmax())])
+        k = int(row.argmax())  # argmax stops at the first NaN: a row with one has no guess
+        return "" if row[k] != row[k] else str(self.classes[k])
 
     def flagged_unknown(self, i: int) -> bool:
         """The model flags row ``i`` as fitting no class (the ``unknown`` extra column)."""

@@ -129,8 +129,8 @@ def restore_job(session: LabelingSession, loader: ModelLoader, label_set: str | 
         cache = EmbeddingCache(cache_dir, backbone.key)
         cache.require_dim(backbone.dim)
         wanted = [p for ps in support.values() for p in ps] + paths
-        found = cache.lookup(wanted)
-        missing = [wanted[i] for i in range(len(wanted)) if i not in found]
+        found = cache.contains(wanted)  # the vectors themselves are read once, by label_folder
+        missing = [wanted[i] for i in np.flatnonzero(~found)]
         n = len(missing) if len(missing) > MAX_PROBED else sum(_readable(p, backbone) for p in missing)
         if n:
             return NotRestored(f"{n:,} image{' is' if n == 1 else 's are'} not in the embedding cache "
