@@ -139,7 +139,13 @@ def main() -> int:
                       flush=True)
     med = {n: statistics.median(x["peak_mb"] for x in rs) for n, rs in results.items()}
     for n in sorted(med):
-        print(f"n={n:>6}: median peak RSS {med[n]:.0f} MB over {a.runs} runs")
+        stage_names = list(results[n][0]["stages"])
+        by_stage = ", ".join(f"{k} {statistics.median(x['stages'].get(k, float('nan')) for x in results[n]):.0f}"
+                             for k in stage_names)
+        print(f"n={n:>6}: median peak RSS {med[n]:.0f} MB over {a.runs} runs (peak by the end of: {by_stage})")
+    emb = {n: statistics.median(x["stages"].get("labeling", float("nan")) for x in rs) for n, rs in results.items()}
+    print(f"embedding stage only (peak by the end of 'labeling'): {min(emb)} -> {max(emb)} images "
+          f"{emb[max(emb)] - emb[min(emb)]:+.0f} MB")
     lo, hi = min(med), max(med)
     growth = med[hi] - med[lo]
     print(f"growth {lo} -> {hi} images: {growth:+.0f} MB (target <= 200 MB: {'met' if growth <= 200 else 'NOT met'})")

@@ -152,3 +152,29 @@ def test_lite0_pipeline_with_default_loader(tmp_path):
     bb = get_backbone("efficientnet-lite0", engine="torch")
     feats, errors = embed_paths(paths, bb, cache=EmbeddingCache(tmp_path / "c", bb.key))
     assert errors == {} and feats.shape == (3, 1280) and np.isfinite(feats).all()
+
+
+def test_a_custom_loader_gets_each_item_unchanged(tmp_path):
+    """URIs reach the loader as given (Path() would turn s3://b/k into s3:/b/k)."""
+    real = _images(tmp_path / "u", 3)
+    items = [f"s3://bucket/{p.name}" for p in real]
+    seen = []
+
+    def loader(item, min_side=None):
+        seen.append(item)
+        return Image.open(real[items.index(item)]).convert("RGB")
+
+    batches = list(iter_embeddings(items, Counting(), batch_size=2, loader=loader))
+    assert sorted(seen) == sorted(items) and all(isinstance(s, str) for s in seen)
+    assert sorted(i for b in batches for i in b.indices) == [0, 1, 2]
+    assert all(not b.errors for b in batches)
+
+
+def test_the_pipeline_logs_how_many_came_from_the_cache(tmp_path, caplog):
+    paths = _images(tmp_path / "l", 5)
+    bb = Counting()
+    cache = EmbeddingCache(tmp_path / "cache", bb.key)
+    embed_paths(paths[:3], bb, cache=cache)
+    caplog.set_level("INFO", logger="fewshot_gui.core.embed.pipeline")
+    embed_paths(paths, bb, cache=cache)
+    assert "embedding 5 images: 3 from the embedding cache, 2 to embed" in caplog.messages

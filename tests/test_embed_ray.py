@@ -150,3 +150,30 @@ def test_fsspec_urls_give_the_same_vectors(folder, cache_dir, local_shards, tmp_
     assert sorted(remote) == sorted("file://" + p for p in local if "/query/" in p)
     for uri, vec in remote.items():
         np.testing.assert_allclose(vec, local[uri[len("file://"):]], rtol=0, atol=1e-5)
+
+
+def test_shards_round_trip_and_import_maps_paths(tmp_path):
+    from fewshot_gui.core.embed.shards import ShardRows, import_shards, read_shard, write_manifest, write_shard
+
+    rng = np.random.default_rng(1)
+    vecs = rng.standard_normal((3, 8)).astype(np.float32)
+    rows = ShardRows()
+    rows.add([("/mnt/a/1.jpg", 10, 111), ("/mnt/a/2.jpg", 20, 222), ("s3://b/3.jpg", 30, None)], vecs)
+    entry = write_shard(str(tmp_path), "p.parquet", rows, "k|1", 8)
+    write_manifest(str(tmp_path), {"backbone_key": "k|1", "dim": 8, "shards": [entry]})
+    shard = read_shard(str(tmp_path), "p.parquet")
+    assert shard.key == "k|1" and shard.paths[2] == "s3://b/3.jpg" and shard.mtimes == [111, 222, None]
+    np.testing.assert_array_equal(shard.vectors, vecs)
+
+    class Store:
+        backbone_key = "k|1"
+
+        def store(self, paths, feats, identities):
+            self.got = (list(paths), np.array(feats), list(identities))
+            return len(paths)
+
+    cache = Store()
+    report = import_shards(tmp_path, cache, path_map=[("/mnt/a", "/home/me/a")])
+    assert (report.shards, report.rows, report.stored, report.skipped) == (1, 3, 2, 1)  # no mtime: left out
+    assert cache.got[2] == [("/home/me/a/1.jpg", 10, 111), ("/home/me/a/2.jpg", 20, 222)]
+    np.testing.assert_array_equal(cache.got[1], vecs[:2])
