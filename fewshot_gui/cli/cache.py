@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from fewshot_gui.cli.arguments import show_defaults
 from fewshot_gui.cli.common import UsageError
 from fewshot_gui.cli.embed import add_backbone_options, build_backbone, check_backbone_args
 from fewshot_gui.core.embed.cache import EmbeddingCache
@@ -30,10 +31,13 @@ def add_parser(sub):
                                          "backbone (shards of another backbone are refused).")
     imp.add_argument("shards", metavar="SHARDS_DIR", help="the --out folder (or URL) of `fewshot embed`")
     add_backbone_options(imp)
-    imp.add_argument("--map", metavar="OLD=NEW", action="append", default=[], type=_mapping,
+    imp.add_argument("--map", metavar="OLD=NEW", action="append", default=None, type=_mapping,
                      help="replace the path prefix OLD by NEW (images embedded under another mount point); "
-                          "repeatable")
+                          "repeatable (default: none)")
+    imp.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                     help="also print informational log messages (default: off)")
     imp.set_defaults(command="cache import")
+    show_defaults(imp)
     return p
 
 
@@ -54,7 +58,7 @@ def run(args) -> int:
     model = str(args.model) if args.model is not None else None
     backbone = build_backbone(model, args.backbone, args.weights, args.device, args.cache_dir)
     with EmbeddingCache(args.cache_dir, backbone.key, dim=backbone.dim) as cache:
-        report = import_shards(args.shards, cache, backbone.name, path_map=args.map)
+        report = import_shards(args.shards, cache, backbone.name, path_map=args.map or ())
         where = cache.path
     note = f" ({report.skipped} without a file identity or finite vector, left out)" if report.skipped else ""
     print(f"imported {report.stored} of {report.rows} embeddings from {report.shards} shards into {where}{note}")
@@ -65,9 +69,9 @@ def run(args) -> int:
 # "On first use": `fewshot label --embeddings SHARDS_DIR`
 # ------------------------------------------------------------------------------------------------
 def add_embeddings_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--embeddings", metavar="SHARDS_DIR", action="append", default=[],
+    p.add_argument("--embeddings", metavar="SHARDS_DIR", action="append", default=None,
                    help="first import the shards `fewshot embed` wrote there into the embedding cache (as "
-                        "`fewshot cache import` does), so those images are not embedded again; repeatable")
+                        "`fewshot cache import` does), so those images are not embedded again; repeatable (default: none)")
 
 
 def import_embeddings(args, backbone, cache) -> None:

@@ -48,7 +48,8 @@ SHARD_ROWS = 4096  # images per shard: 4096 x 1280 float32 = 21 MB before compre
 # ------------------------------------------------------------------------------------------------
 def list_inputs(source: str | os.PathLike | None = None, list_file: str | os.PathLike | None = None) -> list[str]:
     """The images to embed: every image under a local folder or a URL prefix (``source``), or the
-    paths / URIs listed one per line in ``list_file`` (blank lines and ``#`` comments skipped)."""
+    paths / URIs listed one per line in ``list_file`` (blank lines and ``#`` comments skipped;
+    relative paths are taken from the current folder). Local paths come back absolute."""
     if list_file is not None:
         try:
             text = Path(list_file).read_text(encoding="utf-8")
@@ -59,7 +60,7 @@ def list_inputs(source: str | os.PathLike | None = None, list_file: str | os.Pat
         items = [s for s in items if s and not s.startswith("#")]
         if not items:
             raise DataError(f"{list_file}: lists no images; give one path or URI per line")
-        return items
+        return [s if is_uri(s) else os.path.abspath(s) for s in items]  # Ray workers have their own cwd
     if source is None:
         raise ConfigError("give a folder or a URL to embed, or --list FILE")
     source = os.fspath(source)
@@ -70,7 +71,7 @@ def list_inputs(source: str | os.PathLike | None = None, list_file: str | os.Pat
         if not found:
             raise DataError(f"{source}: no images found there; check the URL and your credentials")
         return sorted((fs.unstrip_protocol(p) for p in found), key=natural_key)
-    paths = scan_folder(source)
+    paths = scan_folder(os.path.abspath(source))
     if not paths:
         raise DataError(f"no images found in {source}; choose a folder that contains images")
     return [os.fspath(p) for p in paths]
