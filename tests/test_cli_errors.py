@@ -57,3 +57,15 @@ def test_label_with_a_hostile_project_is_one_message(tmp_path, capsys):
     deep.write_text("[" * 50_000 + "]" * 50_000)
     assert main(["label", "--project", str(deep), "--out", str(tmp_path / "o.csv")]) == 1
     assert "nested 50000 levels" in capsys.readouterr().err
+
+
+def test_tune_blocks_needs_the_finetune_method(tmp_path, capsys):
+    from PIL import Image
+
+    for d in ("s/a", "s/b", "q"):
+        (tmp_path / d).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / d / "x.png")
+    rc = main(["label", "--support", str(tmp_path / "s"), "--query", str(tmp_path / "q"),
+               "--out", str(tmp_path / "o.csv"), "--tune-blocks", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--tune-blocks 1 applies to --method finetune" in err

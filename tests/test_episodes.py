@@ -319,3 +319,27 @@ def test_open_data_spec_zip_groups(tiny_zips):
 
     ds = open_data_spec(f"{tiny_zips[0]}::Beta")
     assert isinstance(ds, ZipDataset) and ds.classes == ["Beta/character01", "Beta/character02"]
+
+
+def test_tracks_are_never_in_both_support_and_query():
+    # 3 classes, 12 items each in 4 tracks of 3 frames: support from different tracks, queries from the others
+    labels = np.repeat(["a", "b", "c"], 12)
+    tracks = [f"{lab}/{k // 3}" for lab in "abc" for k in range(12)]
+    index = LabelIndex(labels, item_groups=tracks)
+    sampler = index.sampler(3, 2, 3, seed=0)
+    for ep in sampler.episodes(50):
+        s, q = index.episode_rows(ep)
+        for c in range(3):
+            st = {tracks[r] for r in s[ep.support_labels == c]}
+            qt = {tracks[r] for r in q[ep.query_labels == c]}
+            assert len(st) == 2 and not st & qt
+    # same seed, same episodes; a plain index draws other items
+    again = LabelIndex(labels, item_groups=tracks).sampler(3, 2, 3, seed=0)
+    assert all(np.array_equal(a.query, b.query) for a, b in zip(sampler.episodes(5), again.episodes(5)))
+
+
+def test_tracks_too_big_to_leave_queries_make_a_class_small():
+    labels = np.repeat(["a", "b"], 6)
+    tracks = ["a/0"] * 5 + ["a/1"] + [f"b/{k}" for k in range(6)]
+    with pytest.raises(DataError, match="kept apart by track"):
+        LabelIndex(labels, item_groups=tracks).sampler(2, 1, 2)

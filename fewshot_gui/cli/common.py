@@ -15,12 +15,14 @@ from pathlib import Path
 from fewshot_gui.cli.arguments import device_name, whole_number
 from fewshot_gui.core.embed.backbones import DEFAULT_BACKBONE
 from fewshot_gui.core.embed.cache import EmbeddingCache
+from fewshot_gui.core.embed.split import MAX_TUNE_BLOCKS
+from fewshot_gui.core.fewshot import get_method
 from fewshot_gui.cli.progress import ProgressBar
 from fewshot_gui.core.models.choice import AUTO, DEFAULT_METHOD, is_auto, resolve_auto
 from fewshot_gui.core.models.choice import resolve_model as choose_model
 from fewshot_gui.core.session.job import support_from_folder
 
-METHOD_NAMES = ("protonet", "protonet-transductive", "maml", "relation")
+METHOD_NAMES = ("protonet", "protonet-transductive", "maml", "relation", "finetune")
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", metavar="NAME", default=None,
                    help=f"few-shot method: {', '.join(METHOD_NAMES)} (default: the model file's own "
                         f"method with --model, else {DEFAULT_METHOD})")
+    p.add_argument("--tune-blocks", dest="tune_blocks", type=whole_number(0), default=None, metavar="N",
+                   help="--method finetune: how many top blocks of efficientnet-lite0 adapt to the examples "
+                        "besides its head convolution (0 to 5; default: 0, the head only)")
     p.add_argument("--device", metavar="DEV", default=None, type=device_name,
                    help="torch device: cpu or cuda (default: cuda when present)")
     add_cache_dir_option(p)
@@ -69,10 +74,20 @@ def resolve_model(args: argparse.Namespace, support: dict[str, list[Path]] | Non
     """(backbone, method) from --backbone / --model / --method / --weights / --device. For
     ``auto``: chosen on ``support`` (default: the --support folder's examples), printing which
     model and why."""
+    tune = getattr(args, "tune_blocks", None)
+    if tune is not None and args.method != "finetune":
+        raise UsageError(f"--tune-blocks {tune} applies to --method finetune (test-time adaptation of the "
+                         "backbone's top); add --method finetune or leave --tune-blocks out")
     if is_auto(args.model, args.backbone):
-        return _resolve_auto(args, support)
-    return choose_model(args.model, args.backbone, args.method, device=args.device, weights=args.weights,
-                        cache_dir=args.cache_dir)
+        backbone, method = _resolve_auto(args, support)
+    else:
+        backbone, method = choose_model(args.model, args.backbone, args.method, device=args.device,
+                                        weights=args.weights, cache_dir=args.cache_dir)
+    if tune is not None:
+        if tune > MAX_TUNE_BLOCKS:
+            raise UsageError(f"--tune-blocks {tune}: give 0 to {MAX_TUNE_BLOCKS} (top blocks of efficientnet-lite0)")
+        method = get_method("finetune", tune_blocks=tune)
+    return backbone, method
 
 
 def _resolve_auto(args: argparse.Namespace, support: dict[str, list[Path]] | None) -> tuple[object, object]:

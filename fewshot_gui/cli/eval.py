@@ -29,6 +29,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=whole_number(0), default=0, metavar="S", help="seed of the episodes (default: 0)")
     p.add_argument("--within-group", action="store_true",
                    help="every class of an episode from one group (e.g. one Omniglot alphabet)")
+    p.add_argument("--tracks", action="store_true",
+                   help="keep the frames of one object apart: a file's track is the part of its name before "
+                        "the first '_' (GTSRB: <track>_<frame>.ppm); support from different tracks, queries "
+                        "only from tracks not in the support")
     p.add_argument("--json", action="store_true",
                    help='print {"accuracy": ..., "ci95": ...} in %%, one JSON line (default: off, a sentence)')
     add_model_options(p)
@@ -46,11 +50,19 @@ def run(args) -> int:
     res = evaluate_dataset(dataset, backbone=backbone, method=method, way=args.way, shot=args.shot,
                            query=args.query, episodes=args.episodes, seed=args.seed,
                            cache=make_cache(args, backbone), cache_dir=args.cache_dir,
-                           use_cache=not args.no_cache, progress=bar, within_group=args.within_group)
+                           use_cache=not args.no_cache, progress=bar, within_group=args.within_group,
+                           tracks=args.tracks)
     bar.close()
+    extra = {k: res.info[k] for k in ("adapted", "protonet_accuracy", "protonet_ci95", "delta_ci95")
+             if k in res.info}
     if args.json:
         print(json.dumps({"accuracy": round(res.accuracy, 4), "ci95": round(res.ci95, 4),
-                          "episodes": res.episodes, "way": args.way, "shot": args.shot, "query": args.query}))
+                          "episodes": res.episodes, "way": args.way, "shot": args.shot, "query": args.query,
+                          **{k: round(v, 4) if isinstance(v, float) else v for k, v in extra.items()}}))
     else:
         print(f"accuracy: {res.accuracy:.2f} ± {res.ci95:.2f} (95% CI, {res.episodes} episodes)")
+        if extra:
+            print(f"adapted in {extra['adapted']} of {res.episodes} episodes; ProtoNet on the same episodes: "
+                  f"{extra['protonet_accuracy']:.2f} ± {extra['protonet_ci95']:.2f} (difference 95% CI "
+                  f"± {extra['delta_ci95']:.2f})")
     return 0

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from fewshot_gui.cli.arguments import check_device, finite_or_inf
+from fewshot_gui.cli.cache import add_embeddings_option, import_embeddings
 from fewshot_gui.cli.common import UsageError, add_model_options, make_cache, resolve_model
 from fewshot_gui.cli.progress import ProgressBar
 from fewshot_gui.core.atomic import check_writable
@@ -70,6 +71,7 @@ def add_parser(sub):
                    help="unknown-score threshold: images scoring above X get unknown=1 in the CSV; a finite "
                         "number or inf (never); larger = fewer unknowns (default: 0.0, calibrated per shot "
                         "count; with --project, the project's own setting when it has one)")
+    add_embeddings_option(p)
     add_model_options(p)
     return p
 
@@ -98,9 +100,11 @@ def run(args) -> int:
                                       *([args.model] if args.model else [])])
     _check_writable(args.out, args.export_folders)
     backbone, method = resolve_model(args)
+    cache = make_cache(args, backbone)
+    import_embeddings(args, backbone, cache)
     bar = ProgressBar()
     result = run_job(label_folder(support, args.query, query_paths, backbone=backbone, method=method,
-                                  cache=make_cache(args, backbone), batch_size=args.batch_size,
+                                  cache=cache, batch_size=args.batch_size,
                                   refine=False if args.no_refine else None,
                                   unknown_threshold=args.unknown_threshold), bar)
     bar.close()

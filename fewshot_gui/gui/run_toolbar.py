@@ -28,6 +28,14 @@ AUTO_TIP = ("Choose the model on your examples: each available backbone and bund
             "which model was picked and why.")
 
 
+# What a method does, where its name alone does not say it (tooltips of the method box).
+_METHOD_TIPS = {
+    "finetune": "Test-time adaptation: the top of EfficientNet-Lite0 adapts to your examples before the folder "
+                "is embedded, when examples held out from your own set say it helps (two or more examples "
+                "per class); the summary says whether it adapted and why.",
+}
+
+
 class RunToolbar(QToolBar):
     """Emits the user's choices; :meth:`sync` shows a project's."""
 
@@ -86,6 +94,8 @@ class RunToolbar(QToolBar):
         self.method_box.clear()
         for m in available_methods():
             self.method_box.addItem(m, m)
+            if m in _METHOD_TIPS:
+                self.method_box.setItemData(self.method_box.count() - 1, _METHOD_TIPS[m], Qt.ItemDataRole.ToolTipRole)
 
     def backbone_names(self) -> list[str]:
         """The backbone names offered, ``auto`` first (not model files)."""

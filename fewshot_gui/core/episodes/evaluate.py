@@ -13,7 +13,13 @@ deviation of the per-episode accuracies, ``np.std``).
 * :func:`evaluate_features` — episodes over precomputed embeddings with a feature method.
 * :func:`evaluate_dataset` — a folder (ImageFolder layout) or zip data set: embeds every image
   once through the backbone (cached) and evaluates on the features; methods whose
-  ``input_kind == "images"`` get preprocessed images per episode instead.
+  ``input_kind == "images"`` get preprocessed images per episode instead; methods that adapt
+  the backbone's top (``adapt_views``: ``finetune``) get every image's lower activations once
+  (cached) and adapt per episode (:func:`evaluate_adapting`).
+
+``tracks=True`` keeps the frames of one physical object apart: a file's track is its class plus
+the part of its name before the first ``_`` (GTSRB: ``<track>_<frame>.ppm``); support items come
+from different tracks and queries only from tracks not in the support.
 """
 
 from __future__ import annotations
@@ -28,9 +34,11 @@ import numpy as np
 from fewshot_gui.core.embed.backbones import DEFAULT_BACKBONE, get_backbone
 from fewshot_gui.core.embed.cache import EmbeddingCache
 from fewshot_gui.core.embed.pipeline import embed_paths
+from fewshot_gui.core.embed.split import SplitLite0, activations
 from fewshot_gui.core.episodes.sampler import Episode, EpisodeSampler, LabelIndex, rotate_image
 from fewshot_gui.core.errors import DataError, ImageLoadError
 from fewshot_gui.core.fewshot import FewShotMethod, get_method
+from fewshot_gui.core.fewshot.protonet import ProtoNet
 from fewshot_gui.core.io.datasets import open_dataset
 from fewshot_gui.core.jobs import CancelToken, Progress, run_job
 
@@ -128,10 +136,16 @@ def feature_episode_runner(features: np.ndarray, index: LabelIndex,
     return run
 
 
+def file_tracks(names: Sequence[Any], labels: Sequence[Any]) -> list[str]:
+    """Per item, ``<label>/<file name before the first "_">``: the track of a GTSRB-style frame."""
+    return [f"{lab}/{Path(str(n)).name.split('_', 1)[0]}" for n, lab in zip(names, labels)]
+
+
 def evaluate_features(features: np.ndarray, labels: Sequence[Any], way: int, shot: int, query: int,
                       episodes: int = 600, seed: int = 0, method_factory: Any = None,
                       groups: Sequence[Any] | None = None, within_group: bool = False,
-                      progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> EvalResult:
+                      progress: ProgressFn | None = None, cancel: CancelToken | None = None,
+                      item_groups: Sequence[Any] | None = None) -> EvalResult:
     """Episodic evaluation on embeddings ``features`` (N, D) with per-row ``labels``.
 
     ``method_factory``: a method name, an instance (deep-copied per episode) or a callable
@@ -141,7 +155,7 @@ def evaluate_features(features: np.ndarray, labels: Sequence[Any], way: int, sho
     features = np.asarray(features)
     if features.ndim != 2 or len(features) != len(labels):
         raise DataError(f"features {features.shape} and {len(labels)} labels do not match")
-    index = LabelIndex(labels, groups)
+    index = LabelIndex(labels, groups, item_groups=item_groups)
     sampler = index.sampler(way, shot, query, seed=seed, within_group=within_group)
     run = feature_episode_runner(features, index, _factory(method_factory))
     res = evaluate_episodes(sampler, run, episodes, progress=progress, cancel=cancel)
@@ -209,7 +223,8 @@ def evaluate_dataset(dataset_dir: Any, backbone: Any = None, method: Any = None,
                      cache: Any = None, cache_dir: str | Path | None = None,
                      progress: ProgressFn | None = None, cancel: CancelToken | None = None,
                      method_name: str | None = None, use_cache: bool = True,
-                     within_group: bool = False, rotations: bool = False) -> EvalResult:
+                     within_group: bool = False, rotations: bool = False, tracks: bool = False,
+                     classes: Sequence[str] | None = None) -> EvalResult:
     """Episodic evaluation over a labeled data set.
 
     ``dataset_dir``: a folder with one sub-folder per class, one or several Omniglot-style zips
@@ -218,14 +233,18 @@ def evaluate_dataset(dataset_dir: Any, backbone: Any = None, method: Any = None,
     instance or a factory (default ProtoNet). ``cache``: an ``EmbeddingCache``; else one is made
     under ``cache_dir`` (or the default cache dir) unless ``use_cache=False`` (folders only).
     ``within_group``: every class of an episode from one group (zips: one alphabet);
-    ``rotations``: rotated classes (image methods only). Images that fail to load are left out
-    (counted in ``result.info["failed"]``); a class then needs ``shot + query`` good images.
+    ``rotations``: rotated classes (image methods only); ``tracks``: see the module docstring;
+    ``classes``: evaluate on these classes only (e.g. classes nothing was tuned on). Images that
+    fail to load are left out (counted in ``result.info["failed"]``); a class then needs
+    ``shot + query`` good images.
     """
     if backbone is None or isinstance(backbone, str):
         backbone = get_backbone(backbone or DEFAULT_BACKBONE, cache_dir=cache_dir)
     factory = _factory(method if method is not None else method_name)
     kind = getattr(factory(), "input_kind", "features")
     dataset = dataset_dir if hasattr(dataset_dir, "load") else open_dataset(dataset_dir)
+    if classes is not None:
+        dataset = dataset.subset(list(classes)) if hasattr(dataset, "subset") else dataset
     data_name = getattr(dataset, "root", None) or ", ".join(map(str, getattr(dataset, "zip_paths", [])))
     info: dict[str, Any] = {"seed": seed, "backbone": getattr(backbone, "name", str(backbone)),
                             "data": str(data_name or dataset_dir), "classes": len(dataset.classes),
@@ -239,18 +258,89 @@ def evaluate_dataset(dataset_dir: Any, backbone: Any = None, method: Any = None,
         return res
     if rotations:
         raise DataError("rotated classes are only supported for methods on images, not on cached features")
+    if hasattr(factory(), "adapt_views"):
+        res = evaluate_adapting(dataset, backbone, factory, way, shot, query, episodes, seed, cache_dir,
+                                use_cache, tracks, progress, cancel)
+        res.info.update(info)
+        return res
 
     if cache is None and use_cache and hasattr(dataset, "paths"):
         cache = EmbeddingCache(Path(cache_dir) if cache_dir is not None else None, backbone.key)
-    feats, labels, errors, _ = embed_dataset(dataset, backbone, cache=cache, progress=progress, cancel=cancel)
+    feats, labels, errors, paths = embed_dataset(dataset, backbone, cache=cache, progress=progress, cancel=cancel)
     good = np.all(np.isfinite(feats), axis=1) if len(feats) else np.zeros(0, bool)
     if errors:
         good[list(errors)] = False
     info["failed"] = int((~good).sum())
     names = np.asarray(dataset.classes, dtype=object)[labels[good]]
     groups = np.asarray(dataset.groups, dtype=object)[labels[good]]
+    item_groups = file_tracks(np.asarray(paths, dtype=object)[good], names) if tracks else None
     res = evaluate_features(feats[good], names, way, shot, query, episodes=episodes, seed=seed,
                             method_factory=factory, groups=groups, within_group=within_group,
-                            progress=progress, cancel=cancel)
+                            progress=progress, cancel=cancel, item_groups=item_groups)
     res.info.update(info)
+    return res
+
+
+def evaluate_adapting(dataset: Any, backbone: Any, factory: Callable[[], Any], way: int, shot: int, query: int,
+                      episodes: int, seed: int, cache_dir: str | Path | None = None, use_cache: bool = True,
+                      tracks: bool = False, progress: ProgressFn | None = None,
+                      cancel: CancelToken | None = None) -> EvalResult:
+    """Episodes for a method that adapts the backbone's top (``adapt_views``, e.g. ``finetune``).
+
+    Every image's lower activations (the plain view and the method's augmented views) are
+    computed once (cached under ``cache_dir`` unless ``use_cache`` is False); per episode the
+    method adapts on its support activations (or decides not to) and ProtoNet labels the queries
+    on the resulting features. ProtoNet on the plain features runs on the same episodes:
+    ``info["protonet_accuracy"]`` / ``["protonet_ci95"]``, ``info["adapted"]`` counts the episodes
+    that adapted and ``info["delta_ci95"]`` is the 95% CI of the paired difference.
+    """
+    from fewshot_gui.core.fewshot.finetune import embed_with, head_preactivations  # lazy: torch
+
+    if not hasattr(dataset, "paths"):
+        raise DataError("test-time adaptation is evaluated on image folders (one sub-folder per class)")
+    proto = factory()
+    split = SplitLite0(backbone, proto.tune_blocks, cache_dir=cache_dir)
+    paths, labels = dataset.paths()
+    n_views = 1 + int(getattr(proto, "views", 0))
+    views = np.zeros((n_views, len(paths), split.lower.dim), np.float16)
+    good = np.ones(len(paths), bool)
+    for v in range(n_views):
+        a, errors = activations(split, paths, cache_dir, view=v, use_cache=use_cache, cancel=cancel)
+        views[v] = a
+        good &= np.isfinite(a).all(axis=1)
+        good[list(errors)] = False
+        if progress is not None:
+            progress(Progress("activations", v + 1, n_views))
+    views = views[:, good]
+    paths = [p for p, g in zip(paths, good) if g]
+    names = np.asarray(dataset.classes, dtype=object)[np.asarray(labels)[good]]
+    plain = split.run_top(split.top, views[0])
+    # head only: ``W a`` once per image and view, so no episode runs the head conv again
+    pre = np.stack([head_preactivations(split, v) for v in views]) if split.tune_blocks == 0 else None
+    index = LabelIndex(names, item_groups=file_tracks(paths, names) if tracks else None)
+    sampler = index.sampler(way, shot, query, seed=seed)
+    plain_accs: list[float] = []
+    adapted: list[bool] = []
+
+    def run(ep: Episode) -> float:
+        s, q = index.episode_rows(ep)
+        m = factory()
+        ad = m.adapt_views(split, views[:, s], ep.support_labels, ep.way, plain_feats=plain[s], cancel=cancel,
+                           pre=None if pre is None else pre[:, s])
+        yq = ep.query_labels
+        pp = ProtoNet().fit(plain[s], ep.support_labels, ep.way).predict_proba(plain[q]).argmax(1)
+        plain_accs.append(float(np.mean(pp == yq)))
+        adapted.append(ad is not None)
+        if ad is None:
+            return plain_accs[-1]
+        m.fit(embed_with(split, ad, views[0, s], None if pre is None else pre[0, s]), ep.support_labels, ep.way)
+        fq = embed_with(split, ad, views[0, q], None if pre is None else pre[0, q])
+        return float(np.mean(m.predict_proba(fq).argmax(1) == yq))
+
+    res = evaluate_episodes(sampler, run, episodes, progress=progress, cancel=cancel)
+    p = np.asarray(plain_accs) * 100.0
+    res.info.update(seed=seed, tracks=tracks, failed=int((~good).sum()), adapted=int(np.sum(adapted)),
+                    protonet_accuracy=float(p.mean()), protonet_ci95=ci95(p),
+                    delta=float(res.accuracy - p.mean()), delta_ci95=ci95(res.accuracies - p),
+                    tune_blocks=proto.tune_blocks)
     return res

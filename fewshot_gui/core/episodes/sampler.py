@@ -14,6 +14,10 @@ Options:
   degrees is a class of its own, so a sampled class is the pair (class, rotation). With
   ``one_rotation_per_class=True`` (default) an episode never holds two rotations of the same base
   class, so no underlying image appears twice in one episode.
+* ``item_groups``: per class, the group of each item (GTSRB: the physical sign, a "track" of
+  near-identical frames). Support items then come from ``shot`` different groups (one frame
+  each) and queries only from the class's other groups, so a sign's frames are never in both
+  support and query. A class whose other groups cannot supply ``query`` items counts as small.
 
 Sampling is deterministic: episode ``i`` of a sampler with seed ``s`` depends only on ``(s, i)``
 (:meth:`EpisodeSampler.episode`), so a resumed meta-training run sees the same tasks.
@@ -88,7 +92,8 @@ class EpisodeSampler:
     def __init__(self, class_sizes: Sequence[int], way: int, shot: int, query: int, seed: int = 0,
                  groups: Sequence[Any] | None = None, within_group: bool = False,
                  rotations: bool = False, one_rotation_per_class: bool = True,
-                 skip_small_classes: bool = False, class_names: Sequence[str] | None = None) -> None:
+                 skip_small_classes: bool = False, class_names: Sequence[str] | None = None,
+                 item_groups: Sequence[Sequence[Any]] | None = None) -> None:
         self.class_sizes = np.asarray(list(class_sizes), dtype=np.int64)
         for name, v, lo in (("way", way, 1), ("shot", shot, 1), ("query", query, 0)):
             if int(v) != v or v < lo:
@@ -112,13 +117,20 @@ class EpisodeSampler:
         self.class_group = np.array([gidx[g] for g in groups], dtype=np.int64)
 
         need = self.shot + self.query
-        small = np.where(self.class_sizes < need)[0]
+        self.item_groups: list[np.ndarray] | None = None
+        if item_groups is not None:
+            if len(item_groups) != n or any(len(g) != k for g, k in zip(item_groups, self.class_sizes)):
+                raise DataError("item_groups needs one group per item of every class")
+            self.item_groups = [np.unique(np.asarray(g, dtype=object).astype(str), return_inverse=True)[1]
+                                for g in item_groups]
+        small = np.where([not self._enough(c, need) for c in range(n)])[0] if n else np.zeros(0, np.int64)
         if len(small) and not skip_small_classes:
             listed = ", ".join(f"{names[i]} ({self.class_sizes[i]})" for i in small[:8])
             more = f" and {len(small) - 8} more" if len(small) > 8 else ""
-            raise DataError(f"{len(small)} class(es) have fewer than shot + query = {need} images: "
+            apart = " kept apart by track" if self.item_groups is not None else ""
+            raise DataError(f"{len(small)} class(es) have fewer than shot + query = {need} images{apart}: "
                             f"{listed}{more}. Lower --shot/--query or add images to those classes.")
-        self.usable = np.where(self.class_sizes >= need)[0]
+        self.usable = np.setdiff1d(np.arange(n), small).astype(np.int64)
         self.skipped_classes = small.tolist()
 
         per_variant = 4 if (self.rotations and not self.one_rotation_per_class) else 1
@@ -147,6 +159,26 @@ class EpisodeSampler:
             self.pools = [self.usable]
             self.pool_groups = [None]  # type: ignore[list-item]
 
+    def _enough(self, c: int, need: int) -> bool:
+        if self.class_sizes[c] < need:
+            return False
+        if self.item_groups is None:
+            return True
+        sizes = np.sort(np.bincount(self.item_groups[c]))[::-1]
+        # worst case: the support takes the largest groups
+        return len(sizes) >= self.shot + (self.query > 0) and int(sizes[self.shot:].sum()) >= self.query
+
+    def _items(self, rng: np.random.Generator, c: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.item_groups is None:
+            items = rng.choice(int(self.class_sizes[c]), size=self.shot + self.query, replace=False)
+            return items[:self.shot], items[self.shot:]
+        g = self.item_groups[c]
+        order = rng.permutation(int(g.max()) + 1)
+        sup_groups = order[:self.shot]
+        sup = np.array([rng.choice(np.flatnonzero(g == k)) for k in sup_groups], np.int64)
+        rest = np.flatnonzero(~np.isin(g, sup_groups))
+        return sup, rng.choice(rest, size=self.query, replace=False)
+
     # ------------------------------------------------------------------------------ sampling
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng(np.random.SeedSequence([self.seed, int(index)]))
@@ -162,12 +194,10 @@ class EpisodeSampler:
         else:
             classes = pool[rng.choice(len(pool), size=self.way, replace=False)]
             rots = rng.integers(4, size=self.way) if self.rotations else np.zeros(self.way, np.int64)
-        need = self.shot + self.query
         sup = np.empty((self.way, self.shot), np.int64)
         qry = np.empty((self.way, self.query), np.int64)
         for j, c in enumerate(classes):
-            items = rng.choice(int(self.class_sizes[c]), size=need, replace=False)
-            sup[j], qry[j] = items[:self.shot], items[self.shot:]
+            sup[j], qry[j] = self._items(rng, int(c))
         group = self.pool_groups[p] if self.within_group else None
         return Episode(np.asarray(classes, np.int64), np.asarray(rots, np.int64), sup, qry, group, int(index))
 
@@ -194,7 +224,10 @@ class EpisodeSampler:
 class LabelIndex:
     """Maps arbitrary per-row labels to classes 0..C-1 and each class's rows (for feature arrays)."""
 
-    def __init__(self, labels: Sequence[Any], groups: Sequence[Any] | None = None) -> None:
+    def __init__(self, labels: Sequence[Any], groups: Sequence[Any] | None = None,
+                 item_groups: Sequence[Any] | None = None) -> None:
+        """``groups``: per row, the group of its class; ``item_groups``: per row, its own group
+        (e.g. a GTSRB track), kept apart between support and query."""
         labels = np.asarray(labels)
         self.names, inverse = np.unique(labels, return_inverse=True)
         order = np.argsort(inverse, kind="stable")
@@ -205,10 +238,16 @@ class LabelIndex:
         if groups is not None:
             groups = np.asarray(groups)
             self.groups = [groups[r[0]] for r in self.rows]
+        self.item_groups = None
+        if item_groups is not None:
+            ig = np.asarray(item_groups, dtype=object)
+            if len(ig) != len(labels):
+                raise DataError(f"{len(ig)} item groups given for {len(labels)} rows")
+            self.item_groups = [ig[r] for r in self.rows]
 
     def sampler(self, way: int, shot: int, query: int, seed: int = 0, **kw: Any) -> EpisodeSampler:
         return EpisodeSampler(self.class_sizes, way, shot, query, seed=seed, groups=self.groups,
-                              class_names=[str(n) for n in self.names], **kw)
+                              class_names=[str(n) for n in self.names], item_groups=self.item_groups, **kw)
 
     def episode_rows(self, ep: Episode) -> tuple[np.ndarray, np.ndarray]:
         """Row indices (support, query) of an episode, class-major like its labels."""

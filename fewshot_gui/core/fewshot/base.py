@@ -109,6 +109,7 @@ METHODS: dict[str, str] = {
     "protonet-transductive": "fewshot_gui.core.fewshot.transductive:TransductiveProtoNet",
     "maml": "fewshot_gui.core.fewshot.maml:MAML",
     "relation": "fewshot_gui.core.fewshot.relation:Relation",
+    "finetune": "fewshot_gui.core.fewshot.finetune:FineTune",
 }
 
 
