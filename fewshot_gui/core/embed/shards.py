@@ -3,7 +3,7 @@
 ``fewshot embed`` (locally or on Ray, :mod:`.distributed`) writes a folder of shards::
 
     SHARDS_DIR/part-<run>-<first index>.parquet   one table per shard
-    SHARDS_DIR/manifest.json                       what the folder holds (written last)
+    SHARDS_DIR/manifest.json                       what the folder holds (rewritten after each shard)
 
 A shard's columns are ``path`` (the resolved local path, or the URI as given), ``size`` (bytes),
 ``mtime_ns`` (null where the file system has no modification time) and ``vector``
@@ -29,7 +29,6 @@ import os
 import posixpath
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -287,8 +286,3 @@ def import_shards(folder: str | os.PathLike, cache, backbone: str = "",
         report.stored += stored
         report.skipped += len(shard.paths) - stored
     return report
-
-
-def local_folder(folder: str | os.PathLike) -> Path | None:
-    """``folder`` as a Path when it is local (None for a URL)."""
-    return None if is_uri(folder) else Path(folder)
