@@ -17,12 +17,18 @@ class ThumbnailCache(QObject):
     """``get(path, size)`` returns a ``QImage``, ``BROKEN`` or None (then it is being made).
 
     ``ready(path, size)`` is emitted when a requested thumbnail arrives.
+
+    One loader thread by default: each thread that makes thumbnails takes the GIL back after every
+    decoding step, and the GUI thread, which gives the GIL up in each of the many Qt calls that
+    paint a tile, then waits for it again and again. Scrolling 104,660 tiles (repaint after each
+    step, under load): two threads median 30 ms, longest 730 ms; one thread 15 ms / 80 ms; none
+    7 ms / 26 ms.
     """
 
     ready = Signal(str, int)
 
     def __init__(self, parent: QObject | None = None, capacity: int = 3000, disk_root: Path | None = None,
-                 threads: int = 2):
+                 threads: int = 1):
         super().__init__(parent)
         self.capacity = capacity
         self._lru: OrderedDict[tuple[str, int], object] = OrderedDict()
