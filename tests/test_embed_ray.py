@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shutil
 import sys
 
 import numpy as np
@@ -177,3 +178,14 @@ def test_shards_round_trip_and_import_maps_paths(tmp_path):
     assert (report.shards, report.rows, report.stored, report.skipped) == (1, 3, 2, 1)  # no mtime: left out
     assert cache.got[2] == [("/home/me/a/1.jpg", 10, 111), ("/home/me/a/2.jpg", 20, 222)]
     np.testing.assert_array_equal(cache.got[1], vecs[:2])
+
+
+def test_label_embeddings_option_imports_on_first_use(folder, cache_dir, local_shards, embedded, tmp_path,
+                                                      capsys):
+    fresh = tmp_path / "cache"
+    shutil.copytree(cache_dir / "onnx", fresh / "onnx")  # the same ONNX file: the same backbone key
+    before = embedded["images"]
+    assert main(["label", "--support", str(folder / "support"), "--query", str(folder / "query"),
+                 "--out", str(tmp_path / "l.csv"), "--cache-dir", str(fresh), "--embeddings", str(local_shards)]) == 0
+    assert "imported 20 of 20 embeddings" in capsys.readouterr().out
+    assert embedded["images"] == before
