@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 pytest.importorskip("pytestqt")
 
 from fewshot_gui.core.session.view import ViewArrays  # noqa: E402
-from fewshot_gui.gui.query_model import QueryModel, items_from_mime  # noqa: E402
+from fewshot_gui.gui.query_model import ITEM_ROLE, QueryModel, items_from_mime  # noqa: E402
 
 
 class FakeDocument:
@@ -101,3 +101,45 @@ def test_drag_payload_round_trip(model):
     md = model.mimeData([model.index(4), model.index(1)])
     assert items_from_mime(md) == [1, 4]
     assert [u.toLocalFile() for u in md.urls()] == ["/q/a/cat2.png", "/q/b/dog2.png"]
+
+
+def test_a_resort_moves_rows_without_a_layout_signal_and_a_filter_resets(model):
+    signals = []
+    for name in ("layoutChanged", "modelReset", "rowsMoved_"):
+        getattr(model, name).connect(lambda *_, name=name: signals.append(name))
+    assert model.refresh() == "same" and signals == []
+    model.sort_key = "confidence"
+    assert model.refresh() == "moved" and signals == ["rowsMoved_"]  # the view only repaints
+    assert rows(model) == [0, 4, 1, 2, 3] and [model.row_of(i) for i in range(5)] == [0, 2, 3, 4, 1]
+    assert model.data(model.index(1), ITEM_ROLE) == 4  # each row shows its new image
+    model.filter = ("failed", -1)
+    assert model.refresh() == "reset" and signals[-1] == "modelReset" and rows(model) == [3]
+    assert model.rowCount() == 1 and not model.index(1).isValid()
+
+
+def test_the_sort_keys_order_like_the_several_key_sort_they_stand_for(qapp):
+    """group, then confidence (then folder order) for "review", "confidence" and "class", on many
+    random images with ties."""
+    doc = FakeDocument()
+    rng = np.random.default_rng(1)
+    n = 2000
+    doc.rel = [f"x{i}.png" for i in range(n)]
+    doc.paths = [Path("/q") / r for r in doc.rel]
+    doc.errors = {}
+    conf = rng.choice([0.3, 0.5, 0.7, 0.95], size=n).astype(np.float32)  # many ties
+    failed = rng.random(n) < 0.05
+    doc._arrays = ViewArrays(pred=rng.integers(0, 2, n).astype(np.int32), conf=np.where(failed, np.nan, conf),
+                             confirmed=np.where(rng.random(n) < 0.1, 1, -1).astype(np.int32), failed=failed,
+                             done=rng.random(n) < 0.9, unknown=np.zeros(n, bool), rank=np.zeros(n, int))
+    a = doc._arrays
+    m = QueryModel(doc)
+    idx = np.arange(n)
+    c = np.where(a.reviewed, 2.0, np.nan_to_num(a.conf, nan=1.5))
+    group = np.where(a.failed, 3, np.where(a.reviewed, 2, np.where(a.done, 0, 1)))
+    lab = np.where(a.label < 0, 1 << 20, a.label)
+    want = {"review": np.lexsort((idx, c, group)), "confidence": np.lexsort((idx, -c, group)),
+            "class": np.lexsort((idx, -c, lab))}
+    for key, order in want.items():
+        m.sort_key = key
+        m.reset_all()
+        assert rows(m) == order.tolist(), key

@@ -143,8 +143,9 @@ class LabelController(QObject):
             self.message.emit("Cancelling\u2026")
 
     def jobs_running(self) -> bool:
-        """A job or a re-prediction is running or queued."""
-        return self.runner.is_running() or self.doc.executor.busy()
+        """A job, a re-prediction or a file write is running or queued."""
+        return (self.runner.is_running() or self.doc.executor.busy() or self.doc.quick_executor.busy()
+                or self.doc.files.busy())
 
     def stop(self) -> None:
         """Cancel the running job and the queued re-predictions, start none after that (returns
@@ -153,15 +154,18 @@ class LabelController(QObject):
         self._update.stop()
         self.runner.cancel()
         self.doc.executor.cancel_pending()
+        self.doc.quick_executor.cancel_pending()
 
     def shutdown(self, ms: int = 15000) -> bool:
-        """Stop the running job and the background re-prediction (blocks up to ``ms`` each); no
-        job starts after that (not even one an ending job would start when idle)."""
+        """Stop the running job and the background re-predictions and finish the file writes
+        (blocks up to ``ms`` each); no job starts after that (not even one an ending job would
+        start when idle)."""
         self.stopping = True
         self._update.stop()
         self.runner.cancel()
-        ok = self.runner.wait(ms)
-        return self.doc.executor.wait(ms) and ok
+        waits = [self.runner.wait(ms), self.doc.wait_for_files(ms),  # a save under way is finished
+                 self.doc.quick_executor.wait(ms), self.doc.executor.wait(ms)]
+        return all(waits)
 
     def forget_model(self) -> None:
         """Load the model from scratch at the next job (e.g. the device setting changed)."""

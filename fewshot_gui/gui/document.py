@@ -63,11 +63,8 @@ class Document(QObject):
         ev.predictions_changed.connect(self.predictionsChanged.emit)
         ev.confirmed_changed.connect(self.confirmedChanged.emit)
         ev.run_changed.connect(self.runChanged.emit)
-        ev.dirty_changed.connect(self._on_dirty)
+        ev.dirty_changed.connect(self.dirtyChanged.emit)
         ev.message.connect(self.message.emit)
-
-    def _on_dirty(self, dirty: bool) -> None:
-        self.dirtyChanged.emit(dirty)
 
     # ------------------------------------------------------------------ files
     @property
