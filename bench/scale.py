@@ -253,6 +253,11 @@ def run_optional(script: str, args: list[str]) -> None:
 
 
 def ray_available() -> bool:
+    """``fewshot embed`` exists and Ray is installed (the ``[cluster]`` extra)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        return False
     try:
         out = subprocess.run([sys.executable, "-c", CLI, "--help"], capture_output=True,
                              text=True, cwd=REPO, timeout=120).stdout
@@ -280,9 +285,14 @@ def main(argv=None) -> int:
     data = args.data.resolve()
     if not data.is_dir():
         raise SystemExit(f"{data}: no such folder (the Caltech subset); pass --data")
-    queries = setup(args.root, data, sizes)
     if args.setup_only:
+        setup(args.root, data, sizes)
         return 0
+    # the setup imports the backbone (torch): in a child, so that this process stays small (a
+    # child's ru_maxrss starts from its parent's RSS when it is started by vfork + exec)
+    subprocess.run([sys.executable, __file__, "--setup-only", "--root", str(args.root), "--data", str(data),
+                    "--sizes", args.sizes], check=True)
+    queries = {c: args.root / f"q{c}" for c in sizes}
     bench_sizes(args.root, queries, args.runs, args.reference, args.label_args.split(), args.code, args.out_dir)
     if not args.skip_extras:
         # the app at 100k (its own setup under /work/helpers/scale_data, made once)
@@ -291,7 +301,7 @@ def main(argv=None) -> int:
             run_optional("embed_throughput.py", [str(args.data), "--ray-compare", str(args.ray_images),
                                                  "--runs", "1"])
         else:
-            print("\n(`fewshot embed` not present: Ray throughput skipped)")
+            print("\n(`fewshot embed` or Ray not installed: Ray throughput skipped)")
     return 0
 
 

@@ -359,3 +359,55 @@ def test_project_with_hostile_names_exports_inside_the_target_only(sets, tmp_pat
     labelled = {r["/abs/path:label"] for r in _rows(tmp_path / "p.csv").values() if r["/abs/path:label"]}
     assert len(exported) == len(labelled)
     assert "could not be read" not in capsys.readouterr().err
+
+
+def test_a_warm_or_partly_warm_cache_labels_exactly_as_a_cold_run(sets, tmp_path):
+    support, query, _ = sets
+    paths = list(scan_folder(query))
+    cold = run_job(label_folder(support_from_folder(support), query, paths, backbone=_tiny(), batch_size=4))
+    cache = EmbeddingCache(tmp_path / "cache", _tiny().key)
+    cache.store(paths[::2], np.nan_to_num(cold.features[::2], nan=np.inf))  # failed rows are not stored
+    events = []
+    warm = run_job(label_folder(support_from_folder(support), query, paths, backbone=_tiny(), cache=cache,
+                                batch_size=4), events.append)
+    np.testing.assert_allclose(warm.features, cold.features, equal_nan=True)
+    np.testing.assert_allclose(warm.probs, cold.probs, atol=1e-6, equal_nan=True)
+    assert warm.errors == cold.errors and warm.labels == cold.labels
+    streamed = [e for e in events if isinstance(e, LabelBatch) and not e.final]
+    assert sorted(np.concatenate([b.indices for b in streamed]).tolist()) == list(range(len(paths)))
+    assert {i for b in streamed for i in b.errors} == set(cold.errors)
+    again = run_job(label_folder(support_from_folder(support), query, paths, backbone=_tiny(), cache=cache))
+    np.testing.assert_allclose(again.probs, cold.probs, atol=1e-6, equal_nan=True)
+
+
+def test_a_method_may_adapt_the_backbone_on_the_support_set_first(sets, tmp_path):
+    from fewshot_gui.core.embed.pipeline import iter_embeddings
+    from fewshot_gui.core.fewshot.protonet import ProtoNet
+
+    support, query, _ = sets
+    calls = []
+
+    class Adapted:  # embeds the folder its own way (here: the plain backbone's features, doubled)
+        name, key, dim = "adapted", "adapted-v1", 12
+
+        def iter_embeddings(self, paths, cache=None, batch_size=32, cancel=None):
+            calls.append(("embed", len(paths), cache))
+            for b in iter_embeddings(paths, _tiny(), cache=None, batch_size=batch_size, cancel=cancel):
+                b.features = b.features * 2
+                yield b
+
+    class Adapting(ProtoNet):
+        notes = ["adapted the backbone on 6 examples"]
+
+        def adapt_backbone(self, backbone, paths, labels, feats, cache=None, cancel=None):
+            calls.append(("adapt", len(paths)))
+            yield Progress("adapting the backbone", 1, 1)
+            return Adapted(), feats * 2
+
+    cache = EmbeddingCache(tmp_path / "cache", _tiny().key)
+    result = run_job(label_folder(support_from_folder(support), query, backbone=_tiny(), method=Adapting(),
+                                  cache=cache, batch_size=4))
+    assert calls[0] == ("adapt", 6) and calls[1][:2] == ("embed", len(result.paths)) and calls[1][2] is cache
+    plain = run_job(label_folder(support_from_folder(support), query, backbone=_tiny(), batch_size=4))
+    np.testing.assert_allclose(result.features, plain.features * 2, equal_nan=True)
+    assert result.backbone == TINY and "adapted the backbone on 6 examples" in result.notes

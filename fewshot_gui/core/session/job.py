@@ -165,7 +165,7 @@ def label_folder(
     query_root = Path(query_root)
     if query_paths is None:
         query_paths = scan_folder(query_root)
-    query_paths = [Path(p) for p in query_paths]
+    query_paths = [p if isinstance(p, Path) else Path(p) for p in query_paths]  # Path(Path) parses again
     if not query_paths:
         raise DataError(f"no images found in {query_root}; choose a folder that contains images")
     if backbone is None:
@@ -198,12 +198,14 @@ def label_folder(
     misses = np.arange(n)
     if own_embedder is None and cache is not None and hasattr(cache, "lookup_into"):
         # cached rows straight into the feature matrix (no per-row arrays), then only the misses embedded
-        feats = _new_features(n, backbone)
+        feats = np.empty((n, int(backbone.dim)), dtype=np.float32)  # written once: by the lookup, or NaN
         cache.require_dim(feats.shape[1])
         found = cache.lookup_into(query_paths, feats)
         misses = np.flatnonzero(~found)
+        feats[misses] = np.nan
         for rows in _chunks(np.flatnonzero(found), CACHED_PREDICT_ROWS):
-            probs[rows] = method.predict_proba(feats[rows])
+            dense = rows[-1] - rows[0] + 1 == len(rows)  # consecutive rows: a view, not a copy
+            probs[rows] = method.predict_proba(feats[rows[0]:rows[-1] + 1] if dense else feats[rows])
             done += len(rows)
             yield LabelBatch(rows, probs[rows], {})
             yield Progress("labeling", done, n)
@@ -243,11 +245,6 @@ CACHED_PREDICT_ROWS = 8192  # cached rows are scored and streamed in chunks of t
 def _chunks(rows: np.ndarray, size: int):
     for lo in range(0, len(rows), size):
         yield rows[lo:lo + size]
-
-
-def _new_features(n: int, backbone) -> np.ndarray:
-    """The (n, dim) float32 feature matrix of a folder, NaN until a row is filled."""
-    return np.full((n, int(backbone.dim)), np.nan, dtype=np.float32)
 
 
 def _post_process(result: LabelResult, method, refine: bool | None, unknown_threshold: float | None):
