@@ -321,48 +321,16 @@ class EmbeddingCache:
         ``identities``: precomputed :func:`file_identities` of ``paths`` (saves the stats).
         Stored vectors that fail their check are deleted and left out (see the module docstring).
         """
-        idents = identities if identities is not None else file_identities(paths)
-        want: dict[str, list[tuple[int, int, int]]] = {}
-        for i, ident in enumerate(idents):
-            if ident is not None:
-                want.setdefault(ident[0], []).append((i, ident[1], ident[2]))
-        keys = [k for k in want if _storable(k)]
-        if not keys:
-            return {}
-
-        def run(conn: sqlite3.Connection) -> dict[int, np.ndarray]:
-            found: dict[int, np.ndarray] = {}
-            bad: list[tuple[str, object]] = []
-            nbytes = None if self.dim is None else 4 * self.dim
-            crc32 = zlib.crc32  # vector_crc, inlined: this loop runs once per cached image
-            for s in range(0, len(keys), _CHUNK):
-                chunk = keys[s:s + _CHUNK]
-                q = f"SELECT path, size, mtime_ns, crc, data FROM vec WHERE path IN ({','.join('?' * len(chunk))})"
-                good = []
-                for path, size, mtime, crc, data in conn.execute(q, chunk):
-                    if nbytes is None and isinstance(data, bytes) and data and len(data) % 4 == 0:
-                        nbytes = len(data)
-                    if type(data) is not bytes or len(data) != nbytes or crc32(data, crc32(path.encode())) != crc:
-                        bad.append((path, crc))
-                    else:
-                        good.append((path, size, mtime, crc, data))
-                if not good:
-                    continue
-                vecs = np.frombuffer(b"".join(row[4] for row in good), dtype=np.float32).reshape(len(good), -1)
-                finite = np.isfinite(vecs).all(axis=1)
-                for j, (path, size, mtime, crc, _) in enumerate(good):
-                    if not finite[j]:
-                        bad.append((path, crc))
-                        continue
-                    for i, sz, mt in want.get(path, ()):
-                        if sz == size and mt == mtime:
-                            found[i] = vecs[j]
-            if bad:
-                self._drop(conn, bad)
-            return found
-
-        with self._lock:
-            return self._guard(run, {})
+        dim = self.dim
+        if dim is None:  # not known yet: the length of a stored vector (a different one fails its check)
+            with self._lock:
+                row = self._guard(lambda c: c.execute("SELECT length(data) FROM vec LIMIT 1").fetchone(), None)
+            if not row or not row[0] or row[0] % 4:
+                return {}
+            dim = row[0] // 4
+        out = np.empty((len(paths), dim), np.float32)
+        found = self.lookup_into(paths, out, identities)
+        return {int(i): out[i] for i in np.flatnonzero(found)}
 
     def contains(self, paths: Sequence[str | Path],
                  identities: Sequence[tuple[str, int, int] | None] | None = None) -> np.ndarray:
