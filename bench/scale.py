@@ -21,6 +21,10 @@ exponent ``log(t_big / t_small) / log(n_big / n_small)`` between the smallest an
 (1.0 = linear). ``--reference DIR``: compare each CSV with ``DIR/labels-<n>.csv`` (labels equal,
 probabilities within 1e-4) and print the differences.
 
+Then the review order of the biggest folder alone (``review_rank`` on its cached features and the
+probabilities of the CSV just written, in a fresh process; median of ``--runs``, beside one
+(N, 1280) x (1280, 48) product as a baseline measured in the same run).
+
 Then, when present: the app's longest GUI stall at 100k (``bench/gui_scale.py --runs 1 --json``,
 with its own setup) and the Ray embedding path's throughput beside the local one
 (``bench/embed_throughput.py --ray-compare N``: ``fewshot embed`` locally and on a local Ray), each
@@ -243,6 +247,40 @@ def bench_sizes(root: Path, queries: dict[int, Path], runs: int, reference: Path
     return med
 
 
+REVIEW_TIMER = r"""
+import csv, statistics, sys, time
+import numpy as np
+from fewshot_gui.core.embed.cache import EmbeddingCache
+from fewshot_gui.core.embed.backbones import get_backbone
+from fewshot_gui.core.io.images import scan_folder
+from fewshot_gui.core.trust.review import review_rank
+root, query, labels, runs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+paths = scan_folder(query)
+cache = EmbeddingCache(root + "/cache", get_backbone(cache_dir=root + "/cache").key)
+feats = np.empty((len(paths), 1280), np.float32)
+assert cache.lookup_into(paths, feats).all()
+with open(labels, newline="", encoding="utf-8") as fh:
+    rows = list(csv.reader(fh))
+cols = [j for j, h in enumerate(rows[0]) if h.startswith("p_")]
+probs = np.array([[float(r[j]) if r[j] else np.nan for j in cols] for r in rows[1:]], np.float32)
+times, base = [], []
+for _ in range(runs):
+    t = time.perf_counter(); review_rank(probs, feats); times.append(time.perf_counter() - t)
+    w = np.ones((1280, 48), np.float32)
+    t = time.perf_counter(); feats @ w; base.append(time.perf_counter() - t)
+print(f"review order at {len(paths)} images: {statistics.median(times):.2f} s (median of {runs}; target <= 1 s); "
+      f"one (N, 1280) x (1280, 48) product: {statistics.median(base):.2f} s, ratio {statistics.median(times) / statistics.median(base):.1f}")
+"""
+
+
+def bench_review(root: Path, query: Path, labels: Path, runs: int) -> None:
+    """Time the review order of the biggest folder in a fresh process (features from the cache,
+    probabilities from the CSV just written)."""
+    env = dict(os.environ, FEWSHOT_CACHE_DIR=str(root / "cache"))
+    subprocess.run([sys.executable, "-c", REVIEW_TIMER, str(root), str(query), str(labels), str(runs)],
+                   env=env, cwd=root, check=False)
+
+
 def run_optional(script: str, args: list[str]) -> None:
     path = REPO / "bench" / script
     if not path.exists():
@@ -293,7 +331,11 @@ def main(argv=None) -> int:
     subprocess.run([sys.executable, __file__, "--setup-only", "--root", str(args.root), "--data", str(data),
                     "--sizes", args.sizes], check=True)
     queries = {c: args.root / f"q{c}" for c in sizes}
-    bench_sizes(args.root, queries, args.runs, args.reference, args.label_args.split(), args.code, args.out_dir)
+    med = bench_sizes(args.root, queries, args.runs, args.reference, args.label_args.split(), args.code,
+                      args.out_dir)
+    print()
+    bench_review(args.root, queries[max(sizes)], (args.out_dir or args.root / "out") / f"labels-{max(med)}.csv",
+                 args.runs)
     if not args.skip_extras:
         # the app at 100k (its own setup under /work/helpers/scale_data, made once)
         run_optional("gui_scale.py", ["--runs", "1", "--json"])
