@@ -338,6 +338,7 @@ def one_run(setup: dict, corrections: int = 3, save_paths: int = 180_000) -> dic
     big.label_sets.append(LabelSet("extra", [ClassDef(f"c{k}", "#123456", [Path(win.doc.paths[(k * 7919 + j) % len(rel)])
                                                                          for j in range(extra // 10)]) for k in range(10)]))
     win.doc.set_project(big)
+    _wait(loop, 500)  # the window shows the new project before the save is timed
     target = tmp / "big.fewshot.json"
     writer = {}
     orig_replace = os.replace
