@@ -1,14 +1,13 @@
-"""Calibration: scale fits recover a known answer; ECE; the per-backbone rule."""
+"""Calibration: scale fits recover a known answer (with labels, and per task without them); ECE."""
 
 import numpy as np
 import pytest
 
-from fewshot_gui.core.fewshot.calibration import (UNCALIBRATED_SCALE, Calibration, ece_from_confidence,
-                                                  expected_calibration_error, fit_scale, loo_support_scores, nll)
+from fewshot_gui.core.fewshot.calibration import (Calibration, assigned_lda_scale, ece_from_confidence,
+                                                  expected_calibration_error, fit_scale, lda_scale,
+                                                  loo_support_scores, nll, shot_interp)
 from fewshot_gui.core.fewshot.features import softmax
-
-LITE0 = Calibration.for_backbone("efficientnet-lite0")
-OTHER = Calibration.for_backbone("some-other-backbone")
+from fewshot_gui.core.fewshot.taskfit import fit_task
 
 
 def _sample_labels(rng, probs):
@@ -62,19 +61,54 @@ def _clusters(rng, n_classes, shot, dim=24, spread=0.35):
     return x, np.repeat(np.arange(n_classes), shot)
 
 
-def test_calibrated_scale_sources():
-    rng = np.random.default_rng(3)
-    x5, y5 = _clusters(rng, 4, 5)
-    s, src = LITE0.scale("transductive", x5, y5, 4)
-    assert src == "fitted" and s == LITE0.fitted_scale("transductive", 5)
-    s, src = OTHER.scale("inductive", x5, y5, 4)
-    assert src == "leave-one-out" and 1.0 <= s <= 100.0
-    s_t, src = OTHER.scale("transductive", x5, y5, 4)
-    ratio = LITE0.fitted_scale("transductive", 5) / LITE0.fitted_scale("inductive", 5)
-    assert src == "leave-one-out" and s_t == pytest.approx(np.clip(s * ratio, 1.0, 100.0))
-    x1, y1 = _clusters(rng, 4, 1)
-    assert OTHER.scale("inductive", x1, y1, 4) == (UNCALIBRATED_SCALE, "default")
-    assert Calibration().scale("inductive") == (UNCALIBRATED_SCALE, "default")
+def _gaussian_task(rng, n_classes, shot, query, sigma, dim=16, sep=4.0):
+    """Isotropic Gaussian classes: the Bayes log-odds of two classes are those of ProtoNet's
+    squared distances to the true means times 1 / (2 sigma^2)."""
+    means = rng.normal(size=(n_classes, dim)) * sep * sigma / np.sqrt(2 * dim) * 2
+    s = np.repeat(means, shot, 0) + sigma * rng.normal(size=(n_classes * shot, dim))
+    q = np.repeat(means, query, 0) + sigma * rng.normal(size=(n_classes * query, dim))
+    return means, s, np.repeat(np.arange(n_classes), shot), q, np.repeat(np.arange(n_classes), query)
+
+
+@pytest.mark.parametrize("sigma", [0.5, 2.0])
+def test_lda_scale_recovers_the_bayes_scale_without_labels(sigma):
+    rng = np.random.default_rng(5)
+    means, _, _, q, t = _gaussian_task(rng, 2, 1, 4000, sigma, sep=6.0)
+    lda, spread = assigned_lda_scale(q, means)  # rows assigned to their nearest mean: no label read
+    assert lda == pytest.approx(1.0 / (2 * sigma ** 2), rel=0.1)
+    assert spread * lda == pytest.approx(spread * lda, rel=1e-12) and np.isfinite(spread)
+    assert np.isnan(lda_scale(q[:1], means, np.zeros(1, int)))  # one class only: no pair
+
+
+def test_map_scale_is_the_prior_without_evidence_and_the_fit_with_much():
+    rng = np.random.default_rng(6)
+    scores = -rng.random((20000, 5)) * 0.5
+    labels = _sample_labels(rng, softmax(12.0 * scores))
+    assert fit_scale(scores[:0], labels[:0], prior=(3.0, 0.5)) == pytest.approx(3.0)
+    assert fit_scale(scores, labels, prior=(3.0, 0.5)) == pytest.approx(12.0, rel=0.08)
+    few = fit_scale(scores[:20], labels[:20], prior=(3.0, 0.5))
+    assert 3.0 < few < fit_scale(scores[:20], labels[:20]) * 1.05
+    cal = Calibration(prior_sd=0.5)
+    assert cal.final_scale(scores[:0], labels[:0], 4.0) == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("sigma", [0.6, 1.5])
+def test_per_task_scale_follows_the_domain(sigma):
+    """The same constants give calibrated probabilities on two synthetic "domains" whose right
+    scale differs more than 6-fold: the scale comes from the task, not from a table."""
+    rng = np.random.default_rng(7)
+    conf, correct, scales = [], [], []
+    for _ in range(30):
+        _, s, y, q, t = _gaussian_task(rng, 5, 5, 40, sigma, sep=3.0)
+        fit = fit_task(s, y, q, 5, Calibration(((1, 1.0, 1.0), (5, 0.6, 1.0)), ((1, 1.0, 1.0), (5, 0.6, 1.0))),
+                       geometry="none", refine=False)
+        p = fit.probs(q)
+        conf.append(p.max(1))
+        correct.append(p.argmax(1) == t)
+        scales.append(fit.scale / fit_scale(fit.scores(q), t))  # vs the oracle scale (query labels)
+    ece = ece_from_confidence(np.concatenate(conf), np.concatenate(correct))
+    assert ece < 0.05
+    assert 0.7 < np.median(scales) < 1.4
 
 
 def test_loo_scores_use_the_other_images_of_the_class():
@@ -89,11 +123,10 @@ def test_loo_scores_use_the_other_images_of_the_class():
     assert sc.shape == (0, 3) and len(lab) == 0
 
 
-def test_fitted_scale_interpolates_and_rejects_unknown_mode():
-    a, b = LITE0.fitted_scale("inductive", 1), LITE0.fitted_scale("inductive", 5)
-    mid = LITE0.fitted_scale("inductive", 2.5)
-    assert min(a, b) <= mid <= max(a, b)
-    assert Calibration.for_backbone("no-such-backbone").fitted_scale() is None
-    assert Calibration.for_backbone(None) == Calibration()
-    with pytest.raises(ValueError):
-        LITE0.fitted_scale("bogus", 1)
+
+
+def test_shot_table_interpolates_in_log_shot_and_clamps():
+    table = ((1, 2.0, 1.0), (5, 1.0, 0.5))
+    assert shot_interp(table, 1) == 2.0 and shot_interp(table, 5) == 1.0 and shot_interp(table, 50) == 1.0
+    assert shot_interp(table, np.sqrt(5)) == pytest.approx(1.5)
+    assert shot_interp(table, 2, column=2) == pytest.approx(1.0 - 0.5 * np.log(2) / np.log(5))

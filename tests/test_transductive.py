@@ -9,9 +9,10 @@ from fewshot_gui.core.fewshot import available_methods, get_method
 from fewshot_gui.core.fewshot.calibration import Calibration
 from fewshot_gui.core.fewshot.features import centre_normalise, l2_normalise, sq_distance_scores as sq_scores
 from fewshot_gui.core.fewshot.refine import refine_prototypes, support_prototypes
-from fewshot_gui.core.fewshot.transductive import TransductiveProtoNet, refinable, transductive_probs
+from fewshot_gui.core.fewshot.transductive import TransductiveProtoNet, refinable, transductive_fit, transductive_probs
+from fewshot_gui.core.trust.profile import TrustProfile
 
-LITE0 = Calibration.for_backbone("efficientnet-lite0")
+LITE0 = TrustProfile.for_backbone("efficientnet-lite0").calibration
 
 
 def _task(rng, n_classes=4, shot=1, query=30, dim=32, spread=0.6, offset=3.0):
@@ -79,8 +80,46 @@ def test_method_registered_streaming_equals_whole():
     assert (whole.argmax(1) == t).mean() > 0.9
     off = TransductiveProtoNet(refine=False).fit(s, y, 4)
     assert off.mode == "inductive" and off.predict_proba(q).shape == (len(q), 4)
-    assert m.scale_source == "fitted"
-    assert TransductiveProtoNet().fit(s, y, 4).scale_source == "default"  # 1-shot, no fitted table
+    assert m.task is not None and np.isfinite(m.scale) and m.scale > 0
+    assert m.task.evidence == 0  # 1-shot: no support image can be left out; the scale is the prior
+
+
+def test_an_injected_cluster_of_outliers_does_not_pull_the_prototypes():
+    rng = np.random.default_rng(7)
+    s, y, q, t = _task(rng, n_classes=4, shot=3, query=25, spread=0.8)
+    zs, zq, _ = centre_normalise(s, q, "support")  # rows in the refinement's (fixed) space
+    clean = refine_prototypes(zs, y, zq, 4, beta=8.0, normalised=True)
+    # 40 near-copies of one image of no class (a burst of outliers), in a direction no class has
+    p0 = clean.support_prototypes
+    away = rng.normal(size=zq.shape[1])
+    away -= p0.T @ np.linalg.lstsq(p0.T, away, rcond=None)[0]
+    burst = l2_normalise(away + 0.05 * rng.normal(size=(40, zq.shape[1])))
+    dirty = refine_prototypes(zs, y, np.concatenate([zq, burst]), 4, beta=8.0, normalised=True)
+    assert (dirty.query_weights[len(zq):] == 0).all()  # the burst pulls no prototype
+    np.testing.assert_allclose(dirty.prototypes, clean.prototypes, atol=0.02)
+    pulled = refine_prototypes(zs, y, np.concatenate([zq, burst]), 4, beta=8.0, normalised=True, outlier_cut=None)
+    assert np.abs(pulled.prototypes - clean.prototypes).max() > 0.05  # without the cut it is pulled
+
+
+def test_unbalanced_folder_keeps_support_labels_and_small_classes():
+    rng = np.random.default_rng(8)
+    s, y, q, t = _task(rng, n_classes=4, shot=5, query=60, spread=0.9)
+    keep = np.concatenate([np.flatnonzero(t == 0), np.flatnonzero(t == 1)[:3], np.flatnonzero(t == 2)[:60],
+                           np.flatnonzero(t == 3)[:2]])  # 60 / 3 / 60 / 2 images
+    probs, task = transductive_fit(s, y, q[keep], 4, LITE0)
+    ind = transductive_probs(s, y, q[keep], 4, LITE0, refine=False)
+    assert (task.scores(s).argmax(1) == y).all()  # every support image stays in its class
+    acc_ref = (probs.argmax(1) == t[keep]).mean()
+    assert acc_ref >= (ind.argmax(1) == t[keep]).mean() - 0.02
+
+
+def test_float32_folder_is_not_copied_to_float64():
+    rng = np.random.default_rng(9)
+    s, y, q, t = _task(rng, n_classes=3, shot=2, query=50)
+    q32 = q.astype(np.float32)
+    probs, task = transductive_fit(s.astype(np.float32), y, q32, 3, LITE0)
+    assert task.transform(q32[:5]).dtype == np.float32
+    np.testing.assert_allclose(probs, transductive_probs(s, y, q, 3, LITE0), atol=1e-4)
 
 
 def test_method_errors():
@@ -123,3 +162,28 @@ def test_only_protonet_style_methods_on_features_are_refinable():
         name, input_kind = "relation", "features"
 
     assert not refinable(Maml()) and not refinable(Relation())
+
+
+def test_big_folder_rows_chunk_by_chunk_match_the_array_and_masks_match_copies():
+    from fewshot_gui.core.fewshot.features import FolderRows, space_rows
+    from fewshot_gui.core.fewshot.taskfit import fit_task
+
+    rng = np.random.default_rng(10)
+    s, y, q, t = _task(rng, n_classes=3, shot=2, query=40)
+    q32 = q.astype(np.float32)
+    zs, _, centre = centre_normalise(s, q, "all")
+    lazy = FolderRows(q32, centre, chunk=16)  # several chunks
+    whole = space_rows(q32, centre)
+    a = refine_prototypes(zs, y, lazy, 3, normalised=True)
+    b = refine_prototypes(zs, y, whole, 3, normalised=True)
+    np.testing.assert_allclose(a.prototypes, b.prototypes, atol=1e-6)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+    np.testing.assert_allclose(lazy.take(np.array([3, 7])), whole[[3, 7]])
+    # failed rows skipped in place give the fit of the folder without them
+    qn = q32.copy()
+    qn[[0, 5]] = np.nan
+    ok = np.isfinite(qn).all(1)
+    masked = fit_task(s, y, qn, 3, LITE0, rows=ok)
+    copied = fit_task(s, y, q32[ok], 3, LITE0)
+    np.testing.assert_allclose(masked.prototypes, copied.prototypes, atol=1e-6)
+    assert masked.scale == pytest.approx(copied.scale, rel=1e-6)

@@ -79,13 +79,16 @@ def skip_review_order() -> None:
         trust_report.folder_review_rank = lambda probs, query: np.zeros(len(probs), int)
 
 
-def assess(domain: Domain, profile, task: Task, refine: bool | None = None) -> Assessed:
-    """``assess_folder`` on one task, as the app calls it (``refine=None``: its default)."""
+def assess(domain: Domain, profile, task: Task, refine: bool | None = None, unknown: bool = True) -> Assessed:
+    """``assess_folder`` on one task, as the app calls it (``refine=None``: its default);
+    ``unknown=False`` where only the probabilities are measured (flags and scores are then empty)."""
     F = domain.features
     names = [domain.classes[int(c)] for c in task.classes]
     trust = trust_report.assess_folder(domain.new_method(), F[task.support], task.support_labels, F[task.query],
-                                       names, profile, refine=refine, diagnostics=False)
+                                       names, profile, refine=refine, diagnostics=False, unknown=unknown)
     u = trust.unknown
+    if u is None:
+        return Assessed(np.asarray(trust.probs, np.float64), np.zeros(0, bool), np.zeros(0))
     return Assessed(np.asarray(trust.probs, np.float64), np.asarray(u.mask(), bool), np.asarray(u.scores, np.float64))
 
 
@@ -109,7 +112,7 @@ def run_episode(domain, profile, sampler, way, shot, episodes, seed) -> dict:
     for _ in range(episodes):
         t = sampler.episode(rng, way, shot, QUERY)
         for key, refine in (("shipped", None), ("inductive", False)):
-            p = assess(domain, profile, t, refine=refine).probs
+            p = assess(domain, profile, t, refine=refine, unknown=False).probs
             pred, conf = p.argmax(1), p.max(1)
             ok = pred == t.query_labels
             acc[key].append(ok.mean())
@@ -148,7 +151,7 @@ def run_folder(domain, profile, sampler, way, shot, episodes, seed) -> dict:
         t = sampler.folder(rng, way, shot, FOLDER_QMAX, FOLDER_UNKNOWN)
         k = t.known
         shipped = assess(domain, profile, t)
-        inductive = assess(domain, profile, t, refine=False)
+        inductive = assess(domain, profile, t, refine=False, unknown=False)
         a_ref.append(np.mean(shipped.probs.argmax(1)[k] == t.query_labels[k]))
         a_ind.append(np.mean(inductive.probs.argmax(1)[k] == t.query_labels[k]))
         ff.append(shipped.flags[k].mean())

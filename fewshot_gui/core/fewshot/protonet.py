@@ -73,8 +73,8 @@ import numpy as np
 
 from fewshot_gui.core.errors import ConfigError, DataError
 from fewshot_gui.core.fewshot.base import FewShotMethod
-from fewshot_gui.core.fewshot.features import (apply_centre, class_means, cosine_scores, l2_normalise, mean_centre,
-                                               softmax, sq_distance_scores)
+from fewshot_gui.core.fewshot.features import (apply_centre, class_means, cosine_scores, finite_rows, l2_normalise,
+                                               l2_row_sum, mean_centre, softmax, space_rows, sq_distance_scores)
 
 NORMALIZATIONS = ("center_l2", "l2", "none")
 CENTERS = ("support", "query", "transductive", "base")
@@ -86,12 +86,17 @@ DEFAULT_SCALE = 12.0
 
 
 def _as_features(x: np.ndarray, what: str) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
+    """``x`` as a float array (float32 stays float32: a folder's embeddings are never copied)."""
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
     if x.ndim != 2:
         raise DataError(f"{what} must be a 2-D array of embeddings (N, D); got shape {x.shape}")
-    if x.size and not np.all(np.isfinite(x)):
-        bad = np.where(~np.all(np.isfinite(x), axis=1))[0]
-        raise DataError(f"{what} has non-finite rows {bad[:10].tolist()}; drop images that failed to load first")
+    if x.size:
+        ok = finite_rows(x)
+        if not ok.all():
+            bad = np.flatnonzero(~ok)
+            raise DataError(f"{what} has non-finite rows {bad[:10].tolist()}; drop images that failed to load first")
     return x
 
 
@@ -135,7 +140,7 @@ class ProtoNet(FewShotMethod):
         self.base_mean = None if base_mean is None else np.asarray(base_mean, dtype=np.float64).ravel()
         self._support: np.ndarray | None = None
         self._labels: np.ndarray | None = None
-        self._query_u: np.ndarray | None = None  # query rows in the centre's space (set_query_statistics)
+        self._query_sum: tuple[np.ndarray, int] | None = None  # (sum, count) of the query rows in the centre's space
         self.centre: np.ndarray | None = None
         self.prototypes: np.ndarray | None = None  # (C, D) in the normalised space
 
@@ -164,9 +169,11 @@ class ProtoNet(FewShotMethod):
         batches are scored independently of each other. ``None`` forgets the statistics.
         """
         if query is None:
-            self._query_u = None
+            self._query_sum = None
         else:
-            self._query_u = self._pre(_as_features(query, "query"))
+            q = _as_features(query, "query")
+            total = l2_row_sum(q) if self.pre_l2 else q.sum(0, dtype=np.float64)
+            self._query_sum = (total, len(q))
         if self._support is not None:
             self._rebuild()
         return self
@@ -175,11 +182,12 @@ class ProtoNet(FewShotMethod):
         s = self._support
         if self.center == "base":
             return self.base_mean
-        if self.center == "query" and self._query_u is not None and len(self._query_u):
-            if self._query_u.shape[1] != s.shape[1]:
-                raise DataError(f"query embeddings have {self._query_u.shape[1]} dims but support has {s.shape[1]}")
-            return mean_centre(self._pre(s), self._query_u)
-        return mean_centre(self._pre(s))
+        if self.center == "query" and self._query_sum is not None and self._query_sum[1]:
+            total, n = self._query_sum
+            if total.shape[0] != s.shape[1]:
+                raise DataError(f"query embeddings have {total.shape[0]} dims but support has {s.shape[1]}")
+            return (np.asarray(self._pre(s), dtype=np.float64).sum(0) + total) / (len(s) + n)
+        return mean_centre(np.asarray(self._pre(s), dtype=np.float64))
 
     def _rebuild(self) -> None:
         assert self._support is not None and self._labels is not None
@@ -192,8 +200,11 @@ class ProtoNet(FewShotMethod):
         return l2_normalise(x) if self.pre_l2 else x
 
     def _transform(self, x: np.ndarray) -> np.ndarray:
+        """Rows in the scoring space (float32 rows stay float32, computed in chunks)."""
         if self.normalize == "none":
             return x
+        if x.dtype == np.float32:
+            return space_rows(x, self.centre if self.normalize == "center_l2" else None, pre_l2=self.pre_l2)
         if self.normalize == "center_l2":
             return apply_centre(x, self.centre, self.pre_l2)
         return l2_normalise(x)

@@ -1,20 +1,21 @@
 """``"protonet-transductive"``: ProtoNet whose prototypes are refined with the unlabeled queries.
 
-The maths lives in :mod:`fewshot_gui.core.fewshot.refine` and
-:mod:`fewshot_gui.core.fewshot.features`; the scale in :mod:`fewshot_gui.core.fewshot.calibration`.
-Usage for a whole folder::
+The maths lives in :mod:`fewshot_gui.core.fewshot.taskfit` (space, refinement, per-task scale),
+:mod:`fewshot_gui.core.fewshot.refine` and :mod:`fewshot_gui.core.fewshot.calibration`. Usage for
+a whole folder::
 
-    m = TransductiveProtoNet(calibration=Calibration.for_backbone(backbone.name))
+    m = TransductiveProtoNet(calibration=TrustProfile.for_backbone(name).calibration)
     m.fit(support_x, support_y, n_classes)
     m.set_query_set(all_query_x)                       # the whole folder (NaN rows ignored)
     probs = m.predict_proba(query_x)                   # any subset/batch of the folder
 
 Without :meth:`set_query_set`, each :meth:`predict_proba` call refines on the batch it is given
 (so predict the whole folder in one call). ``refine=False`` gives inductive ProtoNet (support
-centring) with the calibrated scale. Support labels are never changed.
+centring) with the per-task scale. Support labels are never changed.
 
 :func:`transductive_probs` is the labeling job's whole-folder step: it replaces the streamed
-probabilities of a ProtoNet-style method (:func:`refinable`) with refined ones.
+probabilities of a ProtoNet-style method (:func:`refinable`) with refined ones, in the space the
+method scores in (:func:`geometry_of`).
 """
 
 from __future__ import annotations
@@ -26,66 +27,84 @@ import numpy as np
 from fewshot_gui.core.errors import ConfigError, DataError
 from fewshot_gui.core.fewshot.base import FewShotMethod
 from fewshot_gui.core.fewshot.calibration import Calibration
-from fewshot_gui.core.fewshot.features import apply_centre, centre_normalise, prototypes, softmax, sq_distance_scores
-from fewshot_gui.core.fewshot.refine import (DEFAULT_BETA, DEFAULT_DISTRACTOR, DEFAULT_GAMMA, DEFAULT_ITERATIONS,
-                                             DEFAULT_SUPPORT_WEIGHT, Refined, refine_prototypes)
+from fewshot_gui.core.fewshot.features import finite_rows, softmax
+from fewshot_gui.core.fewshot.refine import DEFAULT_GAMMA, DEFAULT_ITERATIONS
+from fewshot_gui.core.fewshot.taskfit import GEOMETRIES, TaskFit, fit_task
 
-# Measured on the Caltech-101 evaluation half (docs/quality.md): refinement helps at 1-shot
-# (+4 to +8 points) and is neutral to positive at 5-shot, also on unbalanced folders with 20%
-# images of no class, so the labeling job refines by default.
+# Measured on Caltech-101, GTSRB and Omniglot (docs/quality.md): refinement helps at 1-shot and is
+# within half a point of inductive ProtoNet at 5-shot on the realistic folder protocol, so the
+# labeling job refines by default.
 DEFAULT_REFINE = True
 
 
 def _features(x: Any, what: str) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
+    """``x`` as a float array (float32 stays float32: a folder's embeddings are never copied)."""
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
     if x.ndim != 2:
         raise DataError(f"{what} must be a 2-D array of embeddings (N, D); got shape {x.shape}")
     return x
 
 
 class TransductiveProtoNet(FewShotMethod):
-    """ProtoNet + robust soft k-means refinement + calibrated scale.
+    """ProtoNet + confidence-weighted soft k-means refinement + per-task calibrated scale.
 
-    Options: ``refine`` (bool, default True), ``iterations``, ``beta``, ``support_weight``,
-    ``distractor`` (float or None), ``gamma``, ``calibration`` (a :class:`Calibration` for the
-    backbone the embeddings come from; None = no fitted table: a leave-one-out fit on the support
-    or the uncalibrated default), ``scale`` (a fixed scale; None = from ``calibration``).
+    Options: ``refine`` (bool, default True), ``iterations``, ``gamma``, ``beta`` (a fixed
+    responsibilities' scale; None = calibrated), ``calibration`` (the cross-domain constants of
+    the scale estimate; None = :class:`Calibration`'s defaults), ``scale`` (a fixed probability
+    scale; None = estimated per task), ``normalize`` (the space: ``"center_l2"``, ``"l2"`` or
+    ``"none"``, as ProtoNet's option of that name).
     """
 
     name = "protonet-transductive"
     input_kind = "features"
 
-    def __init__(self, refine: bool = True, iterations: int = DEFAULT_ITERATIONS, beta: float = DEFAULT_BETA,
-                 support_weight: float = DEFAULT_SUPPORT_WEIGHT, distractor: float | None = DEFAULT_DISTRACTOR,
+    def __init__(self, refine: bool = True, iterations: int = DEFAULT_ITERATIONS, beta: float | None = None,
                  gamma: float = DEFAULT_GAMMA, calibration: Calibration | None = None,
-                 scale: float | None = None, **options: Any) -> None:
+                 scale: float | None = None, normalize: str = "center_l2", **options: Any) -> None:
         if options:
             raise ConfigError(f"unknown protonet-transductive option(s) {', '.join(sorted(options))}; "
                               "see fewshot_gui.core.fewshot.transductive.TransductiveProtoNet")
-        super().__init__(refine=refine, iterations=iterations, beta=beta, support_weight=support_weight,
-                         distractor=distractor, gamma=gamma, calibration=calibration, scale=scale)
+        if normalize not in GEOMETRIES:
+            raise DataError(f"unknown normalize {normalize!r}; choose one of {', '.join(GEOMETRIES)}")
+        super().__init__(refine=refine, iterations=iterations, beta=beta, gamma=gamma, calibration=calibration,
+                         scale=scale, normalize=normalize)
         self.refine = bool(refine)
         self.iterations = int(iterations)
-        self.beta = float(beta)
-        self.support_weight = float(support_weight)
-        self.distractor = None if distractor is None else float(distractor)
+        self.beta = None if beta is None else float(beta)
         self.gamma = float(gamma)
         self.calibration = calibration if calibration is not None else Calibration()
+        self.normalize = normalize
         self.fixed_scale = None if scale is None else float(scale)
-        if self.fixed_scale is not None and not (np.isfinite(self.fixed_scale) and self.fixed_scale > 0):
-            raise DataError(f"scale must be a positive number; got {scale}")
+        for what, v in (("scale", self.fixed_scale), ("beta", self.beta)):
+            if v is not None and not (np.isfinite(v) and v > 0):
+                raise DataError(f"{what} must be a positive number; got {v}")
         self._support: np.ndarray | None = None
         self._labels: np.ndarray | None = None
         self._query_set: np.ndarray | None = None
-        self.refined: Refined | None = None
-        self.prototypes: np.ndarray | None = None
-        self.centre: np.ndarray | None = None
-        self.scale: float = 0.0         # set by fit()
-        self.scale_source = ""          # "given", "fitted", "leave-one-out" or "default"
+        self._query_weights: np.ndarray | None = None
+        self.task: TaskFit | None = None
 
     @property
     def mode(self) -> str:
         return "transductive" if self.refine else "inductive"
+
+    @property
+    def scale(self) -> float:
+        """The probability scale of the fitted task (0 before a query set is known)."""
+        return self.task.scale if self.task is not None else 0.0
+
+    @property
+    def prototypes(self) -> np.ndarray | None:
+        """(C, D) prototypes of the fitted task in its space (None before a query set is known)."""
+        return None if self.task is None else self.task.prototypes
+
+    @property
+    def centre(self) -> np.ndarray | None:
+        """The centre of the fitted task's ``"center_l2"`` space (in the L2-normalised space; None
+        for the other spaces or before a query set is known)."""
+        return None if self.task is None else self.task.centre
 
     def fit(self, support: np.ndarray, labels: np.ndarray, n_classes: int) -> "TransductiveProtoNet":
         s = _features(support, "support")
@@ -97,21 +116,20 @@ class TransductiveProtoNet(FewShotMethod):
         self.check_support(s, y, n_classes)
         self.n_classes = int(n_classes)
         self._support, self._labels = s, y
-        if self.fixed_scale is not None:
-            self.scale, self.scale_source = self.fixed_scale, "given"
-        else:
-            self.scale, self.scale_source = self.calibration.scale(self.mode, s, y, self.n_classes)
-        self.prototypes = None
+        self.task = None
         return self
 
-    def set_query_set(self, query: np.ndarray | None) -> "TransductiveProtoNet":
-        """All query embeddings of the folder (rows with NaN are ignored); None forgets them."""
+    def set_query_set(self, query: np.ndarray | None, weights: np.ndarray | None = None) -> "TransductiveProtoNet":
+        """All query embeddings of the folder (rows with NaN are ignored); None forgets them.
+        ``weights``: (Q,) how much each query may pull in the refinement (0 = not at all)."""
         if query is None:
-            self._query_set = None
+            self._query_set, self._query_weights = None, None
         else:
             q = _features(query, "query")
-            self._query_set = q[np.all(np.isfinite(q), axis=1)] if len(q) else q
-        self.prototypes = None
+            ok = finite_rows(q) if len(q) else np.zeros(0, bool)
+            self._query_set = q if ok.all() else q[ok]
+            self._query_weights = None if weights is None else np.asarray(weights, np.float64)[ok]
+        self.task = None
         return self
 
     # the name ProtoNet and the episode runner use for whole-folder statistics
@@ -121,30 +139,25 @@ class TransductiveProtoNet(FewShotMethod):
         if self._support is None:
             raise DataError("method is not fitted: call fit(support, labels, n_classes) first")
         qset = self._query_set if self._query_set is not None else batch
-        if not self.refine:
-            zs, _, self.centre = centre_normalise(self._support, None, "support")
-            self.prototypes = prototypes(zs, self._labels, self.n_classes)
-            self.refined = None
-            return
-        zs, zq, self.centre = centre_normalise(self._support, qset, "all")
-        self.refined = refine_prototypes(zs, self._labels, zq, self.n_classes, iterations=self.iterations,
-                                         beta=self.beta, support_weight=self.support_weight,
-                                         distractor=self.distractor, gamma=self.gamma, normalised=True)
-        self.prototypes = self.refined.prototypes
+        weights = self._query_weights if self._query_set is not None else None
+        self.task = fit_task(self._support, self._labels, qset, self.n_classes, self.calibration,
+                             geometry=self.normalize, refine=self.refine, iterations=self.iterations,
+                             gamma=self.gamma, beta=self.beta, query_weights=weights, scale=self.fixed_scale)
 
     def scores(self, query: np.ndarray) -> np.ndarray:
         q = _features(query, "query")
         if self._support is not None and len(q) and q.shape[1] != self._support.shape[1]:
             raise DataError(f"query embeddings have {q.shape[1]} dims but the support had "
                             f"{self._support.shape[1]}; use the same backbone for support and query")
-        if not np.all(np.isfinite(q)):
+        if not finite_rows(q).all():
             raise DataError("query has non-finite rows; drop images that failed to load first")
-        if self.prototypes is None or self._query_set is None:
+        if self.task is None or self._query_set is None:
             self._build(q)
-        return sq_distance_scores(apply_centre(q, self.centre), self.prototypes)
+        return self.task.scores(q)
 
     def logits(self, query: np.ndarray) -> np.ndarray:
-        return self.scale * self.scores(query)
+        s = self.scores(query)  # builds the task (and its scale) when needed
+        return self.scale * s
 
     def predict_proba(self, query: np.ndarray) -> np.ndarray:
         if len(query) == 0:
@@ -159,18 +172,44 @@ def refinable(method: Any) -> bool:
             and str(getattr(method, "name", "")).startswith("protonet"))
 
 
+def geometry_of(method: Any) -> str:
+    """The space a ProtoNet-style method scores in (its ``normalize`` option; ``"center_l2"``
+    when it has none)."""
+    g = getattr(method, "normalize", "center_l2")
+    return g if g in GEOMETRIES else "center_l2"
+
+
 def transductive_probs(support: np.ndarray, labels: np.ndarray, query: np.ndarray, n_classes: int,
-                       calibration: Calibration, refine: bool = DEFAULT_REFINE) -> np.ndarray:
+                       calibration: Calibration, refine: bool = DEFAULT_REFINE, geometry: str = "center_l2",
+                       query_weights: np.ndarray | None = None) -> np.ndarray:
     """Whole-folder probabilities (Q, C) from ``protonet-transductive`` with ``calibration``:
-    prototypes refined on the folder (``refine``) or inductive ProtoNet with the calibrated scale.
+    prototypes refined on the folder (``refine``) or inductive ProtoNet, with the per-task scale,
+    in ``geometry``'s space.
 
     ``query``: all query embeddings; rows with NaN (failed images) get NaN probabilities.
+    ``query_weights``: (Q,) pull of each query in the refinement (e.g. 0 for images flagged unknown).
     """
-    q = np.asarray(query, dtype=np.float64)
-    ok = np.all(np.isfinite(q), axis=1)
+    return transductive_fit(support, labels, query, n_classes, calibration, refine, geometry, query_weights)[0]
+
+
+def transductive_fit(support: np.ndarray, labels: np.ndarray, query: np.ndarray, n_classes: int,
+                     calibration: Calibration, refine: bool = DEFAULT_REFINE, geometry: str = "center_l2",
+                     query_weights: np.ndarray | None = None) -> tuple[np.ndarray, TaskFit | None]:
+    """:func:`transductive_probs` and the fitted :class:`TaskFit` (None when no row is usable).
+    Memory: besides the (Q, C) results, one array the size of the usable rows of ``query``."""
+    q = _features(query, "query")
+    ok = finite_rows(q)
     out = np.full((len(q), n_classes), np.nan)
-    m = TransductiveProtoNet(refine=refine, calibration=calibration).fit(support, labels, n_classes)
-    m.set_query_set(q[ok])
-    if ok.any():
-        out[ok] = m.predict_proba(q[ok])
-    return out
+    m = TransductiveProtoNet(refine=refine, calibration=calibration, normalize=geometry).fit(support, labels, n_classes)
+    if not ok.any():
+        return out, None
+    rows = None if ok.all() else ok  # failed rows are skipped in place: no copy of the folder
+    w = None if query_weights is None or rows is None else np.asarray(query_weights, np.float64)[ok]
+    task = fit_task(m._support, m._labels, q, n_classes, calibration, geometry=geometry, refine=refine,
+                    query_weights=query_weights if rows is None else w, rows=rows)
+    if task.query_scores is not None:
+        out[ok] = softmax(task.scale * task.query_scores)
+    else:
+        sc = task.scores(q)  # NaN rows give NaN scores
+        out[ok] = softmax(task.scale * sc[ok])
+    return out, task

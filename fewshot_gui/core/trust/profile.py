@@ -1,30 +1,53 @@
-"""The fitted numbers that make one backbone's scores trustworthy, chosen once per labeling run.
+"""The fitted numbers behind the trust results, chosen once per labeling run.
 
 A :class:`TrustProfile` carries
 
-* ``calibration``: the probability scale of ProtoNet-style methods
-  (:class:`fewshot_gui.core.fewshot.calibration.Calibration`), used by the transductive step;
-* ``shot_cosines``: :math:`t(n)`, the cosine to its class prototype below which a query of an
-  :math:`n`-shot class is unusual, used by the "unknown" score and the outlier check of the
-  support diagnostics.
+* ``calibration``: the cross-domain constants of the per-task probability scale
+  (:class:`fewshot_gui.core.fewshot.calibration.Calibration`);
+* ``false_flag_rate``: the default share of images of known classes flagged "unknown";
+  ``graph_k`` and ``known_share``: the unknown score's graph size and, for classes with one
+  example, the share of a class's refined members taken as its known images
+  (:mod:`fewshot_gui.core.trust.unknown`);
+* ``shot_cosines``: :math:`t(n)`, the cosine to its class prototype below which an example of an
+  :math:`n`-shot class is unusual, used by the outlier check of the support diagnostics.
 
-Pick it from the backbone that computes the embeddings (for a model file, the backbone the file
-builds): ``TrustProfile.for_backbone(backbone.name)``. A backbone without fitted tables gets the
-generic values.
+Every fitted constant is in :data:`FITTED`, fitted across several domains, so it does not depend
+on the backbone; ``TrustProfile.for_backbone(name)`` keeps the backbone's name (and its
+diagnostics table). :func:`fit_trust_profile` refits the constants on labelled tasks of the
+domains it is given: ``bench/quality.py`` uses it to measure each domain with constants fitted
+on the *other* domains.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
 
 import numpy as np
 
 from fewshot_gui.core.fewshot.calibration import Calibration
+from fewshot_gui.core.trust.fitting import fit_constants
+from fewshot_gui.core.trust.unknown import DEFAULT_FALSE_FLAG_RATE
 
 ShotTable = tuple[tuple[int, float], ...]
 
-# t(n): cosine keeping ~97% of correctly labeled known queries of an n-shot class, fitted on the
-# Caltech-101 base half (5-way, 15 queries + 5 unseen classes); bench/quality.py --fit prints them.
+# The shipped constants, fitted by fit_trust_profile on labelled tasks (5- and 20-way, 1/2/3/5/10-shot,
+# 20 tasks per way, shot and domain; 20-way half as many) of Caltech-101 (base half), GTSRB,
+# Omniglot on Lite0 features and Omniglot on the bundled Conv-4 model:
+#     FEWSHOT_QUALITY_CACHE=... .venv/bin/python bench/quality.py --fit-on all --print-profile --fit-episodes 20
+# Figures are measured with constants refitted without the measured domain (docs/quality.md).
+FITTED: dict[str, Any] = {
+    "support_prior": ((1, 0.457, -0.25), (2, 0.505, -0.25), (3, 0.7255, -0.5), (5, 0.8113, -0.5), (10, 0.8331, -0.5)),
+    "refined_prior": ((1, 0.2648, -0.25), (2, 0.3596, -0.25), (3, 0.4435, -0.25), (5, 0.805, -0.5), (10, 0.85, -0.5)),
+    "prior_sd": 0.5,
+    "evidence_gain": ((1, 1.0), (2, 1.2), (3, 1.1), (5, 1.0), (10, 1.0)),
+    "known_share": 0.6,
+    "fitted_on": "caltech, gtsrb, omniglot-conv4, omniglot-lite0",
+}
+DEFAULT_GRAPH_K = 7
+
+# t(n) for the support diagnostics: cosine keeping ~97% of correctly labeled known queries of an
+# n-shot class, fitted on the Caltech-101 base half (5-way, 15 queries + 5 unseen classes).
 SHOT_COSINE_THRESHOLDS: dict[str, ShotTable] = {
     "efficientnet-lite0": ((1, 0.072), (2, 0.120), (3, 0.147), (5, 0.175), (10, 0.195)),
 }
@@ -32,20 +55,41 @@ SHOT_COSINE_THRESHOLDS: dict[str, ShotTable] = {
 GENERIC_SHOT_COSINE_THRESHOLDS: ShotTable = ((1, 0.06), (5, 0.14), (10, 0.16))
 
 
+def _calibration(table: dict[str, Any]) -> Calibration:
+    return Calibration(tuple(tuple(r) for r in table["support_prior"]), tuple(tuple(r) for r in table["refined_prior"]),
+                       float(table["prior_sd"]), tuple(tuple(r) for r in table.get("evidence_gain", ((1, 1.0),))))
+
+
 @dataclass(frozen=True)
 class TrustProfile:
-    """Calibration and unknown thresholds for the embeddings of one backbone."""
+    """The constants of the trust results for the embeddings of one backbone."""
 
     backbone: str
-    calibration: Calibration
-    shot_cosines: ShotTable
+    calibration: Calibration = field(default_factory=lambda: _calibration(FITTED))
+    shot_cosines: ShotTable = GENERIC_SHOT_COSINE_THRESHOLDS
+    false_flag_rate: float = DEFAULT_FALSE_FLAG_RATE
+    known_share: float = float(FITTED["known_share"])
+    graph_k: int = DEFAULT_GRAPH_K
+    fitted_on: str = str(FITTED["fitted_on"])
 
     @classmethod
     def for_backbone(cls, name: str | None) -> "TrustProfile":
-        """The fitted tables of backbone ``name``; generic ones for a name without tables (or None)."""
+        """The shipped constants, for embeddings of backbone ``name`` (None: unnamed)."""
+        return cls.from_table(name, FITTED)
+
+    @classmethod
+    def from_table(cls, name: str | None, table: dict[str, Any]) -> "TrustProfile":
+        """The constants of ``table`` (shaped like :data:`FITTED`) for backbone ``name``."""
         key = name or ""
-        return cls(key, Calibration.for_backbone(key),
-                   SHOT_COSINE_THRESHOLDS.get(key, GENERIC_SHOT_COSINE_THRESHOLDS))
+        return cls(key, _calibration(table), SHOT_COSINE_THRESHOLDS.get(key, GENERIC_SHOT_COSINE_THRESHOLDS),
+                   known_share=float(table["known_share"]), fitted_on=str(table["fitted_on"]))
+
+    def with_rate(self, false_flag_rate: float) -> "TrustProfile":
+        """The same profile with another default false-flag rate (0 < rate < 1)."""
+        rate = float(false_flag_rate)
+        if not 0.0 < rate < 1.0:
+            raise ValueError(f"the false-flag rate must lie between 0 and 1; got {false_flag_rate}")
+        return replace(self, false_flag_rate=rate)
 
     def shot_threshold(self, n_shot: np.ndarray | int) -> np.ndarray:
         """:math:`t(n)` for each shot count (log-linear interpolation, clamped at the table ends)."""
@@ -53,3 +97,13 @@ class TrustProfile:
         ys = np.array([t[1] for t in self.shot_cosines], dtype=np.float64)
         n = np.maximum(np.asarray(n_shot, dtype=np.float64), 1.0)
         return np.interp(np.log(n), xs, ys)
+
+
+def fit_trust_profile(tasks: Sequence[Any], backbone: str) -> TrustProfile:
+    """Constants refitted on labelled tasks of some domains (:func:`fewshot_gui.core.trust.fitting.fit_constants`).
+
+    ``tasks``: objects with ``support``, ``support_labels``, ``query``, ``query_labels`` (-1 for
+    images of no class of the task), ``n_classes`` and ``domain``
+    (``bench/trustbench/fitting.FitTask``); ``backbone``: the name the profile carries.
+    """
+    return TrustProfile.from_table(backbone, fit_constants(tasks))

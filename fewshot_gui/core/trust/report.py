@@ -2,10 +2,11 @@
 
 :func:`assess_folder` returns a :class:`Trust` for a folder of embeddings:
 
-- ``probs``: the final probabilities: refined with the unlabeled images (transductive ProtoNet,
-  :func:`fewshot_gui.core.fewshot.transductive.transductive_probs`) for a ProtoNet-style method
+- ``probs``: the final probabilities: refined with the unlabeled images, in the method's own space
+  and with the folder's own calibrated scale (transductive ProtoNet,
+  :func:`fewshot_gui.core.fewshot.transductive.transductive_fit`) for a ProtoNet-style method
   unless refinement is off, else the method's own (given, or fitted and predicted here);
-- ``unknown``: the "fits no class" scores and flags (:mod:`.unknown`);
+- ``unknown``: the "fits no class" scores and flags at the chosen false-flag rate (:mod:`.unknown`);
 - ``review_rank``: the review order (:mod:`.review`);
 - ``diagnostics`` and ``notes``: the support diagnostics (:mod:`.diagnostics`) and one line per
   class for its card.
@@ -24,13 +25,14 @@ from typing import Any, Collection, Sequence
 import numpy as np
 
 from fewshot_gui.core.fewshot.base import predict_folder
-from fewshot_gui.core.fewshot.transductive import DEFAULT_REFINE, refinable, transductive_probs
+from fewshot_gui.core.fewshot.features import finite_rows
+from fewshot_gui.core.fewshot.taskfit import TaskFit
+from fewshot_gui.core.fewshot.transductive import DEFAULT_REFINE, geometry_of, refinable, transductive_fit
 from fewshot_gui.core.trust.diagnostics import SupportDiagnostics, diagnose_support
 from fewshot_gui.core.trust.profile import TrustProfile
 from fewshot_gui.core.trust.review import review_rank
 from fewshot_gui.core.trust.unknown import DEFAULT_UNKNOWN_THRESHOLD, UnknownScores, unknown_scores
 
-MAX_DENSITY_ROWS = 20000  # the review order's density term is O(N^2): skip it beyond this
 UNKNOWN_SCORE_DECIMALS = 4
 
 
@@ -41,6 +43,7 @@ class Trust:
     probs: np.ndarray                         # (N, C) final probabilities; NaN rows for failed images
     profile: TrustProfile                     # the backbone's fitted numbers used (reuse it after a correction)
     refined: bool = False                     # probs come from transductive refinement
+    task: TaskFit | None = None               # the refined classifier (scale, prototypes), when refined
     unknown: UnknownScores | None = None
     review_rank: np.ndarray | None = None     # (N,) 1 = review first, 0 = failed
     diagnostics: SupportDiagnostics | None = None
@@ -54,7 +57,8 @@ class Trust:
 def assess_folder(method: Any, support: np.ndarray, labels: np.ndarray, query: np.ndarray,
                   classes: Sequence[str], profile: TrustProfile, *, probs: np.ndarray | None = None,
                   refine: bool | None = None, support_paths: Sequence[str | Path] | None = None,
-                  unknown_threshold: float | None = None, diagnostics: bool = True) -> Trust:
+                  unknown_threshold: float | None = None, false_flag_rate: float | None = None,
+                  diagnostics: bool = True, unknown: bool = True) -> Trust:
     """Trust results for a folder: final probabilities, unknown scores, review ranks, diagnostics.
 
     ``support``/``labels``: the support embeddings (confirmed images included) and their class
@@ -62,8 +66,11 @@ def assess_folder(method: Any, support: np.ndarray, labels: np.ndarray, query: n
     images). ``probs``: the method's own (N, C) probabilities when already computed (the labeling
     job streams them); None = fit ``method`` and predict here when they are needed (float32).
     ``refine``: None = the default (:data:`~fewshot_gui.core.fewshot.transductive.DEFAULT_REFINE`),
-    False = keep the method's probabilities. ``unknown_threshold``: the default threshold of the
-    unknown flags (None = :data:`~fewshot_gui.core.trust.unknown.DEFAULT_UNKNOWN_THRESHOLD`).
+    False = keep the method's probabilities. ``false_flag_rate``: the share of images of known
+    classes the unknown flags may take (None = the profile's, 5%); ``unknown_threshold``: a score
+    threshold for the flags instead (None = :data:`~fewshot_gui.core.trust.unknown.DEFAULT_UNKNOWN_THRESHOLD`,
+    the rate's threshold; larger = fewer unknowns). ``unknown=False``: no unknown scores
+    (``Trust.unknown`` stays None), e.g. where only the probabilities are wanted.
     """
     s = np.asarray(support)
     y = np.asarray(labels, dtype=int)
@@ -73,33 +80,38 @@ def assess_folder(method: Any, support: np.ndarray, labels: np.ndarray, query: n
     if probs is None and not refining:
         probs = predict_folder(method, s, y, n_classes, q)
     final = np.full((len(q), n_classes), np.nan, np.float32) if probs is None else np.array(probs, copy=True)
-    ok = np.all(np.isfinite(q), axis=1) & (True if probs is None else np.all(np.isfinite(final), axis=1))
+    ok = finite_rows(q) & (True if probs is None else np.all(np.isfinite(final), axis=1))
     trust = Trust(final, profile)
+    mass = None
     if refining and ok.any():
-        final[ok] = transductive_probs(s, y, q[ok], n_classes, profile.calibration,
-                                       refine=DEFAULT_REFINE if refine is None else bool(refine))
+        p, trust.task = transductive_fit(s, y, q, n_classes, profile.calibration,
+                                         refine=DEFAULT_REFINE if refine is None else bool(refine),
+                                         geometry=geometry_of(method))  # failed rows skipped in place
+        final[ok] = p[ok]
+        del p
         trust.refined = True
+        if trust.task is not None and trust.task.refined is not None:
+            mass = trust.task.refined.responsibilities.sum(0)
     if diagnostics:
         trust.diagnostics = diagnose_support(
             s, y, n_classes, profile, class_names=list(classes),
             paths=None if support_paths is None else [str(p) for p in support_paths])
         trust.notes = class_notes(trust.diagnostics)
+    if not unknown:
+        trust.review_rank = folder_review_rank(final, q)
+        return trust
     threshold = DEFAULT_UNKNOWN_THRESHOLD if unknown_threshold is None else float(unknown_threshold)
-    trust.unknown = unknown_scores(s, y, q, n_classes, profile, threshold=threshold)
+    trust.unknown = unknown_scores(s, y, q, n_classes, profile, threshold=threshold, false_flag_rate=false_flag_rate,
+                                   class_mass=mass)
     trust.review_rank = folder_review_rank(final, q)
     return trust
 
 
 def folder_review_rank(probs: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """(N,) review ranks of the rows with probabilities (1 = first); failed rows get 0. The density
-    term uses the embeddings up to :data:`MAX_DENSITY_ROWS` rows."""
-    ok = ~np.isnan(probs).any(axis=1)
-    rank = np.zeros(len(probs), int)
-    if ok.sum() > 1:
-        rank[ok] = review_rank(probs[ok], query[ok] if ok.sum() <= MAX_DENSITY_ROWS else None)
-    elif ok.sum() == 1:
-        rank[ok] = 1
-    return rank
+    """(N,) review ranks (1 = first); rows with non-finite probabilities or embeddings (failed
+    images) get 0 (:func:`~fewshot_gui.core.trust.review.review_rank` reads the whole folder in
+    chunks and leaves them out itself)."""
+    return review_rank(probs, query)
 
 
 def trust_columns(trust: Trust, errors: Collection[int], unknown_threshold: float | None = None) -> dict[str, list]:
