@@ -1,54 +1,118 @@
-r"""An "unknown" bucket: a query that belongs to no support class is not forced into the nearest one.
+r"""An "unknown" flag: a query that belongs to no support class is not forced into the nearest one.
 
 Score
 -----
-In ProtoNet's normalised space (centre = mean of support *and* query embeddings, then L2), let
-:math:`\hat p_k` be the L2-renormalised support prototype of class :math:`k` and
-:math:`k^* = \arg\max_k \cos(z_q, \hat p_k)` the nearest class. The *unknown score* is
+Images of a class that has no example tend to come in groups, and each of them sits nearer its own
+group than any class's examples; images of a known class are reached from that class's examples
+through their neighbours. So the score looks at the whole folder, not at one distance:
 
-.. math::  u(q) = t(n_{k^*}) - \cos(z_q, \hat p_{k^*})
+1. A k-nearest-neighbour graph over the support and query images (``graph_k`` neighbours, cosine
+   weights clipped at 0, made symmetric) in ProtoNet's normalised space (centre = mean of support
+   and query embeddings, then L2).
+2. Label propagation (Zhou et al., 2004), :math:`F \leftarrow \alpha\, D^{-1/2} W D^{-1/2} F +
+   (1 - \alpha) Y` (:data:`ALPHA`), of :math:`C + 1` seed columns: class :math:`k` puts mass
+   :math:`1/n_k` on each of its :math:`n_k` examples (so :math:`F_{qk}` is the mean affinity of
+   image :math:`q` to the examples of class :math:`k`), and a *background* column puts
+   :math:`1/N` on every image (:math:`B_q`: how well connected :math:`q` is to the folder at large).
+3. The nonconformity of an image is :math:`a(q) = \log B_q - \log \sum_k F_{qk}`: high when the
+   image's neighbourhood is reached from the folder but not from any class's examples -- a group
+   of images that no class explains. Dividing by :math:`B_q` removes what only reflects the
+   density of the image's neighbourhood (hubs get mass from everything).
 
-where :math:`t(n)` is the cosine below which a query of an :math:`n`-shot class is unusual: it
-keeps ~97% of the correctly labeled known images (fitted per backbone on the Caltech-101 base
-half, interpolated in :math:`\log n`; :class:`fewshot_gui.core.trust.profile.TrustProfile`, see
-``docs/quality.md``). Subtracting :math:`t(n)` puts
-classes with 1 and 10 examples on one scale, so a single threshold works for all of them.
+Threshold: a false-flag rate, not a raw score
+---------------------------------------------
+The person chooses the share of images *of known classes* that may be flagged
+(``false_flag_rate``, default :data:`DEFAULT_FALSE_FLAG_RATE` = 5%). The threshold
+:math:`\tau` is a :math:`(1 - \text{rate})` quantile of *reference* nonconformity scores of
+images whose class is known (split-conformal calibration):
 
-A query is **unknown** when :math:`u(q) > \theta`; the default :math:`\theta = 0`
-(``DEFAULT_UNKNOWN_THRESHOLD``). Larger :math:`\theta` = fewer unknowns. The best guess
-(:math:`k^*`, or the method's own label) is always kept next to the flag.
+* **leave-one-out examples** (classes with at least two examples): an example with its own seed
+  removed (exact for the linear propagation) is scored against the other examples of its class
+  exactly as a query is against all of them (a mean affinity either way), so its score is
+  exchangeable with those of the class's queries. Each class's examples are weighted by the
+  number of queries the class is estimated to have (``class_mass``: the refinement's, else the
+  images nearest to it) divided by its number of examples, so the reference mixes the classes as
+  the folder does (a class with 50 images weighs ten times one with 5): the weighted conformal
+  quantile of Tibshirani et al. (2019) for a shift in the class proportions.
+* **the refined classes' members** (classes with one example, where nothing can be left out):
+  for class :math:`k`, the :math:`\hat n_k` queries most connected to it, :math:`\hat n_k` being
+  its estimated query count times a share fitted across domains (``known_share``). This is an
+  estimate, not a guarantee: when at least half the classes have one example, the threshold is
+  also kept at or above the :math:`(1 - \text{rate})` quantile of all the folder's scores, so
+  that at most ``rate`` of the folder is flagged.
 
-Support prototypes (not the transductively refined ones) are used on purpose: refinement pulls
-prototypes towards nearby unknown images and makes them harder to separate (measured).
+The score shown (CSV ``unknown_score``) is :math:`u(q) = a(q) - \tau`: positive = flagged at the
+chosen rate, so the flag is ``u > 0``; a *score threshold* :math:`\theta` (``fewshot label
+--unknown-threshold``, the app's slider) flags ``u > θ``: larger = fewer unknowns, 0 = the
+calibrated rate. :meth:`UnknownScores.threshold_for_rate` turns another rate into a threshold.
+
+Guarantee and its limits: for images exchangeable with the examples, the expected share of known
+images flagged is at most the rate (and, with the interpolated quantile, close to it), on average
+over tasks. It does not hold for one folder: with :math:`m` reference scores the realised rate
+varies around the target (a Beta distribution: with 5 classes of 5 examples, :math:`m = 25`,
+its standard deviation is about 4 points), and the quantile cannot resolve rates much below
+:math:`1/(m+1)`. Examples chosen because they are typical (the clearest photo of each class)
+are not exchangeable with the folder: they make the threshold too strict and more known images
+are flagged. With one example per class there is no guarantee at all, only the estimate above.
+``docs/quality.md`` measures the realised rates per domain.
+
+Size: up to :data:`MAX_GRAPH_ROWS` images (support + folder) the graph costs :math:`O(N^2 D)`
+time; its neighbour search normalises rows a chunk at a time and compares them in float32 blocks
+(:data:`SIM_BLOCK`), so memory beyond the input is :math:`O(N k)` plus the left-out propagation,
+:math:`O(N \cdot` :data:`MAX_LEFT_OUT` :math:`)` (about 50 MiB at N = 5000). Larger folders use the
+cosine to the nearest prototype instead (same thresholding), from row norms and one (N, C+1)
+float32 product per chunk: :math:`O(N C)` memory beyond the (N, D) input, which is never copied.
 
 API
 ---
-* :func:`unknown_scores(support, labels, query, n_classes, profile)` -> :class:`UnknownScores`
+* :func:`unknown_scores(support, labels, query, n_classes, profile, ...)` -> :class:`UnknownScores`
 * :class:`UnknownScores`: ``.scores`` (Q,), ``.nearest`` (Q,), ``.mask(threshold)``,
-  ``.count(threshold)`` (O(log Q), for a live slider), ``.threshold_for_count(n)``.
-* :func:`auroc` (known-vs-unknown separation).
+  ``.count(threshold)`` (O(log Q), for a live slider), ``.threshold_for_count(n)``,
+  ``.threshold_for_rate(rate)``, ``.false_flag_rate``.
+* :func:`conformal_threshold` (the weighted conformal quantile), :func:`auroc` (known-vs-unknown
+  separation).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator, Protocol
 
 import numpy as np
 
 from fewshot_gui.core.errors import DataError
-from fewshot_gui.core.fewshot.features import centre_normalise, prototypes
-from fewshot_gui.core.trust.profile import TrustProfile
 
-DEFAULT_UNKNOWN_THRESHOLD = 0.0
+DEFAULT_FALSE_FLAG_RATE = 0.05
+DEFAULT_UNKNOWN_THRESHOLD = 0.0  # u > 0: flagged at the chosen false-flag rate
+GRAPH_K = 7
+ALPHA = 0.8
+PROPAGATION_STEPS = 20
+MAX_GRAPH_ROWS = 5000       # above: the cosine to the nearest prototype (the graph is O(N^2 D))
+MAX_LEFT_OUT = 200          # leave-one-out reference: at most this many examples (evenly spread)
+CHUNK_ROWS = 8192           # rows per float32 chunk of the large-folder path
+SIM_BLOCK = 1 << 21         # similarities per block of the neighbour search (8 MiB of float32)
+TINY = 1e-12
+
+
+class UnknownSettings(Protocol):
+    """What the score reads from a :class:`~fewshot_gui.core.trust.profile.TrustProfile`."""
+
+    false_flag_rate: float
+    graph_k: int
+    known_share: float
+
 
 @dataclass
 class UnknownScores:
     """Unknown scores of a query set; cheap thresholding for sliders and CLI flags."""
 
-    scores: np.ndarray    # (Q,) higher = more likely unknown; NaN for failed rows
+    scores: np.ndarray    # (Q,) higher = more likely unknown, > 0: flagged at the rate; NaN for failed rows
     nearest: np.ndarray   # (Q,) index of the nearest class (best guess), -1 for failed rows
-    similarity: np.ndarray  # (Q,) cosine to the nearest prototype
+    similarity: np.ndarray  # (Q,) cosine to the nearest support prototype
     default_threshold: float = DEFAULT_UNKNOWN_THRESHOLD
+    reference: np.ndarray = field(default_factory=lambda: np.zeros(0))  # known images' scores (same units)
+    false_flag_rate: float = DEFAULT_FALSE_FLAG_RATE
+    weights: np.ndarray | None = None  # (len(reference),) conformal weights; None = equal
     _sorted: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -74,6 +138,11 @@ class UnknownScores:
         n = min(int(n), len(s))
         return float(np.nextafter(s[len(s) - n], -np.inf))
 
+    def threshold_for_rate(self, rate: float) -> float:
+        """The score threshold that flags about ``rate`` of the images of known classes (from the
+        reference scores; the default threshold when there are none)."""
+        return conformal_threshold(self.reference, rate, default=self.default_threshold, weights=self.weights)
+
     def range(self) -> tuple[float, float]:
         """(min, max) of the finite scores, for a slider's range."""
         if len(self._sorted) == 0:
@@ -81,32 +150,299 @@ class UnknownScores:
         return float(self._sorted[0]), float(self._sorted[-1])
 
 
+def conformal_threshold(reference: np.ndarray, rate: float, default: float = 0.0,
+                        weights: np.ndarray | None = None) -> float:
+    """The (weighted) conformal :math:`(1 - rate)` quantile of ``reference`` nonconformity scores.
+
+    Order statistic :math:`r_{(j)}` stands at level :math:`W_j / (W + \\bar w)` (:math:`W_j`: the
+    weights of the :math:`j` smallest scores, :math:`W`: all of them, :math:`\\bar w`: the new
+    image's weight, taken as the mean); with equal weights that is :math:`j / (m + 1)`, the
+    split-conformal rank :math:`\\lceil (1 - rate)(m + 1) \\rceil`. The level :math:`1 - rate` is
+    interpolated linearly between order statistics (so a rate finer than :math:`1/(m+1)` still
+    moves the threshold); above the largest score it extrapolates with the spacing of the top
+    scores."""
+    r = np.asarray(reference, dtype=np.float64)
+    w = np.ones(len(r)) if weights is None else np.asarray(weights, dtype=np.float64)
+    keep = np.isfinite(r) & np.isfinite(w) & (w > 0)
+    r, w = r[keep], w[keep]
+    m = len(r)
+    if m == 0:
+        return float(default)
+    if m == 1:
+        return float(r[0])
+    order = np.argsort(r, kind="mergesort")
+    r, w = r[order], w[order]
+    w = w / w.mean()
+    w_new = float((w * w).sum() / w.sum())      # a new image's expected weight (drawn as the weights say)
+    level = np.cumsum(w) / (m + w_new)          # level of each order statistic
+    target = 1.0 - float(np.clip(rate, 0.0, 1.0))
+    if target <= level[0]:
+        return float(r[0])
+    if target > level[-1]:
+        g = max(1, m // 10)
+        step = (r[-1] - r[m - 1 - g]) / g       # spacing of the top scores, per rank
+        return float(r[-1] + (target - level[-1]) * (m + w_new) * step)
+    j = int(np.searchsorted(level, target))     # level[j-1] < target <= level[j]
+    frac = (target - level[j - 1]) / max(level[j] - level[j - 1], TINY)
+    return float(r[j - 1] + frac * (r[j] - r[j - 1]))
+
+
+# ------------------------------------------------------------------------------------- space
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), TINY)
+
+
+def _chunks(n: int) -> Iterator[slice]:
+    for lo in range(0, n, CHUNK_ROWS):
+        yield slice(lo, min(n, lo + CHUNK_ROWS))
+
+
+class _Space:
+    r"""ProtoNet's normalised space (L2, minus the mean of support and query rows, L2), for a
+    query matrix that may be large. Its rows are never normalised as a whole: with
+    :math:`u = x/\lVert x \rVert` and centre :math:`c`, :math:`\cos(z, p) = (u \cdot p - c
+    \cdot p) / \sqrt{1 - 2\, u \cdot c + \lVert c \rVert^2}`, so row norms and one (N, C+1)
+    product, computed in float32 row chunks, give the cosines to the prototypes."""
+
+    def __init__(self, support: np.ndarray, query: np.ndarray):
+        self.query = query
+        s1 = _unit(np.asarray(support, dtype=np.float64))
+        sq = np.zeros(len(query))
+        for sl in _chunks(len(query)):
+            sq[sl] = np.einsum("ij,ij->i", query[sl], query[sl])
+        self.ok = np.isfinite(sq)                       # failed images: NaN rows
+        self.inv = np.where(self.ok, 1.0 / np.sqrt(np.maximum(np.where(self.ok, sq, 1.0), TINY)), 0.0)
+        self.rows = np.flatnonzero(self.ok)
+        total = s1.sum(0)
+        for sl in _chunks(len(query)):
+            x, w = query[sl], self.inv[sl]
+            if not self.ok[sl].all():
+                x, w = x[self.ok[sl]], w[self.ok[sl]]
+            total = total + (w.astype(x.dtype) @ x).astype(np.float64)
+        self.centre = total / (len(s1) + len(self.rows))
+        self.support = _unit(s1 - self.centre)
+
+    def cosines(self, protos: np.ndarray) -> np.ndarray:
+        """(len(rows), C) float32 cosines of the normalised good query rows to unit ``protos``."""
+        m = np.concatenate([protos, self.centre[None]]).T.astype(np.float32)
+        cp = (protos @ self.centre).astype(np.float32)
+        cc = float(self.centre @ self.centre)
+        out = np.zeros((len(self.query), len(protos)), np.float32)
+        for sl in _chunks(len(self.query)):
+            xm = np.asarray(self.query[sl], dtype=np.float32) @ m
+            w = self.inv[sl].astype(np.float32)[:, None]
+            den = np.sqrt(np.maximum(1.0 - 2.0 * xm[:, -1:] * w + cc, TINY)).astype(np.float32)
+            out[sl] = (xm[:, :-1] * w - cp) / den
+        return out[self.rows]
+
+    def query_norms(self) -> np.ndarray:
+        r"""(len(rows),) :math:`1 / \lVert u - c \rVert` of the good query rows."""
+        uc = np.zeros(len(self.query))
+        c32 = self.centre.astype(np.float32)
+        for sl in _chunks(len(self.query)):
+            uc[sl] = (np.asarray(self.query[sl], dtype=np.float32) @ c32) * self.inv[sl]
+        uc = uc[self.rows]
+        return 1.0 / np.sqrt(np.maximum(1.0 - 2.0 * uc + float(self.centre @ self.centre), TINY))
+
+    def neighbours(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(N, k) indices and cosines of each node's ``k`` most similar other nodes, nodes being the
+        support rows then the good query rows, in the normalised space. Rows are normalised a
+        chunk at a time and the similarities come in blocks of at most :data:`SIM_BLOCK` entries
+        (float32): memory O(N k) beyond the input."""
+        zs = self.support.astype(np.float32)
+        n_s, rows = len(zs), self.rows
+        n = n_s + len(rows)
+        k = max(0, min(int(k), n - 1))
+        nq = self.query_norms().astype(np.float32)
+        scale_q = (self.inv[rows] * nq).astype(np.float32)
+        c32 = self.centre.astype(np.float32)
+        idx = np.zeros((n, k), dtype=np.int64)
+        sims = np.zeros((n, k), dtype=np.float32)
+        step = max(1, SIM_BLOCK // max(n, 1))
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            zc = self._nodes(zs, lo, hi, nq, c32)
+            sim = np.empty((hi - lo, n), np.float32)
+            sim[:, :n_s] = zc @ zs.T
+            full = zc @ np.asarray(self.query, dtype=np.float32).T if len(self.query) else np.zeros((hi - lo, 0))
+            sim[:, n_s:] = full[:, rows] * scale_q - (zc @ c32)[:, None] * nq
+            del full
+            np.negative(sim, out=sim)                              # smallest first
+            sim[np.arange(hi - lo), np.arange(lo, hi)] = np.inf    # never its own neighbour
+            if k:
+                nn = np.argpartition(sim, k - 1, axis=1)[:, :k]
+                idx[lo:hi] = nn
+                sims[lo:hi] = -np.take_along_axis(sim, nn, 1)
+        return idx, sims
+
+    def _nodes(self, zs: np.ndarray, lo: int, hi: int, nq: np.ndarray, c32: np.ndarray) -> np.ndarray:
+        """float32 normalised rows of nodes ``lo:hi`` (support rows, then good query rows)."""
+        n_s = len(zs)
+        parts = [zs[lo:min(hi, n_s)]]
+        a, b = max(lo, n_s) - n_s, hi - n_s
+        if b > a:
+            r = self.rows[a:b]
+            u = np.asarray(self.query[r], dtype=np.float32) * self.inv[r].astype(np.float32)[:, None]
+            parts.append((u - c32) * nq[a:b, None])
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def _prototypes(zs: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(class sums (C, D), unit prototypes (C, D))."""
+    sums = np.zeros((n_classes, zs.shape[1]))
+    np.add.at(sums, y, zs)
+    return sums, _unit(sums)
+
+
+def _loo_cosines(zs: np.ndarray, y: np.ndarray, sums: np.ndarray, protos: np.ndarray) -> np.ndarray:
+    """(S,) cosine of each example to the best prototype, its own class's built without it."""
+    cos = zs @ protos.T
+    cos[np.arange(len(y)), y] = (zs * _unit(sums[y] - zs)).sum(1)
+    return cos.max(1)
+
+
+# ------------------------------------------------------------------------------------- graph
+def _propagate(w_idx: np.ndarray, w_val: np.ndarray, seeds: np.ndarray, steps: int = PROPAGATION_STEPS,
+               alpha: float = ALPHA) -> np.ndarray:
+    """Label propagation on a sparse symmetric graph given as (N, K) neighbour lists."""
+    deg = w_val.sum(1)
+    inv = 1.0 / np.sqrt(np.maximum(deg, TINY))
+    norm_val = w_val * inv[:, None] * inv[w_idx]
+    f = seeds.copy()
+    for _ in range(steps):
+        nxt = (1.0 - alpha) * seeds
+        for j in range(w_idx.shape[1]):
+            nxt += alpha * norm_val[:, j, None] * f[w_idx[:, j]]
+        f = nxt
+    return f
+
+
+def _symmetric_graph(idx: np.ndarray, sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, K') neighbour lists of the symmetrised kNN graph of (N, k) neighbours ``idx`` with
+    similarities ``sim`` (weights: cosine clipped at 0; padded entries point at the row itself
+    with weight 0)."""
+    n = len(idx)
+    w = np.maximum(np.asarray(sim, dtype=np.float64), 0.0)
+    rows = np.concatenate([np.repeat(np.arange(n), idx.shape[1]), idx.ravel()])
+    cols = np.concatenate([idx.ravel(), np.repeat(np.arange(n), idx.shape[1])])
+    vals = np.concatenate([w.ravel(), w.ravel()])
+    order = np.lexsort((-vals, cols, rows))
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    first = np.ones(len(rows), bool)
+    first[1:] = (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])
+    rows, cols, vals = rows[first], cols[first], vals[first]
+    width = int(np.bincount(rows, minlength=n).max()) if len(rows) else 1
+    out_idx = np.tile(np.arange(n)[:, None], (1, width))
+    out_val = np.zeros((n, width))
+    start = np.searchsorted(rows, np.arange(n))
+    pos = np.arange(len(rows)) - start[rows]
+    out_idx[rows, pos] = cols
+    out_val[rows, pos] = vals
+    return out_idx, out_val
+
+
+def _left_out(y: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Indices of the examples scored left-out: those of classes with >= 2 examples, at most
+    :data:`MAX_LEFT_OUT` evenly spread."""
+    multi = np.flatnonzero(counts[y] >= 2)
+    if len(multi) > MAX_LEFT_OUT:
+        multi = multi[np.linspace(0, len(multi) - 1, MAX_LEFT_OUT).round().astype(int)]
+    return multi
+
+
+def _graph_scores(space: _Space, y: np.ndarray, n_classes: int, k: int, alpha: float = ALPHA):
+    """(query nonconformity (Q,), query class affinities (Q, C), left-out examples' indices (M,)
+    and nonconformity (M,))."""
+    w_idx, w_val = _symmetric_graph(*space.neighbours(k))
+    n_s, n = len(space.support), len(w_idx)
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    seeds = np.zeros((n, n_classes + 1))
+    seeds[np.arange(len(y)), y] = 1.0 / counts[y]
+    seeds[:, n_classes] = 1.0 / n
+    f = _propagate(w_idx, w_val, seeds, alpha=alpha)
+    multi = _left_out(y, counts)
+    loo = f[multi].copy()
+    if len(multi):
+        # the own seed's contribution to itself is G_ii / n_k (G: the propagation operator)
+        unit = np.zeros((n, len(multi)))
+        unit[multi, np.arange(len(multi))] = 1.0
+        g_self = _propagate(w_idx, w_val, unit, alpha=alpha)[multi, np.arange(len(multi))]
+        yi, at = y[multi], np.arange(len(multi))
+        loo[at, yi] = (loo[at, yi] * counts[yi] - g_self) / (counts[yi] - 1)
+    fq = f[n_s:]
+    return _nonconformity(fq, n_classes), fq[:, :n_classes], multi, _nonconformity(loo, n_classes)
+
+
+def _nonconformity(f: np.ndarray, n_classes: int) -> np.ndarray:
+    """:math:`\\log B - \\log \\sum_k F_k` of propagated rows (C class columns + background)."""
+    known = np.maximum(f[:, :n_classes].sum(1), TINY)
+    return np.log(np.maximum(f[:, n_classes], TINY)) - np.log(known)
+
+
+# ---------------------------------------------------------------------------------- the score
 def unknown_scores(support: np.ndarray, labels: np.ndarray, query: np.ndarray, n_classes: int,
-                   profile: TrustProfile, threshold: float = DEFAULT_UNKNOWN_THRESHOLD) -> UnknownScores:
+                   profile: UnknownSettings, threshold: float | None = None,
+                   false_flag_rate: float | None = None, class_mass: np.ndarray | None = None,
+                   known_share: float | None = None) -> UnknownScores:
     """Unknown scores for raw query embeddings (rows with NaN -- failed images -- get NaN).
 
-    ``profile`` gives :math:`t(n)` for the backbone of the embeddings; ``threshold`` becomes the
-    default of :meth:`UnknownScores.mask`.
+    ``false_flag_rate``: the share of known images to flag (None: the profile's default);
+    ``threshold``: the default threshold of :meth:`UnknownScores.mask` (None: 0, the rate).
+    ``class_mass``: (C,) estimated number of queries of each class (e.g. the refinement's
+    responsibilities summed), which weighs the reference scores; None: the images whose nearest
+    class it is. ``known_share``: for classes with one example, the share of a class's estimated
+    images taken as its reference (None: the profile's). ``query`` may be float32 and large: it
+    is read in row chunks and never copied whole.
     """
     s = np.asarray(support, dtype=np.float64)
-    q = np.asarray(query, dtype=np.float64)
+    q = np.asarray(query)
     y = np.asarray(labels, dtype=int)
     if s.ndim != 2 or q.ndim != 2 or (len(q) and q.shape[1] != s.shape[1]):
         raise DataError("support and query must be 2-D embedding arrays of the same width")
-    if np.any(np.bincount(y, minlength=n_classes) == 0):
+    counts = np.bincount(y, minlength=n_classes)
+    if len(y) != len(s) or len(counts) > n_classes or np.any(counts == 0):
         raise DataError("every class needs at least one support example")
-    ok = np.all(np.isfinite(q), axis=1) if len(q) else np.zeros(0, bool)
-    zs, zq, _ = centre_normalise(s, q[ok], "all")
-    cos = zq @ prototypes(zs, y, n_classes).T  # unit rows: cosines
-    near = cos.argmax(1) if len(zq) else np.zeros(0, int)
-    sim = cos[np.arange(len(zq)), near] if len(zq) else np.zeros(0)
-    n_shot = np.bincount(y, minlength=n_classes)
-    sc = profile.shot_threshold(n_shot[near]) - sim
+    rate = profile.false_flag_rate if false_flag_rate is None else float(false_flag_rate)
+    space = _Space(s, q)
+    rows = space.rows
+    zs = space.support
+    sums, protos = _prototypes(zs, y, n_classes)
+    cos = space.cosines(protos)
+    near = cos.argmax(1) if len(rows) else np.zeros(0, int)
+    sim = cos[np.arange(len(rows)), near].astype(np.float64)
+    if len(zs) + len(rows) <= MAX_GRAPH_ROWS and len(rows) >= 2:
+        a_q, ranking, left, ref = _graph_scores(space, y, n_classes, profile.graph_k)
+    else:  # too big for the graph (or nothing to connect): cosine to the nearest prototype
+        a_q, ranking = 1.0 - sim, cos
+        left = _left_out(y, counts)
+        ref = 1.0 - _loo_cosines(zs[left], y[left], sums, protos)
+    mass = np.bincount(ranking.argmax(1), minlength=n_classes).astype(np.float64) if class_mass is None \
+        else np.maximum(np.asarray(class_mass, dtype=np.float64), 0.0)
+    # weights: each class's reference counts as much as its (estimated) images in the folder
+    scored = np.bincount(y[left], minlength=n_classes).astype(np.float64)
+    weights = list((mass[y[left]] + 1.0) / np.maximum(scored[y[left]], 1.0))
+    ref = list(ref)
+    single = np.flatnonzero(counts == 1)
+    if len(single) and len(rows):
+        share = profile.known_share if known_share is None else float(known_share)
+        for c in single:
+            n_hat = int(round(share * mass[c]))
+            if n_hat >= 1:
+                top = np.argsort(-ranking[:, c])[:n_hat]
+                ref.extend(a_q[top].tolist())
+                weights.extend([1.0] * len(top))
+    folder_q = float(np.quantile(a_q, 1.0 - rate)) if len(a_q) else 0.0
+    tau = conformal_threshold(np.array(ref), rate, default=folder_q, weights=np.array(weights))
+    if len(rows) and 2 * len(single) >= n_classes:
+        tau = max(tau, folder_q)  # mostly one example per class: never flag more than `rate` of the folder
     scores = np.full(len(q), np.nan)
     nearest = np.full(len(q), -1, dtype=int)
     simil = np.full(len(q), np.nan)
-    scores[ok], nearest[ok], simil[ok] = sc, near, sim
-    return UnknownScores(scores=scores, nearest=nearest, similarity=simil, default_threshold=threshold)
+    scores[rows], nearest[rows], simil[rows] = a_q - tau, near, sim
+    return UnknownScores(scores=scores, nearest=nearest, similarity=simil,
+                         default_threshold=DEFAULT_UNKNOWN_THRESHOLD if threshold is None else float(threshold),
+                         reference=np.asarray(ref, dtype=np.float64) - tau, false_flag_rate=rate,
+                         weights=np.asarray(weights, dtype=np.float64))
 
 
 def auroc(unknown_scores_of_unknowns: np.ndarray, unknown_scores_of_knowns: np.ndarray) -> float:
