@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Makes resources/models/omniglot-conv4-protonet-tta.safetensors: the bundled Conv-4 ProtoNet
+# Makes resources/models/omniglot-conv4views-protonet.safetensors: the bundled Conv-4 ProtoNet
 # (omniglot-conv4-protonet.safetensors, 7,000 episodes on images_background_small1.zip) trained
 # further on the same alphabets with new episodes (seed 1) and a restarted cosine schedule, then
 # given a test-time read-out (fewshot_gui/core/embed/conv4.py): the embeddings of 7 fixed views
@@ -52,7 +52,7 @@ EPISODES=${1:-3000}
 LR=${2:-0.0005}
 BASE=resources/models/omniglot-conv4-protonet.safetensors
 TRAINED=${TRAINED:-resources/models/omniglot-conv4-protonet-ft.safetensors}
-OUT=${OUT:-resources/models/omniglot-conv4-protonet-tta.safetensors}
+OUT=${OUT:-resources/models/omniglot-conv4views-protonet.safetensors}
 DATA=../shared/data/omniglot/images_background_small1.zip
 START=${START:-$TRAINED.start.ckpt}
 ARGS=(--method protonet --backbone conv4 --data "$DATA" --rotations --within-group --augment 1
