@@ -5,10 +5,12 @@ another backbone are refused, and without Ray the command says how to install it
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import shutil
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -91,6 +93,7 @@ def test_ray_embeddings_equal_local_ones_and_label_then_embeds_nothing(folder, c
         out = tmp_path / "ray_shards"
         assert main(["embed", str(folder), "--out", str(out), "--cache-dir", str(cache_dir),
                      "--ray", "--workers", "2", "--batch-size", "4"]) == 0
+        worker_key_differs(folder, cache_dir, tmp_path)
     finally:
         ray.shutdown()
     assert "embedded 20 of 20 images on Ray (2 workers)" in capsys.readouterr().out
@@ -116,6 +119,25 @@ def test_ray_embeddings_equal_local_ones_and_label_then_embeds_nothing(folder, c
     with open(csv_path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 16 and all(r["label"] in ("red", "green") for r in rows)
+
+
+def worker_key_differs(folder, cache_dir, tmp_path):
+    """A worker whose backbone gets another key than the driver's stops the run with a ConfigError
+    (not a Ray traceback), and no shard is written."""
+    from fewshot_gui.cli.embed import build_backbone
+    from fewshot_gui.core.embed.distributed import embed_on_ray
+    from fewshot_gui.core.errors import ConfigError
+    from fewshot_gui.core.jobs import run_job
+
+    real = build_backbone(None, None, None, None, cache_dir)
+    driver = types.SimpleNamespace(name=real.name, weights_key=real.weights_key, dim=real.dim, engine=real.engine,
+                                   key=real.key + "|another")  # what the driver believes it runs
+    out = tmp_path / "mismatch"
+    factory = functools.partial(build_backbone, None, None, None, None)
+    with pytest.raises(ConfigError, match="a Ray worker built backbone key"):
+        run_job(embed_on_ray([str(p) for p in sorted((folder / "query").iterdir())[:2]], str(out), driver,
+                             factory, workers=1, cache_dir=cache_dir))
+    assert not list(out.glob("*.parquet"))
 
 
 def test_rerun_embeds_only_new_images(folder, cache_dir, local_shards, capsys):

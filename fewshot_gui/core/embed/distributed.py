@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import tempfile
 import time
@@ -36,7 +37,8 @@ from fewshot_gui.core.embed.onnx_engine import OrtRunner, onnx_file, record_file
 from fewshot_gui.core.embed.pipeline import iter_embeddings
 from fewshot_gui.core.embed.shards import (INSTALL_CLUSTER, ShardRows, is_uri, key_mismatch, read_manifest,
                                            iter_shards, require_fsspec, write_manifest, write_shard)
-from fewshot_gui.core.errors import ConfigError, DataError, ImageLoadError
+from fewshot_gui.core import errors
+from fewshot_gui.core.errors import ConfigError, DataError, FewShotError, ImageLoadError
 from fewshot_gui.core.io.images import image_extensions, load_image, natural_key, scan_folder
 from fewshot_gui.core.jobs import CancelToken, Progress
 
@@ -348,6 +350,28 @@ def _quiet(ray) -> None:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
+_WORKER_ERROR = re.compile(r'^"?fewshot_gui\.core\.errors\.(\w+): (.*?)"?$')
+
+
+def _our_error(exc: BaseException) -> FewShotError | None:
+    """The :class:`FewShotError` a worker raised: found in the causes Ray wraps it in, or (an
+    actor that died in its constructor carries only text) rebuilt from the message's last line."""
+    seen, top = 0, exc
+    while exc is not None and seen < 20:
+        if isinstance(exc, FewShotError):
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+        seen += 1
+    lines = [s for s in str(top).strip().splitlines() if s.strip()]
+    m = _WORKER_ERROR.match(lines[-1].strip()) if lines else None
+    if m is None:
+        return None
+    cls = getattr(errors, m.group(1), None)
+    if not (isinstance(cls, type) and issubclass(cls, FewShotError)) or cls is errors.ImageLoadError:
+        cls = DataError
+    return cls(m.group(2))
+
+
 def embed_on_ray(items: Sequence[str], out: str, backbone, make_backbone: Callable, address: str | None = None,
                  workers: int | None = None, threads: int = 1, batch_size: int = 32, shard_rows: int = SHARD_ROWS,
                  cache_dir: str | os.PathLike | None = None, cancel: CancelToken | None = None):
@@ -398,6 +422,12 @@ def embed_on_ray(items: Sequence[str], out: str, backbone, make_backbone: Callab
                     finish(report, backbone, old, complete=False)
                 yield Progress("embedding on Ray", done, len(todo))
         report.shards.sort(key=lambda s: s["file"])
+    except ray.exceptions.RayError as exc:
+        ours = _our_error(exc)
+        if ours is not None:
+            raise ours from None
+        raise DataError(f"the Ray job failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r}; "
+                        "the shards finished so far are kept, and running the command again resumes") from exc
     finally:
         if started:
             ray.shutdown()
