@@ -55,10 +55,15 @@ def accuracy(args) -> list[dict]:
     bb = get_backbone("efficientnet-lite0")
     rows = []
 
+    def progress(p):  # running figures every 10 episodes (long runs on a busy machine)
+        if p.message and (p.done % 10 == 0 or p.done == p.total):
+            print(f"  {p.done}/{p.total} episodes: {p.message}", flush=True)
+
     def run(name, ds, shot, adapt, tracks):
         t = time.perf_counter()
         res = evaluate_dataset(ds, backbone=bb, method=lambda: get_method("finetune", adapt=adapt), way=5,
-                               shot=shot, query=QUERY, episodes=args.episodes, seed=args.seed, tracks=tracks)
+                               shot=shot, query=QUERY, episodes=args.episodes, seed=args.seed, tracks=tracks,
+                               progress=progress)
         i = res.info
         row = {"data": name, "protocol": f"5-way {shot}-shot, {QUERY} queries/class, {res.episodes} episodes"
                + (", tracks apart" if tracks else ""), "adapt": adapt,

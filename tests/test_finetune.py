@@ -152,3 +152,20 @@ def test_augmented_views_are_seeded_by_the_image():
     a, b, c = augment_image(img, 1), augment_image(img, 1), augment_image(img, 2)
     assert np.array_equal(np.asarray(a), np.asarray(b))
     assert not np.array_equal(np.asarray(a), np.asarray(c)) or a.size != c.size
+
+
+def test_labeling_job_adapts_and_says_so(backbone, tiny_image_folder, tmp_path):
+    from fewshot_gui.core.embed.cache import EmbeddingCache
+    from fewshot_gui.core.session.job import label_folder, support_from_folder
+
+    support = support_from_folder(tiny_image_folder(n_classes=2, per_class=2, name="support"))
+    query = tiny_image_folder(n_classes=2, per_class=2, name="query", seed=1)
+    m = get_method("finetune", adapt="always", steps=2, engine="torch")
+    cache = EmbeddingCache(tmp_path / "cache", backbone.key)
+    events = []
+    job = label_folder(support, query, backbone=backbone, method=m, cache=cache)
+    result = run_job(job, events.append)
+    assert np.isfinite(result.probs).all() and result.probs.shape == (4, 2)
+    assert any("finetune" in n and "adapted" in n for n in result.notes)
+    assert sum(1 for e in events if getattr(e, "stage", "") == "adapting") >= 3  # a Progress per step
+    assert [lab[-1] for lab in result.labels] == [p.parent.name[-1] for p in result.paths]

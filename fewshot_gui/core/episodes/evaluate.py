@@ -320,7 +320,15 @@ def evaluate_adapting(dataset: Any, backbone: Any, factory: Callable[[], Any], w
     index = LabelIndex(names, item_groups=file_tracks(paths, names) if tracks else None)
     sampler = index.sampler(way, shot, query, seed=seed)
     plain_accs: list[float] = []
+    accs: list[float] = []
     adapted: list[bool] = []
+
+    def report(p: Progress) -> None:  # the running figures ride on each episode's Progress
+        if progress is not None:
+            a, b = 100 * np.asarray(accs), 100 * np.asarray(plain_accs)
+            progress(Progress(p.stage, p.done, p.total, f"{a.mean():.2f} ± {ci95(a):.2f}% (ProtoNet {b.mean():.2f} "
+                              f"± {ci95(b):.2f}%, difference ± {ci95(a - b):.2f}), adapted in {sum(adapted)}"
+                              if accs else ""))
 
     def run(ep: Episode) -> float:
         s, q = index.episode_rows(ep)
@@ -332,12 +340,14 @@ def evaluate_adapting(dataset: Any, backbone: Any, factory: Callable[[], Any], w
         plain_accs.append(float(np.mean(pp == yq)))
         adapted.append(ad is not None)
         if ad is None:
-            return plain_accs[-1]
+            accs.append(plain_accs[-1])
+            return accs[-1]
         m.fit(embed_with(split, ad, views[0, s], None if pre is None else pre[0, s]), ep.support_labels, ep.way)
         fq = embed_with(split, ad, views[0, q], None if pre is None else pre[0, q])
-        return float(np.mean(m.predict_proba(fq).argmax(1) == yq))
+        accs.append(float(np.mean(m.predict_proba(fq).argmax(1) == yq)))
+        return accs[-1]
 
-    res = evaluate_episodes(sampler, run, episodes, progress=progress, cancel=cancel)
+    res = evaluate_episodes(sampler, run, episodes, progress=report, cancel=cancel)
     p = np.asarray(plain_accs) * 100.0
     res.info.update(seed=seed, tracks=tracks, failed=int((~good).sum()), adapted=int(np.sum(adapted)),
                     protonet_accuracy=float(p.mean()), protonet_ci95=ci95(p),

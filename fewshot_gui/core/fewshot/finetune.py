@@ -91,24 +91,52 @@ def support_loss(z: torch.Tensor, z_ref: torch.Tensor, y: torch.Tensor, n_classe
 
 def _crop(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     h, w = x.shape[-2:]
-    side = int(rng.choice([c for c in CROPS if c <= min(h, w)] or [min(h, w)]))
-    if h >= 14:  # 14 x 14 cut: crops scale with the map
-        side = side * 2
-    side = min(side, h, w)
-    i = int(rng.integers(0, h - side + 1))
-    j = int(rng.integers(0, w - side + 1))
+    side = min(int(rng.choice(CROPS)) * (2 if h >= 14 else 1), h, w)  # 14 x 14 cut: crops scale with the map
+    i, j = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
     return x[..., i:i + side, j:j + side]
+
+
+Steps = Generator[int, None, Any]  # yields the number of steps done, returns the result
+
+
+def drive(steps: Steps, step_done: Callable[[int], None] | None = None) -> Any:
+    """Run a step generator to its end (``step_done(k)`` after each step); its result."""
+    while True:
+        try:
+            k = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if step_done is not None:
+            step_done(k)
+
+
+def _relay(steps: Steps, f: Callable[[int], Any]) -> Generator[Any, None, Any]:
+    """Yield ``f(k)`` for each step count ``k`` of ``steps``; return its result."""
+    while True:
+        try:
+            k = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        yield f(k)
 
 
 def adapt_top(split: SplitLite0, views: np.ndarray, labels: np.ndarray, n_classes: int,
               steps: int = DEFAULT_STEPS, lr: float = DEFAULT_LR, seed: int = 0,
               cancel: CancelToken | None = None, step_done: Callable[[int], None] | None = None,
               pre: np.ndarray | None = None) -> Adaptation:
+    """:func:`iter_adapt_top` run to its end (``step_done(k)`` after step ``k``)."""
+    return drive(iter_adapt_top(split, views, labels, n_classes, steps, lr, seed, cancel, pre), step_done)
+
+
+def iter_adapt_top(split: SplitLite0, views: np.ndarray, labels: np.ndarray, n_classes: int,
+                   steps: int = DEFAULT_STEPS, lr: float = DEFAULT_LR, seed: int = 0,
+                   cancel: CancelToken | None = None, pre: np.ndarray | None = None) -> Steps:
     """Fine-tune a copy of ``split.top`` on ProtoNet's loss within the support set (:func:`support_loss`).
 
     ``views``: (V, N, C*H*W) lower activations of the N support images, view 0 the plain image;
     ``pre``: their :func:`head_preactivations` (V, N, 1280, P) when known (``tune_blocks`` 0).
-    ``labels``: (N,) ints in ``range(n_classes)``. Returns the adapted top (eval mode, no grad).
+    ``labels``: (N,) ints in ``range(n_classes)``. A generator: yields the steps done, checks
+    ``cancel`` before each step, returns the :class:`Adaptation` (top in eval mode, no grad).
     """
     if int(steps) != steps or steps < 0:
         raise ValueError(f"steps must be a whole number >= 0, not {steps!r}")
@@ -120,7 +148,7 @@ def adapt_top(split: SplitLite0, views: np.ndarray, labels: np.ndarray, n_classe
         raise DataError(f"{views.shape[1]} support activations for {len(labels)} labels")
     FewShotMethod.check_support(views[0], labels, n_classes)
     if split.tune_blocks == 0:
-        return _adapt_head(split, views, labels, n_classes, steps, lr, seed, cancel, step_done, pre)
+        return (yield from _adapt_head(split, views, labels, n_classes, steps, lr, seed, cancel, pre))
     rng = np.random.default_rng(int(seed))
     top = split.new_top()
     y = torch.from_numpy(labels)
@@ -153,8 +181,7 @@ def adapt_top(split: SplitLite0, views: np.ndarray, labels: np.ndarray, n_classe
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if step_done is not None:
-            step_done(k + 1)
+        yield k + 1
     top.eval()
     for p in top.parameters():
         p.requires_grad_(False)
@@ -224,7 +251,7 @@ class HeadUpdate:
 
 def _adapt_head(split: SplitLite0, views: np.ndarray, labels: np.ndarray, n_classes: int, steps: int,
                 lr: float, seed: int, cancel: CancelToken | None,
-                step_done: Callable[[int], None] | None, pre: np.ndarray | None = None) -> Adaptation:
+                pre: np.ndarray | None = None) -> Steps:
     """``tune_blocks == 0``: the head conv (1x1, 320 -> 1280) adapts by :class:`HeadUpdate`.
     A 1x1 conv acts on each position alone, so ``W a`` is computed once per support view (or
     given: ``pre``, (V, N, 1280, P)) and a step costs ``O(rank)`` per position; each step pools a
@@ -266,8 +293,7 @@ def _adapt_head(split: SplitLite0, views: np.ndarray, labels: np.ndarray, n_clas
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if step_done is not None:
-            step_done(k + 1)
+        yield k + 1
     for p in head.params():
         p.requires_grad_(False)
     after = full_loss()
@@ -316,7 +342,17 @@ def decide(split: SplitLite0, views: np.ndarray, labels: np.ndarray, n_classes: 
            steps: int = DEFAULT_STEPS, lr: float = DEFAULT_LR, folds: int = DEFAULT_FOLDS, seed: int = 0,
            plain_feats: np.ndarray | None = None, cancel: CancelToken | None = None,
            step_done: Callable[[int], None] | None = None, pre: np.ndarray | None = None) -> Decision:
-    """Adapt or not, from held-out examples of the support set (see the module docstring)."""
+    """:func:`iter_decide` run to its end."""
+    return drive(iter_decide(split, views, labels, n_classes, steps, lr, folds, seed, plain_feats, cancel, pre),
+                 step_done)
+
+
+def iter_decide(split: SplitLite0, views: np.ndarray, labels: np.ndarray, n_classes: int,
+                steps: int = DEFAULT_STEPS, lr: float = DEFAULT_LR, folds: int = DEFAULT_FOLDS, seed: int = 0,
+                plain_feats: np.ndarray | None = None, cancel: CancelToken | None = None,
+                pre: np.ndarray | None = None) -> Steps:
+    """Adapt or not, from held-out examples of the support set (see the module docstring); a
+    generator of the adaptation steps done, returning the :class:`Decision`."""
     labels = np.asarray(labels, dtype=np.int64)
     held = heldout_folds(labels, n_classes, folds, seed)
     if not held:
@@ -325,17 +361,14 @@ def decide(split: SplitLite0, views: np.ndarray, labels: np.ndarray, n_classes: 
     views = np.asarray(views)
     if plain_feats is None:
         plain_feats = split.run_top(split.top, views[0])
-    right_p = right_a = 0
+    right_p = right_a = total = 0
     loss_p = loss_a = 0.0
-    total = 0
-    done = 0
+    p0 = None if pre is None else pre[0]
     for k, h in enumerate(held):
         train = np.setdiff1d(np.arange(len(labels)), h)
-        ad = adapt_top(split, views[:, train], labels[train], n_classes, steps, lr, seed=seed + 1 + k,
-                       cancel=cancel, step_done=None if step_done is None else
-                       (lambda s, d=done: step_done(d + s)), pre=None if pre is None else pre[:, train])
-        done += steps
-        p0 = None if pre is None else pre[0]
+        ad = yield from _relay(iter_adapt_top(split, views[:, train], labels[train], n_classes, steps, lr,
+                                              seed + 1 + k, cancel, None if pre is None else pre[:, train]),
+                               lambda j, d=k * steps: d + j)
         pa = ProtoNet().fit(embed_with(split, ad, views[0, train], None if p0 is None else p0[train]),
                             labels[train], n_classes).predict_proba(
             embed_with(split, ad, views[0, h], None if p0 is None else p0[h]))
@@ -404,21 +437,26 @@ class FineTune(FewShotMethod):
                     ) -> Adaptation | None:
         """Adapt to support activations ``views`` (V, N, D) (``pre``: their
         :func:`head_preactivations`, V first, when known), or None when it stays plain."""
+        return drive(self.iter_adapt_views(split, views, labels, n_classes, plain_feats, cancel, pre), step_done)
+
+    def iter_adapt_views(self, split: SplitLite0, views: np.ndarray, labels: np.ndarray, n_classes: int,
+                         plain_feats: np.ndarray | None = None, cancel: CancelToken | None = None,
+                         pre: np.ndarray | None = None) -> Steps:
+        """:meth:`adapt_views` as a generator of the steps done (decision included)."""
         labels = np.asarray(labels, dtype=np.int64)
         if self.adapt == "never":
             self.decision = Decision(False, "adaptation is off (adapt='never')")
         elif self.adapt == "always":
             self.decision = Decision(True, "adaptation is on (adapt='always')")
         else:
-            self.decision = decide(split, views, labels, n_classes, self.steps, self.lr, self.folds, self.seed,
-                                   plain_feats=plain_feats, cancel=cancel, step_done=step_done, pre=pre)
+            self.decision = yield from iter_decide(split, views, labels, n_classes, self.steps, self.lr, self.folds,
+                                                   self.seed, plain_feats, cancel, pre)
         self.notes = [f"finetune: {self.decision.reason}"]
         if not self.decision.adapt:
             return None
         done = self.steps * self.folds if self.adapt == "auto" else 0
-        self.adaptation = adapt_top(split, views, labels, n_classes, self.steps, self.lr, seed=self.seed,
-                                    cancel=cancel, step_done=None if step_done is None else
-                                    (lambda s: step_done(done + s)), pre=pre)
+        self.adaptation = yield from _relay(iter_adapt_top(split, views, labels, n_classes, self.steps, self.lr,
+                                                           self.seed, cancel, pre), lambda j: done + j)
         a = self.adaptation
         what = "the head conv" if self.tune_blocks == 0 else f"the top {self.tune_blocks} block(s) and the head conv"
         self.notes.append(f"finetune: {what} adapted in {self.steps} steps, "
@@ -450,11 +488,9 @@ class FineTune(FewShotMethod):
             views.append(a)
         views_arr = np.stack(views)
         total = max(1, self.total_steps(int(np.bincount(labels).min()) if len(labels) else 0))
-        state = {"done": 0}
         yield Progress("adapting", 0, total)
-        # steps run inside adapt_views: progress is reported after it, the cancel token between steps
-        ad = self.adapt_views(split, views_arr, labels, n_classes, cancel=cancel,
-                              step_done=lambda s: state.__setitem__("done", s))
+        ad = yield from _relay(self.iter_adapt_views(split, views_arr, labels, n_classes, cancel=cancel),
+                               lambda k: Progress("adapting", min(k, total), total))  # one per step
         yield Progress("adapting", total, total)
         if ad is None:
             return backbone, feats
