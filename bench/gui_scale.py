@@ -415,11 +415,15 @@ def main() -> int:
                "--corrections", str(args.corrections)]
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if line is None:
-            print(proc.stdout[-3000:], file=sys.stderr)
-            return 1
+        if line is None:  # e.g. killed for memory: said, and the other runs go on
+            print(f"run {k + 1}: no result (exit status {proc.returncode}{', killed' if proc.returncode < 0 else ''})"
+                  f"{chr(10) + proc.stdout[-2000:] if proc.stdout.strip() else ''}", flush=True)
+            continue
         runs.append(json.loads(line[7:]))
         print(report(runs[-1], f"run {k + 1}"), flush=True)
+    if not runs:
+        print("no run finished", file=sys.stderr)
+        return 1
     med = statistics.median
     stall = med(max(r[k]["max_ms"] for k in ("open", "open_label", "scroll", "sort_filter")) for r in runs)
     idle = med(r["idle"]["max_ms"] for r in runs)
