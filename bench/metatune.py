@@ -11,7 +11,8 @@ for GTSRB a sign's frames (its track, ``TTTTT`` of ``TTTTT_FFFFF.ppm``) are neve
 and query (``--no-tracks``: plain episodes, for sets without tracks). Printed: mean accuracy ±
 95% CI of each, and the mean of the paired differences ± its 95% CI.
 
-    .venv/bin/python bench/metatune.py --train --episodes-train 600 --out /tmp/gtsrb-tuned.safetensors
+    .venv/bin/python bench/metatune.py --train --tune-blocks 2 --tune-bn --lr 1e-3 --episodes-train 200 \
+        --out /tmp/gtsrb-tuned.safetensors
     .venv/bin/python bench/metatune.py --model /tmp/gtsrb-tuned.safetensors --json result.json
 """
 
@@ -74,7 +75,7 @@ def main() -> int:
     p.add_argument("--train", action="store_true", help="train the model here first (into --out)")
     p.add_argument("--out", type=Path, default=Path("/tmp/metatune-bench.safetensors"))
     p.add_argument("--method", default="protonet")
-    p.add_argument("--tune-blocks", type=int, default=1)
+    p.add_argument("--tune-blocks", type=int, default=2)
     p.add_argument("--tune-bn", action="store_true", help="batch norm of the tuned blocks on batch statistics")
     p.add_argument("--episodes-train", type=int, default=600)
     p.add_argument("--lr", type=float, default=3e-4)

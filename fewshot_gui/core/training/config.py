@@ -9,7 +9,10 @@ from typing import Any
 from fewshot_gui.core.errors import DataError
 
 METHODS = ("protonet", "maml", "relation")
-DEFAULT_TUNE_BLOCKS = 1  # --tune-blocks of a ProtoNet meta-tuning run
+# --tune-blocks of a ProtoNet meta-tuning run: chosen on GTSRB base classes only (16 to train, 6 to
+# validate, 5-way 5-shot, 100 episodes of tuning, batch norm learned): 83.5% untuned, 92.1% with 1
+# block, 93.8% with 2
+DEFAULT_TUNE_BLOCKS = 2
 MAX_TUNE_BLOCKS = 5  # the top blocks that run at 7 x 7 and 14 x 14 (core/embed/split.py)
 
 
