@@ -171,9 +171,33 @@ def cost(args) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def steps(args) -> dict:
+    """Seconds between two cancel checks (one adaptation step) for a 5-way 5-shot GTSRB support set,
+    head only (the default) and one block (``--tune-blocks 1``): the cancel latency."""
+    from fewshot_gui.core.embed.backbones import get_backbone
+    from fewshot_gui.core.embed.split import SplitLite0, activations
+    from fewshot_gui.core.fewshot.finetune import adapt_top
+    from fewshot_gui.core.io.datasets import open_dataset
+
+    g = open_dataset(DATA / "gtsrb")
+    paths, labels = g.paths()
+    rows = np.concatenate([np.flatnonzero(labels == c)[:5] for c in range(5)])
+    out = {}
+    bb = get_backbone("efficientnet-lite0")
+    for tb in (0, 1):
+        split = SplitLite0(bb, tb)
+        acts, _ = activations(split, [paths[r] for r in rows])
+        stamps = [time.perf_counter()]
+        adapt_top(split, acts[None], labels[rows], 5, steps=15, step_done=lambda k: stamps.append(time.perf_counter()))
+        gaps = np.diff(stamps)
+        out[f"tune_blocks={tb}"] = {"median_step_s": round(float(np.median(gaps)), 3), "max_step_s": round(float(gaps.max()), 3)}
+    print(json.dumps({"cancel_latency": out, "target": "<= 1 s"}), flush=True)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=("accuracy", "cost", "all"), default="all")
+    ap.add_argument("--part", choices=("accuracy", "cost", "steps", "all"), default="all")
     ap.add_argument("--episodes", type=int, default=600)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shots", type=int, nargs="+", default=[5, 1])
@@ -186,6 +210,8 @@ def main() -> int:
         accuracy(args)
     if args.part in ("cost", "all"):
         cost(args)
+    if args.part in ("steps", "all"):
+        steps(args)
     return 0
 
 
