@@ -10,7 +10,6 @@ import json
 import logging
 import shutil
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -93,7 +92,6 @@ def test_ray_embeddings_equal_local_ones_and_label_then_embeds_nothing(folder, c
         out = tmp_path / "ray_shards"
         assert main(["embed", str(folder), "--out", str(out), "--cache-dir", str(cache_dir),
                      "--ray", "--workers", "2", "--batch-size", "4"]) == 0
-        worker_key_differs(folder, cache_dir, tmp_path)
     finally:
         ray.shutdown()
     assert "embedded 20 of 20 images on Ray (2 workers)" in capsys.readouterr().out
@@ -121,23 +119,36 @@ def test_ray_embeddings_equal_local_ones_and_label_then_embeds_nothing(folder, c
     assert len(rows) == 16 and all(r["label"] in ("red", "green") for r in rows)
 
 
-def worker_key_differs(folder, cache_dir, tmp_path):
-    """A worker whose backbone gets another key than the driver's stops the run with a ConfigError
-    (not a Ray traceback), and no shard is written."""
+def test_a_worker_with_another_backbone_key_stops_the_run(cache_dir, local_shards, tmp_path):
+    """The actor refuses to embed with a backbone key other than the driver's, and the error Ray
+    reports for an actor that died in its constructor (text only) becomes that ConfigError again;
+    with the driver's key it embeds a shard as Ray calls it, with the local path's vectors."""
     from fewshot_gui.cli.embed import build_backbone
-    from fewshot_gui.core.embed.distributed import embed_on_ray
+    from fewshot_gui.core.embed.distributed import EmbedActor, _our_error
+    from fewshot_gui.core.embed.shards import read_shard
     from fewshot_gui.core.errors import ConfigError
-    from fewshot_gui.core.jobs import run_job
 
-    real = build_backbone(None, None, None, None, cache_dir)
-    driver = types.SimpleNamespace(name=real.name, weights_key=real.weights_key, dim=real.dim, engine=real.engine,
-                                   key=real.key + "|another")  # what the driver believes it runs
-    out = tmp_path / "mismatch"
     factory = functools.partial(build_backbone, None, None, None, None)
-    with pytest.raises(ConfigError, match="a Ray worker built backbone key"):
-        run_job(embed_on_ray([str(p) for p in sorted((folder / "query").iterdir())[:2]], str(out), driver,
-                             factory, workers=1, cache_dir=cache_dir))
-    assert not list(out.glob("*.parquet"))
+    onnx = {p.name: p.read_bytes() for p in (cache_dir / "onnx").iterdir()}  # as the driver ships it
+    with pytest.raises(ConfigError, match="a Ray worker built backbone key") as info:
+        EmbedActor(factory, "efficientnet-lite0|another-key", onnx, str(tmp_path), "run")
+    # the right key: the actor embeds a shard (as Ray calls it) with the local path's vectors, leaving no temp files
+    key = next(iter_shards(str(local_shards))).key
+    actor = EmbedActor(factory, key, onnx, str(tmp_path / "out"), "run", batch_size=2)
+    (tmp_path / "out").mkdir()
+    local = vectors(local_shards)
+    paths = sorted(local)[:3]
+    out = actor({"first": np.array([7]), "paths": np.array([np.array(paths, dtype=object)], dtype=object)})
+    assert list(out["file"]) == ["part-run-000000007.parquet"] and list(out["rows"]) == [3]
+    shard = read_shard(str(tmp_path / "out"), "part-run-000000007.parquet")
+    got = dict(zip(shard.paths, shard.vectors))
+    for p in paths:
+        np.testing.assert_allclose(got[p], local[p], rtol=0, atol=1e-5)
+    died = RuntimeError("The actor died because of an error raised in its creation task\n  File ..., in __init__\n"
+                        f"fewshot_gui.core.errors.ConfigError: {info.value}")
+    again = _our_error(died)
+    assert isinstance(again, ConfigError) and str(again) == str(info.value)
+    assert _our_error(RuntimeError("the raylet died")) is None
 
 
 def test_rerun_embeds_only_new_images(folder, cache_dir, local_shards, capsys):

@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -280,17 +281,20 @@ class EmbedActor:
 
     def __init__(self, make_backbone: Callable, expected_key: str, onnx_files: dict[str, bytes], out: str,
                  run: str, batch_size: int = 32, threads: int = 1):
-        self.cache_dir = tempfile.mkdtemp(prefix="fewshot-ray-worker-")
-        os.makedirs(os.path.join(self.cache_dir, "onnx"), exist_ok=True)
-        for name, data in onnx_files.items():
-            with open(os.path.join(self.cache_dir, "onnx", name), "wb") as fh:
-                fh.write(data)
-        self.backbone = make_backbone(cache_dir=self.cache_dir)
-        if self.backbone.key != expected_key:
-            raise ConfigError(f"a Ray worker built backbone key {self.backbone.key!r}, the driver {expected_key!r}: "
-                              "the workers need the same fewshot_gui, torch and onnxruntime versions and the same "
-                              "weights files as the machine that runs `fewshot embed`")
-        limit_threads(self.backbone, threads, self.cache_dir)
+        cache_dir = tempfile.mkdtemp(prefix="fewshot-ray-worker-")  # the ONNX file, while the backbone is built
+        try:
+            os.makedirs(os.path.join(cache_dir, "onnx"), exist_ok=True)
+            for name, data in onnx_files.items():
+                with open(os.path.join(cache_dir, "onnx", name), "wb") as fh:
+                    fh.write(data)
+            self.backbone = make_backbone(cache_dir=cache_dir)
+            if self.backbone.key != expected_key:
+                raise ConfigError(f"a Ray worker built backbone key {self.backbone.key!r}, the driver "
+                                  f"{expected_key!r}: the workers need the same fewshot_gui, torch and onnxruntime "
+                                  "versions and the same weights files as the machine that runs `fewshot embed`")
+            limit_threads(self.backbone, threads, cache_dir)  # the session holds the model's bytes
+        finally:
+            shutil.rmtree(cache_dir, ignore_errors=True)
         self.out, self.run, self.batch_size, self.threads = out, run, batch_size, threads
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
