@@ -316,6 +316,7 @@ def test_a_large_folder_gets_a_quick_answer_first_then_the_full_assessment(tmp_p
     import fewshot_gui.core.session.session as session_mod
 
     monkeypatch.setattr(session_mod, "QUICK_MIN_ROWS", 100)
+    monkeypatch.setattr(session_mod, "FULL_AFTER_QUICK_S", 0.0)
     monkeypatch.setattr(model_mod, "QUICK_MIN_ROWS", 100)
     monkeypatch.setattr(model_mod, "QUICK_SAMPLE", 64)
     monkeypatch.setattr(model_mod, "QUICK_CHUNK", 50)
@@ -347,6 +348,7 @@ def test_a_newer_edit_drops_the_quick_answer_and_its_full_assessment(tmp_path, m
     import fewshot_gui.core.session.session as session_mod
 
     monkeypatch.setattr(session_mod, "QUICK_MIN_ROWS", 100)
+    monkeypatch.setattr(session_mod, "FULL_AFTER_QUICK_S", 0.0)
     monkeypatch.setattr("fewshot_gui.core.session.model.QUICK_MIN_ROWS", 100)
     quick, full = ManualExecutor(), ManualExecutor()
     s, _ = _clustered_session(tmp_path, quick, full)
@@ -412,3 +414,31 @@ def test_centred_scores_equal_the_chunked_kernel_without_a_normalised_copy():
     want = sq_distance_scores(x, p, c)
     assert np.isnan(got[3]).all() and np.isfinite(np.delete(got, 3, axis=0)).all()
     assert np.nanmax(np.abs(got - want)) < 1e-5
+
+
+def test_a_full_assessment_after_a_quick_answer_waits_for_a_pause_in_the_edits(tmp_path, monkeypatch):
+    import threading
+
+    import fewshot_gui.core.session.session as session_mod
+    from fewshot_gui.core.session.background import ImmediateExecutor, LatestAnswers
+
+    monkeypatch.setattr(session_mod, "QUICK_MIN_ROWS", 100)
+    monkeypatch.setattr(session_mod, "FULL_AFTER_QUICK_S", 5.0)  # skipped at once when superseded
+    monkeypatch.setattr("fewshot_gui.core.session.model.QUICK_MIN_ROWS", 100)
+    quick, full = ManualExecutor(), ManualExecutor()
+    s, _ = _clustered_session(tmp_path, quick, full)
+    s.repredict()
+    full.run_all()
+    s.set_confirmed([70], ["c0"])
+    quick.run_all()
+    fn, future = full.waiting.pop(0)
+    worker = threading.Thread(target=lambda: future.set_result(fn()))
+    worker.start()  # the full assessment waits on its thread ...
+    s.set_confirmed([71], ["c1"])  # ... and a newer edit comes: it is skipped, never computed
+    worker.join(5)
+    assert future.result() is None
+    quick.run_all()
+    full.run_all()
+    assert not s.repredicting and s.arrays().confirmed[71] == 1
+    # the CLI's executor answers at once: no quick answer, no waiting
+    assert not LatestAnswers(ImmediateExecutor()).asynchronous and LatestAnswers(full).asynchronous

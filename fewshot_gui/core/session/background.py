@@ -10,6 +10,7 @@ work at once on the calling thread).
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import Future
 from typing import Any, Callable
 
@@ -47,19 +48,29 @@ class LatestAnswers:
         for key in list(self._generation):
             self.supersede(key)
 
+    @property
+    def asynchronous(self) -> bool:
+        """The executor answers later, on another thread (not :class:`ImmediateExecutor`)."""
+        return not isinstance(self.executor, ImmediateExecutor)
+
     def busy(self, key: str) -> bool:
         return key in self._in_flight
 
     def submit(self, key: str, work: Callable[[], Any], on_answer: Callable[[Any], None],
-               on_error: Callable[[str], None], on_cancelled: Callable[[], None], executor: Any = None) -> None:
+               on_error: Callable[[str], None], on_cancelled: Callable[[], None], executor: Any = None,
+               delay_s: float = 0.0) -> None:
         """Run ``work()`` through ``executor`` (default: this one's; superseding earlier work for
         ``key``); then ``on_answer(value)``, ``on_error(message)`` or ``on_cancelled()`` unless
-        superseded."""
+        superseded. ``delay_s``: the executor's thread first waits that long, and skips the work
+        when a newer submission superseded it meanwhile."""
         self.supersede(key)
         gen = self._generation[key]
         generation = self._generation
 
         def guarded() -> Any:
+            end = time.monotonic() + delay_s
+            while generation.get(key) == gen and time.monotonic() < end:
+                time.sleep(0.05)
             if generation.get(key) != gen:
                 return None  # superseded before it started: skip the work
             return work()

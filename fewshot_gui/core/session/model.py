@@ -127,6 +127,7 @@ def refit_and_assess(run: RunContext, support_feats: np.ndarray, support_labels:
 QUICK_MIN_ROWS = 20_000  # folders at least this large get a quick first answer after an edit
 QUICK_SAMPLE = 2_048     # query rows the quick answer refines the prototypes on
 QUICK_CHUNK = 16_384     # query rows scored at a time
+FULL_AFTER_QUICK_S = 2.0  # the full assessment after a quick answer waits this long for a newer edit
 
 
 def quick_trust(run: RunContext, support_feats: np.ndarray, support_labels: np.ndarray, n_classes: int,

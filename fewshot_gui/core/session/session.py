@@ -35,8 +35,8 @@ from fewshot_gui.core.session.background import LatestAnswers
 from fewshot_gui.core.session.events import SessionEvents
 from fewshot_gui.core.session.examples import path_key, same_examples, training_examples
 from fewshot_gui.core.session.job import LabelBatch, LabelResult
-from fewshot_gui.core.session.model import (QUICK_MIN_ROWS, RunContext, confirmed_overrides, quick_trust,
-                                            refit_and_assess, reviewed_columns)
+from fewshot_gui.core.session.model import (FULL_AFTER_QUICK_S, QUICK_MIN_ROWS, RunContext, confirmed_overrides,
+                                            quick_trust, refit_and_assess, reviewed_columns)
 from fewshot_gui.core.session.project import ClassDef, LabelSet, Project, check_new_class_name, palette_color
 from fewshot_gui.core.session.query import QueryIndex, query_index
 from fewshot_gui.core.session.view import LabelState, ViewArrays, probs_of, saved_threshold, view_arrays
@@ -466,8 +466,9 @@ class LabelingSession:
         return True
 
     def _submit(self, name: str, xs: np.ndarray, ys: np.ndarray, example_paths: list[str], classes: list[str]) -> None:
-        """Re-assess through the executor; in a large folder a quick answer
-        (:func:`~.model.quick_trust`) comes first and the full assessment follows it."""
+        """Re-assess through the executor; in a large folder (and a background executor) a quick
+        answer (:func:`~.model.quick_trust`) comes first and the full assessment follows it once no
+        newer edit came for :data:`FULL_AFTER_QUICK_S` (corrections in a row get quick answers)."""
         run, feats, previous = self.run, self.features, self.trust.get(name)
 
         def answer(trust: Trust | None, then_full: bool = False) -> None:
@@ -477,7 +478,7 @@ class LabelingSession:
                 if name == self.project.active_label_set:
                     self._changed(None)
             if then_full:
-                full()
+                full(FULL_AFTER_QUICK_S)
 
         def cancelled() -> None:
             if name in self.states:
@@ -486,11 +487,11 @@ class LabelingSession:
         def failed(text: str) -> None:
             self.events.message.emit(f"Could not update predictions: {text}")
 
-        def full() -> None:
+        def full(delay_s: float = 0.0) -> None:
             self.background.submit(name, lambda: refit_and_assess(run, xs, ys, classes, feats, example_paths),
-                                   answer, failed, cancelled)
+                                   answer, failed, cancelled, delay_s=delay_s)
 
-        if previous is None or len(feats) < QUICK_MIN_ROWS:
+        if previous is None or len(feats) < QUICK_MIN_ROWS or not self.background.asynchronous:
             full()
             return
         self.background.submit(name, lambda: quick_trust(run, xs, ys, len(classes), feats, previous),
