@@ -10,7 +10,8 @@ seed 0. Each model is scored two ways:
 * transductive: prototypes refined with the episode's unlabeled queries, as ``fewshot label``
   labels a folder by default (``fewshot eval --method protonet-transductive``).
 
-and through two pipelines that differ only in how an image becomes a 28x28 input:
+through one or both of two pipelines (``--pipelines cli,bench``; default ``cli``), which differ only in
+how an image becomes a 28x28 input and have given identical figures here:
 
 * ``cli``: exactly ``fewshot eval DATA --model M --way 20 --shot 1 --query 5 --episodes 600
   --within-group [--method protonet-transductive]`` (each PNG decoded and resized by the model's
@@ -21,11 +22,12 @@ and through two pipelines that differ only in how an image becomes a 28x28 input
 
 Every row gives mean accuracy and error with the 95% CI (1.96 std / sqrt(E)); the comparison
 with the first model is paired (the same episodes), so its CI is that of the per-episode
-differences. A training checkpoint (``OUT.ckpt``) is accepted in place of a model file (its
-weights are scored as they are at that point of training).
+differences. Meant for ProtoNet-style Conv-4 models (the file's embedding scored by ProtoNet). A
+training checkpoint (``OUT.ckpt``) is accepted in place of a model file (its weights are scored as
+they are at that point of training).
 
     FEWSHOT_CACHE_DIR=/tmp/fscache .venv/bin/python bench/omniglot.py \
-        resources/models/omniglot-conv4-protonet.safetensors resources/models/omniglot-conv4wide-protonet.safetensors
+        resources/models/omniglot-conv4-protonet.safetensors resources/models/omniglot-conv4views-protonet.safetensors
 """
 
 from __future__ import annotations
