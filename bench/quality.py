@@ -227,7 +227,8 @@ def main(argv=None) -> int:
         bp = Path(args.baseline) if args.baseline else None
         if bp and bp.is_file() and (not args.json or bp.resolve() != Path(args.json).resolve()):
             base = json.loads(bp.read_text())
-            results["baseline_label"] = f"{base.get('label') or bp.name} (code {base.get('commit', '?')})"
+            label = str(base.get("label") or bp.name).removeprefix("baseline: ")
+            results["baseline_label"] = f"{label} (code {base.get('commit', '?')})"
         notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
         text = write_markdown(results, base, protocol_lines(results), notes)
         ex = results.get("extras")
