@@ -331,6 +331,7 @@ def test_links_pipes_and_unreadable_folders_get_rows_or_a_counted_warning(sets, 
 
 
 def test_project_with_hostile_names_exports_inside_the_target_only(sets, tmp_path, capsys):
+    from fewshot_gui.core.io.export import UNKNOWN_LABEL
     from fewshot_gui.core.session.project import Project
 
     support, query, _ = sets
@@ -354,10 +355,11 @@ def test_project_with_hostile_names_exports_inside_the_target_only(sets, tmp_pat
     assert len(set_folders) == 2
     hostile_folder = next(p for p in set_folders if p.name == "_abs_path")
     used = {r["class"] for r in csv.DictReader(open(hostile_folder / "_manifest.csv", encoding="utf-8"))}
-    assert used == set(names)  # N distinct classes -> N folders (those with images have theirs)
-    exported = [p for p in hostile_folder.iterdir() if p.is_dir()]
-    labelled = {r["/abs/path:label"] for r in _rows(tmp_path / "p.csv").values() if r["/abs/path:label"]}
-    assert len(exported) == len(labelled)
+    assert used - {UNKNOWN_LABEL} == set(names)  # N distinct classes -> N folders (those with images have theirs)
+    exported = [p for p in hostile_folder.iterdir() if p.is_dir() and p.name != UNKNOWN_LABEL]
+    rows = _rows(tmp_path / "p.csv").values()
+    filed = {r["/abs/path:label"] for r in rows if r["/abs/path:label"] and r["/abs/path:unknown"] != "1"}
+    assert len(exported) == len(filed)  # images flagged unknown go to _unknown/, the others to their class
     assert "could not be read" not in capsys.readouterr().err
 
 
