@@ -261,6 +261,8 @@ def _adapt_head(split: SplitLite0, views: np.ndarray, labels: np.ndarray, n_clas
     head = HeadUpdate(split, LORA_RANK, gen)
     c_in = split.shape[0]
     a = torch.from_numpy(np.ascontiguousarray(views, dtype=np.float32)).reshape(*views.shape[:2], c_in, -1)
+    if cancel is not None:
+        cancel.raise_if_cancelled()
     if pre is None:
         pre = np.stack([head_preactivations(split, v) for v in views])
     wa = torch.from_numpy(np.ascontiguousarray(pre, dtype=np.float32))
@@ -463,9 +465,6 @@ class FineTune(FewShotMethod):
                           f"support loss {a.loss_before:.3f} -> {a.loss_after:.3f}")
         return a
 
-    def total_steps(self, shots: int) -> int:
-        return self.steps * (1 + (self.folds if self.adapt == "auto" and shots >= 2 else 0))
-
     # -- the labeling job's hook ---------------------------------------------------------------
     def adapt_backbone(self, backbone: Any, paths: Sequence[Any], labels: np.ndarray, feats: np.ndarray,
                        cache: Any = None, cancel: CancelToken | None = None
@@ -487,7 +486,8 @@ class FineTune(FewShotMethod):
                 raise DataError(f"{paths[first[0]]}: {first[1]} (a support image that embedded a moment ago)")
             views.append(a)
         views_arr = np.stack(views)
-        total = max(1, self.total_steps(int(np.bincount(labels).min()) if len(labels) else 0))
+        shots = int(np.bincount(labels).min()) if len(labels) else 0
+        total = max(1, self.steps * (1 + (self.folds if self.adapt == "auto" and shots >= 2 else 0)))
         yield Progress("adapting", 0, total)
         ad = yield from _relay(self.iter_adapt_views(split, views_arr, labels, n_classes, cancel=cancel),
                                lambda k: Progress("adapting", min(k, total), total))  # one per step
