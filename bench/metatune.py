@@ -11,6 +11,12 @@ for GTSRB a sign's frames (its track, ``TTTTT`` of ``TTTTT_FFFFF.ppm``) are neve
 and query (``--no-tracks``: plain episodes, for sets without tracks). Printed: mean accuracy ±
 95% CI of each, and the mean of the paired differences ± its 95% CI.
 
+Measured here (2-core CPU shared by several jobs; Lite0's top 2 blocks, batch norm learned, Adam
+1e-3, 200 training episodes of 5-way 5-shot 10 queries: 187 s of CPU, 20 min wall under load):
+5-way 5-shot ProtoNet 82.54 ± 0.73, meta-tuned 94.60 ± 0.40, gain +12.06 ± 0.60 points;
+5-way 1-shot 66.71 ± 0.88 -> 85.71 ± 0.77, gain +19.00 ± 0.75. The block count, rate and batch
+norm were chosen on 6 of the 22 base classes (the other 16 trained), never on the novel classes.
+
     .venv/bin/python bench/metatune.py --train --tune-blocks 2 --tune-bn --lr 1e-3 --episodes-train 200 \
         --out /tmp/gtsrb-tuned.safetensors
     .venv/bin/python bench/metatune.py --model /tmp/gtsrb-tuned.safetensors --json result.json
@@ -76,9 +82,10 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("/tmp/metatune-bench.safetensors"))
     p.add_argument("--method", default="protonet")
     p.add_argument("--tune-blocks", type=int, default=2)
-    p.add_argument("--tune-bn", action="store_true", help="batch norm of the tuned blocks on batch statistics")
-    p.add_argument("--episodes-train", type=int, default=600)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--tune-bn", action=argparse.BooleanOptionalAction, default=True,
+                   help="batch norm of the tuned blocks on batch statistics (default: yes)")
+    p.add_argument("--episodes-train", type=int, default=200)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--episodes", type=int, default=600)
     p.add_argument("--shots", default="5,1")
@@ -97,6 +104,7 @@ def main() -> int:
     from fewshot_gui.core.io.datasets import ImageFolderDataset, split_classes
     from fewshot_gui.core.models.bundle import load_model
 
+    get_method("protonet")  # the scoring method, loaded before the long training run
     ds = ImageFolderDataset(args.data)
     split = split_classes(ds.classes, test=args.holdout, seed=args.split_seed)
     novel = split.test

@@ -145,7 +145,7 @@ def test_cli_options():
     base = ["train", "--backbone", "efficientnet-lite0", "--data", ".", "--out", "x.safetensors"]
     assert config_from_args(parse(base)).tune_blocks >= 1
     assert config_from_args(parse(base + ["--tune-blocks", "3"])).tune_blocks == 3
-    assert config_from_args(parse(base + ["--tune-bn"])).tune_bn and not config_from_args(parse(base)).tune_bn
+    assert config_from_args(parse(base)).tune_bn and not config_from_args(parse(base + ["--no-tune-bn"])).tune_bn
     assert config_from_args(parse(base + ["--method", "maml"])).tune_blocks == 0
     with pytest.raises(DataError, match="--tune-blocks"):
         config_from_args(parse(base + ["--tune-blocks", "9"]))

@@ -52,9 +52,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"pretrained backbone: meta-tune its top N blocks (and head convolution), 1 to "
                         f"{MAX_TUNE_BLOCKS}; the model file keeps only those. Default: {DEFAULT_TUNE_BLOCKS} for "
                         "--method protonet, 0 (a head on frozen features) for maml and relation")
-    p.add_argument("--tune-bn", dest="tune_bn", action="store_true",
-                   help="with --tune-blocks: the tuned blocks' batch norm learns the base set's statistics "
-                        "(default: the pretrained statistics are kept)")
+    p.add_argument("--tune-bn", dest="tune_bn", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --tune-blocks: the tuned blocks' batch norm learns the base set's statistics; "
+                        "--no-tune-bn keeps the pretrained ones (default: --tune-bn)")
     p.add_argument("--data", action="append", required=True, metavar="PATH",
                    help="training data (repeatable): ImageFolder dir or zip, optionally PATH::GROUP1,GROUP2")
     p.add_argument("--data-weights", dest="data_weights", metavar="W1,W2", type=weight_list,

@@ -23,7 +23,7 @@ class TrainConfig:
     method: str = "protonet"
     backbone: str = "conv4"  # "conv4" (trained on images) or a pretrained backbone name (a head on its features)
     tune_blocks: int = 0  # a pretrained backbone: its top blocks meta-tuned (0: frozen, a head only)
-    tune_bn: bool = False  # the tuned blocks' batch norm trains on batch statistics (else: base statistics kept)
+    tune_bn: bool = True  # the tuned blocks' batch norm trains on batch statistics (else: base statistics kept)
     data: list[str] = field(default_factory=list)  # PATH or PATH::GROUP1,GROUP2 (io.datasets.open_data_spec)
     data_weights: list[float] | None = None  # sampling weight of each data set (default: equal)
     items: dict[str, list[str]] | None = None  # labeled images given directly, {class: paths} (tune_blocks runs)
