@@ -490,3 +490,28 @@ def test_counts_follow_labels_corrections_undo_and_label_sets(qtbot, win, data):
     win.switch_label_set("labels")
     qtbot.waitUntil(lambda: {n: labeled(n) for n in win.doc.class_names} == before, timeout=5000)
     assert f"{len(win.doc.paths)} labeled \u00b7 0 confirmed" in win.grid.count_label.text()
+
+
+def test_save_and_timed_autosave_write_on_the_file_thread_not_the_gui_thread(qtbot, win, data, tmp_path,
+                                                                             monkeypatch):
+    import threading
+
+    support, _ = data
+    gui_thread = threading.current_thread()
+    writers: list[str] = []
+    real_save, real_write = Project.save, recovery.RecoveryFiles.write
+    monkeypatch.setattr(Project, "save", lambda self, *a, **k: writers.append(
+        ("save", threading.current_thread() is gui_thread)) or real_save(self, *a, **k))
+    monkeypatch.setattr(recovery.RecoveryFiles, "write", lambda self, p: writers.append(
+        ("recovery", threading.current_thread() is gui_thread)) or real_write(self, p))
+    f = tmp_path / "t.fewshot.json"
+    assert win.save_to(f)
+    qtbot.waitUntil(lambda: not win.doc.saving and f.is_file(), timeout=10000)
+    qtbot.waitUntil(lambda: "*" not in win.windowTitle(), timeout=5000)  # marked saved by the callback
+    setup_classes(win, support)
+    win.autosave_in_background()  # what the autosave timer calls
+    rec = f.with_name("t.fewshot.json.recovery")
+    qtbot.waitUntil(lambda: not win.doc.saving and rec.is_file(), timeout=10000)
+    assert Project.load(rec).classes == ["class0", "class1", "class2"]
+    assert ("save", False) in writers and ("recovery", False) in writers
+    assert all(not on_gui for _, on_gui in writers)  # nothing written on the GUI thread

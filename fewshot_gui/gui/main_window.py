@@ -40,6 +40,7 @@ from fewshot_gui.gui.window_actions import build_actions, build_menus
 
 PROJECT_FILTER = f"Few-shot projects (*{SUFFIX});;JSON files (*.json);;All files (*)"
 AUTOSAVE_MS = 60_000
+AUTOSAVED = "Autosaved unsaved changes to {} (save to keep them in the project)"
 CLOSE_GRACE_MS = 600     # closing during a job: hide the window if the job takes longer to stop
 STOP_LIMIT_MS = 60_000   # ... and close anyway (waiting for the thread) after this long
 
@@ -119,7 +120,7 @@ class MainWindow(QMainWindow):
 
         self.autosave = QTimer(self)
         self.autosave.setInterval(AUTOSAVE_MS)
-        self.autosave.timeout.connect(self.autosave_now)
+        self.autosave.timeout.connect(self.autosave_in_background)
         self.autosave.start()
         self._stop_poll = QTimer(self)
         self._stop_poll.setInterval(20)
@@ -286,23 +287,27 @@ class MainWindow(QMainWindow):
         return self.save_to(Path(f))
 
     def save_to(self, path: Path) -> bool:
+        """Save to ``path``: a snapshot here, JSON and atomic write on the file thread (True once started)."""
         self.doc.project.settings["threshold"] = self.grid.model.threshold
         before = self.doc.project.path
-        try:
-            saved = self.doc.project.save(path)
-        except FewShotError as exc:
-            self.show_error(str(exc))
-            return False
-        self.recovery.forget(before)
-        self.recovery.forget(saved)
-        self._saved()
-        self.settings.add_recent(str(saved))
-        self.status(f"Saved {saved}")
+        self.status(f"Saving {Path(path).name}\u2026")
+
+        def done(outcome) -> None:
+            if outcome.error is not None:
+                self.show_error(outcome.error)
+                return
+            self.recovery.forget(before)
+            self.recovery.forget(outcome.path)
+            if not outcome.edited_since:
+                self._saved()
+            self.settings.add_recent(str(outcome.path))
+            self.status(f"Saved {outcome.path}")
+
+        self.doc.save_project(Path(path), done)
         return True
 
     def autosave_now(self) -> Path | None:
-        """Write the recovery file of unsaved changes (never the project file). Returns it, or
-        None when there was nothing new to write."""
+        """Write the recovery file of unsaved changes now; returns it (None: nothing new)."""
         if not (self.doc.dirty or not self.undo.isClean()):
             return None
         self.doc.project.settings["threshold"] = self.grid.model.threshold
@@ -312,8 +317,23 @@ class MainWindow(QMainWindow):
             self.status(f"Autosave failed: {exc}")
             return None
         if written is not None:
-            self.status(f"Autosaved unsaved changes to {written.name} (save to keep them in the project)")
+            self.status(AUTOSAVED.format(written.name))
         return written
+
+    def autosave_in_background(self) -> None:
+        """The autosave timer: the recovery file is written from a snapshot on the file thread."""
+        if not (self.doc.dirty or not self.undo.isClean()) or self.doc.saving:
+            return
+        self.doc.project.settings["threshold"] = self.grid.model.threshold
+        snapshot = self.doc.project.snapshot()
+
+        def done(written, exc) -> None:
+            if exc is not None:
+                self.status(f"Autosave failed: {exc}")
+            elif written is not None:
+                self.status(AUTOSAVED.format(written.name))
+
+        self.doc.write_in_background(lambda: self.recovery.write(snapshot), done)
 
     def offer_recovery(self) -> None:
         """Offer the recovery file found at start-up or when the project was opened: restore its
@@ -473,6 +493,7 @@ class MainWindow(QMainWindow):
         """Stop every background job and thumbnail thread, waiting for them (idempotent)."""
         self.autosave.stop()
         self._stop_poll.stop()
+        self.doc.wait_for_files()  # a save pressed just before closing is finished, not lost
         self.controller.shutdown()
         self.thumbs.shutdown()
         self.settings.threshold = self.grid.model.threshold
