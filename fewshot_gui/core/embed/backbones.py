@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from fewshot_gui.core.embed.hardware import default_device
+from fewshot_gui.core.embed.lazy import recorded, remember, surely_cpu
 from fewshot_gui.core.embed.onnx_engine import attach_onnx, module_digest
 from fewshot_gui.core.errors import ConfigError, ModelFileError, WeightsNotFoundError
 
@@ -267,18 +268,25 @@ def list_backbones() -> list[BackboneInfo]:
 
 def get_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None,
                  device: str | None = None, engine: str = "auto",
-                 cache_dir: str | Path | None = None) -> Backbone:
+                 cache_dir: str | Path | None = None, lazy: bool = False) -> Backbone:
     """Build a registered backbone.
 
     ``engine``: "auto" (ONNX Runtime for frozen backbones on the CPU, torch otherwise),
     "torch", or "onnx" (falls back to torch with a warning when export/ONNX Runtime fails).
     ``cache_dir`` is where the exported ONNX file is kept (default: the embedding cache dir).
+    ``lazy``: on the CPU, a backbone built before with the same weights and code comes as a
+    :class:`~fewshot_gui.core.embed.lazy.LazyBackbone` that builds it on first use (a run served
+    from the embedding cache then never loads torch or the weights).
     """
     if engine not in ("auto", "torch", "onnx"):
         raise ValueError(f"engine must be 'auto', 'torch' or 'onnx', not {engine!r}")
     if name not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY))
         raise ConfigError(f"unknown backbone {name!r}; available: {known} (see `fewshot backbones`)")
+    if lazy and engine != "torch" and device in (None, "cpu") and surely_cpu():
+        stand_in = recorded(name, weights, engine, cache_dir, lambda: get_backbone(name, weights, "cpu", engine, cache_dir))
+        if stand_in is not None:
+            return stand_in
     device = device or default_device()
     if str(device).startswith("cuda"):
         import torch
@@ -293,6 +301,7 @@ def get_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None
             log.warning("ONNX engine is used on the CPU only; %s stays on torch (%s)", name, bb.device)
         else:
             attach_onnx(bb, cache_dir=cache_dir)
+    remember(bb, name, weights, engine, cache_dir)
     return bb
 
 

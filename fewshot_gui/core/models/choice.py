@@ -60,7 +60,8 @@ def resolve_model(model_file: str | Path | None = None, backbone: str | None = N
         if not method or method == bundle.method:
             chosen = bundle.make_method()
     else:
-        net = get_backbone(backbone or DEFAULT_BACKBONE, weights=weights, device=device, cache_dir=cache_dir)
+        net = get_backbone(backbone or DEFAULT_BACKBONE, weights=weights, device=device, cache_dir=cache_dir,
+                           lazy=True)  # built on the first image the cache does not have
     if chosen is None:
         chosen = get_method(method or DEFAULT_METHOD)
     return net, chosen

@@ -169,7 +169,7 @@ def label_folder(
     if not query_paths:
         raise DataError(f"no images found in {query_root}; choose a folder that contains images")
     if backbone is None:
-        backbone = get_backbone()
+        backbone = get_backbone(lazy=True)
     if method is None or isinstance(method, str):
         method = get_method(method or "protonet")
     if getattr(method, "input_kind", "features") == "images":
