@@ -50,8 +50,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "relation head is trained on its features; see `fewshot backbones`)")
     p.add_argument("--tune-blocks", dest="tune_blocks", type=whole_number(0), default=None, metavar="N",
                    help=f"pretrained backbone: meta-tune its top N blocks (and head convolution), 1 to "
-                        f"{MAX_TUNE_BLOCKS}; the model file keeps only those. Default: {DEFAULT_TUNE_BLOCKS} for "
-                        "--method protonet, 0 (a head on frozen features) for maml and relation")
+                        f"{MAX_TUNE_BLOCKS}; the model file keeps only those (default: {DEFAULT_TUNE_BLOCKS} for "
+                        "--method protonet, 0 (a head on frozen features) for maml and relation)")
     p.add_argument("--tune-bn", dest="tune_bn", action=argparse.BooleanOptionalAction, default=True,
                    help="with --tune-blocks: the tuned blocks' batch norm learns the base set's statistics; "
                         "--no-tune-bn keeps the pretrained ones (default: --tune-bn)")
