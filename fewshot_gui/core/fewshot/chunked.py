@@ -86,17 +86,23 @@ def centre_of(x: np.ndarray, pre_l2: bool = True, extra: np.ndarray | None = Non
     return total / max(count, 1)
 
 
+def finite_chunks(x: np.ndarray, centre: np.ndarray | None = None, pre_l2: bool = True,
+                  chunk: int = CHUNK) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+    """``(rows, ok, z)`` per row chunk of ``x`` with at least one finite row: the chunk's slice,
+    its finite-row mask and the finite rows normalised (:func:`normalised`)."""
+    for s in row_chunks(len(x), chunk):
+        block = x[s]
+        ok = np.isfinite(block).all(axis=1)
+        if ok.any():
+            yield s, ok, normalised(block if ok.all() else block[ok], centre, pre_l2)
+
+
 def map_rows(x: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], centre: np.ndarray | None = None,
              pre_l2: bool = True, chunk: int = CHUNK, width: int | None = None) -> np.ndarray:
     """(N, k) float32: ``fn(z)`` for each normalised chunk ``z`` of ``x`` (``fn`` returns (rows, k));
     non-finite rows get NaN. ``width``: k when known (else learnt from the first chunk)."""
     out: np.ndarray | None = None if width is None else np.full((len(x), width), np.nan, np.float32)
-    for s in row_chunks(len(x), chunk):
-        block = x[s]
-        ok = np.isfinite(block).all(axis=1)
-        if not ok.any():
-            continue
-        z = normalised(block if ok.all() else block[ok], centre, pre_l2)
+    for s, ok, z in finite_chunks(x, centre, pre_l2, chunk):
         r = np.asarray(fn(z), dtype=np.float32)
         if out is None:
             out = np.full((len(x), r.shape[1]), np.nan, np.float32)
@@ -130,12 +136,7 @@ def weighted_sums(x: np.ndarray, weights: np.ndarray, centre: np.ndarray | None 
     ``weights`` is (N, C) (rows of failed images are ignored whatever their weight)."""
     w = np.asarray(weights)
     out = np.zeros((w.shape[1], x.shape[1]), np.float64)
-    for s in row_chunks(len(x), chunk):
-        block = x[s]
-        ok = np.isfinite(block).all(axis=1)
-        if not ok.any():
-            continue
-        z = normalised(block if ok.all() else block[ok], centre, pre_l2)
+    for s, ok, z in finite_chunks(x, centre, pre_l2, chunk):
         ws = np.asarray(w[s] if ok.all() else w[s][ok], dtype=np.float32)
         out += (ws.T @ z).astype(np.float64)
     return out

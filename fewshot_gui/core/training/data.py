@@ -176,14 +176,19 @@ def load_training_data(cfg: TrainConfig, cancel: CancelToken | None = None
     train, val = [], []
     for s in cfg.data:
         d = yield from load(s)
-        if cfg.holdout > 0:
-            split = split_classes(d.classes, test=cfg.holdout, seed=cfg.split_seed)
-            if not cfg.val_data:
-                val.append(d.subset(split.test, f"{s} (held-out {cfg.holdout:g} of classes, "
-                                                f"split seed {cfg.split_seed})"))
-            d = d.subset(split.train, f"{s} (training classes)")
-        train.append(d)
+        train.append(training_part(d, s, cfg, val))
     for s in cfg.val_data or []:
         val.append((yield from load(s)))
     feat_dim = int(train[0].items.shape[1]) if spec is None else None
     return TrainingData(train, val, spec, feat_dim)
+
+
+def training_part(d, source: str, cfg: TrainConfig, val: list):
+    """The training classes of data set ``d`` (read from ``source``): with ``--holdout`` a seeded
+    share of its classes is split off, into ``val`` unless validation data is given."""
+    if cfg.holdout <= 0:
+        return d
+    split = split_classes(d.classes, test=cfg.holdout, seed=cfg.split_seed)
+    if not cfg.val_data:
+        val.append(d.subset(split.test, f"{source} (held-out {cfg.holdout:g} of classes, split seed {cfg.split_seed})"))
+    return d.subset(split.train, f"{source} (training classes)")

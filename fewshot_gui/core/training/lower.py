@@ -22,10 +22,10 @@ from torch import nn
 from fewshot_gui.core.embed.backbones import get_backbone
 from fewshot_gui.core.embed.split import SplitLite0, iter_activations
 from fewshot_gui.core.errors import DataError
-from fewshot_gui.core.io.datasets import ImageFolderDataset, open_data_spec, split_classes
+from fewshot_gui.core.io.datasets import ImageFolderDataset, open_data_spec
 from fewshot_gui.core.jobs import CancelToken, Progress
 from fewshot_gui.core.training.config import TrainConfig
-from fewshot_gui.core.training.data import EpisodeSet
+from fewshot_gui.core.training.data import EpisodeSet, training_part
 
 ITEMS_NAME = "labeled images"  # the name of the data set given as {class: paths}
 HEAD_NAMES = {"0": "_conv_head", "1": "_bn1"}  # the split's head Sequential -> Lite0's modules
@@ -133,13 +133,7 @@ def load_activations(cfg: TrainConfig, lower: LowerBackbone, cancel: CancelToken
     sets = [(s, None) for s in cfg.data] + ([(ITEMS_NAME, cfg.items)] if cfg.items else [])
     for s, items in sets:
         d = yield from (items_set(s, items, lower, cancel) if items else activation_set(s, lower, cancel))
-        if cfg.holdout > 0:
-            split = split_classes(d.classes, test=cfg.holdout, seed=cfg.split_seed)
-            if not cfg.val_data:
-                val.append(d.subset(split.test, f"{s} (held-out {cfg.holdout:g} of classes, "
-                                                f"split seed {cfg.split_seed})"))
-            d = d.subset(split.train, f"{s} (training classes)")
-        train.append(d)
+        train.append(training_part(d, s, cfg, val))
     for s in cfg.val_data or []:
         val.append((yield from activation_set(s, lower, cancel)))
     return train, val
