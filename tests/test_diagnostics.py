@@ -52,6 +52,20 @@ def test_duplicates_and_cross_class_duplicates():
     assert "different classes" in "\n".join(d.summary_lines())
 
 
+def test_embeddings_that_all_point_one_way_report_only_real_duplicates():
+    # like a ReLU Conv-4 meta-trained on characters: every embedding in one direction, two drawings
+    # of one character at cosine ~0.98 (above the absolute bound), an exact copy at ~1.0
+    rng = np.random.default_rng(3)
+    x, y, _, _ = _support(rng, shot=5, spread=0.5)
+    x = x + 60.0  # a large shared component
+    raw = x / np.linalg.norm(x, axis=1, keepdims=True)
+    same_class = [(i, j) for i in range(25) for j in range(i + 1, 25) if y[i] == y[j]]
+    assert np.median([raw[i] @ raw[j] for i, j in same_class]) > 0.985  # the absolute bound alone flags these
+    x[6] = x[5] * 1.00001  # one real duplicate
+    d = diagnose_support(x, y, 5, LITE0)
+    assert {(p.i, p.j) for p in d.duplicates} == {(5, 6)}
+
+
 def test_one_shot_classes_and_query_confusion():
     rng = np.random.default_rng(3)
     dim = 40

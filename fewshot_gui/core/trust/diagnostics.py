@@ -36,6 +36,7 @@ from fewshot_gui.core.fewshot.features import (centre_normalise, l2_normalise, l
 from fewshot_gui.core.trust.profile import TrustProfile
 
 DEFAULT_DUPLICATE_COSINE = 0.985
+DUPLICATE_RELATIVE_GAP = 0.1  # a duplicate pair's 1 - cosine: at most this share of a typical same-class pair's
 # A query hesitates between its top-2 classes when their probability margin under
 # softmax(HESITATION_SCALE * scores) is below AMBIGUOUS_MARGIN (the two were chosen together).
 HESITATION_SCALE = 10.0
@@ -183,11 +184,16 @@ def diagnose_support(support: np.ndarray, labels: np.ndarray, n_classes: int, pr
                                     kind="outlier"))
     suspects.sort(key=lambda x: (x.kind != "mislabel", x.own_score - x.other_score))
 
-    # duplicates on raw L2-normalised embeddings
+    # duplicates on raw L2-normalised embeddings: near-identical in absolute terms, and far closer
+    # than two images of one class typically are (a Conv-4 meta-trained on characters puts two
+    # drawings of one character at cosine ~0.98, above the absolute bound fitted on Lite0)
     raw = l2_normalise(s)
     sim = raw @ raw.T
     iu, ju = np.triu_indices(S, k=1)
-    hit = sim[iu, ju] >= duplicate_cosine
+    gap = 1.0 - sim[iu, ju]
+    same = y[iu] == y[ju]
+    typical = float(np.median(gap[same] if same.any() else gap)) if len(gap) else 0.0
+    hit = (sim[iu, ju] >= duplicate_cosine) & (gap <= DUPLICATE_RELATIVE_GAP * typical)
     dups = [Duplicate(int(i), int(j), float(sim[i, j])) for i, j in zip(iu[hit], ju[hit])]
     dups.sort(key=lambda d: (-int(y[d.i] != y[d.j]), -d.cosine))
 
