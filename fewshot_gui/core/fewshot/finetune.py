@@ -48,7 +48,7 @@ from fewshot_gui.core.errors import DataError
 from fewshot_gui.core.fewshot.base import FewShotMethod
 from fewshot_gui.core.fewshot.features import centre_normalise, l2_normalise
 from fewshot_gui.core.fewshot.protonet import ProtoNet
-from fewshot_gui.core.jobs import CancelToken, Progress
+from fewshot_gui.core.jobs import CancelToken, Progress, run_job
 
 DEFAULT_TUNE_BLOCKS = 0
 DEFAULT_STEPS = 15
@@ -99,17 +99,6 @@ def _crop(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 Steps = Generator[int, None, Any]  # yields the number of steps done, returns the result
 
 
-def drive(steps: Steps, step_done: Callable[[int], None] | None = None) -> Any:
-    """Run a step generator to its end (``step_done(k)`` after each step); its result."""
-    while True:
-        try:
-            k = next(steps)
-        except StopIteration as stop:
-            return stop.value
-        if step_done is not None:
-            step_done(k)
-
-
 def _relay(steps: Steps, f: Callable[[int], Any]) -> Generator[Any, None, Any]:
     """Yield ``f(k)`` for each step count ``k`` of ``steps``; return its result."""
     while True:
@@ -125,7 +114,7 @@ def adapt_top(split: SplitLite0, views: np.ndarray, labels: np.ndarray, n_classe
               cancel: CancelToken | None = None, step_done: Callable[[int], None] | None = None,
               pre: np.ndarray | None = None) -> Adaptation:
     """:func:`iter_adapt_top` run to its end (``step_done(k)`` after step ``k``)."""
-    return drive(iter_adapt_top(split, views, labels, n_classes, steps, lr, seed, cancel, pre), step_done)
+    return run_job(iter_adapt_top(split, views, labels, n_classes, steps, lr, seed, cancel, pre), step_done)
 
 
 def iter_adapt_top(split: SplitLite0, views: np.ndarray, labels: np.ndarray, n_classes: int,
@@ -345,7 +334,7 @@ def decide(split: SplitLite0, views: np.ndarray, labels: np.ndarray, n_classes: 
            plain_feats: np.ndarray | None = None, cancel: CancelToken | None = None,
            step_done: Callable[[int], None] | None = None, pre: np.ndarray | None = None) -> Decision:
     """:func:`iter_decide` run to its end."""
-    return drive(iter_decide(split, views, labels, n_classes, steps, lr, folds, seed, plain_feats, cancel, pre),
+    return run_job(iter_decide(split, views, labels, n_classes, steps, lr, folds, seed, plain_feats, cancel, pre),
                  step_done)
 
 
@@ -439,7 +428,7 @@ class FineTune(FewShotMethod):
                     ) -> Adaptation | None:
         """Adapt to support activations ``views`` (V, N, D) (``pre``: their
         :func:`head_preactivations`, V first, when known), or None when it stays plain."""
-        return drive(self.iter_adapt_views(split, views, labels, n_classes, plain_feats, cancel, pre), step_done)
+        return run_job(self.iter_adapt_views(split, views, labels, n_classes, plain_feats, cancel, pre), step_done)
 
     def iter_adapt_views(self, split: SplitLite0, views: np.ndarray, labels: np.ndarray, n_classes: int,
                          plain_feats: np.ndarray | None = None, cancel: CancelToken | None = None,

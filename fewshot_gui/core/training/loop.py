@@ -186,6 +186,25 @@ def _episode_scorer(net: nn.Module, d: EpisodeSet, spec: ImageSpec | None):
 
 
 # ------------------------------------------------------------------------------ the job
+class TrainingCurve:
+    """The training loss and accuracy smoothed over updates (exponentially, 0.98 on the past): a
+    Progress after every update, a history entry every HISTORY_EVERY updates and at the last."""
+
+    def __init__(self, history: list, updates: int, meta_batch: int):
+        self.history, self.updates, self.meta_batch = history, updates, meta_batch
+        self.loss: float | None = None
+        self.acc: float | None = None
+
+    def update(self, done: int, loss: float, acc: float) -> Progress:
+        self.loss = loss if self.loss is None else 0.98 * self.loss + 0.02 * loss
+        self.acc = acc if self.acc is None else 0.98 * self.acc + 0.02 * acc
+        if done % HISTORY_EVERY == 0 or done == self.updates:
+            self.history.append({"episode": done * self.meta_batch, "loss": round(self.loss, 4),
+                                 "train_acc": round(100 * self.acc, 2)})
+        return Progress("meta-training", done * self.meta_batch, self.updates * self.meta_batch,
+                        f"loss {self.loss:.3f} acc {100 * self.acc:.1f}%")
+
+
 def meta_train(cfg: TrainConfig, cancel: CancelToken | None = None
                ) -> Generator[Progress | ValidationResult, None, TrainResult]:
     """The training job (see the module docstring)."""
@@ -221,7 +240,7 @@ def meta_train(cfg: TrainConfig, cancel: CancelToken | None = None
     t0, c0 = time.monotonic(), time.process_time()
     val_every = max(1, (cfg.val_every or updates * cfg.meta_batch) // max(1, cfg.meta_batch))
     ckpt_every = max(1, (cfg.checkpoint_every or cfg.val_every or updates * cfg.meta_batch) // max(1, cfg.meta_batch))
-    run_loss = run_acc = None
+    curve = TrainingCurve(history, updates, cfg.meta_batch)
     for update in range(start, updates):
         if cancel is not None:
             cancel.raise_if_cancelled()
@@ -230,14 +249,8 @@ def meta_train(cfg: TrainConfig, cancel: CancelToken | None = None
         opt.zero_grad(set_to_none=True)
         loss, acc = _training_step(net, cfg, data, samplers, weights, update)
         opt.step()
-        run_loss = loss if run_loss is None else 0.98 * run_loss + 0.02 * loss
-        run_acc = acc if run_acc is None else 0.98 * run_acc + 0.02 * acc
         done = update + 1
-        yield Progress("meta-training", done * cfg.meta_batch, updates * cfg.meta_batch,
-                       f"loss {run_loss:.3f} acc {100 * run_acc:.1f}%")
-        if done % HISTORY_EVERY == 0 or done == updates:
-            history.append({"episode": done * cfg.meta_batch, "loss": round(run_loss, 4),
-                            "train_acc": round(100 * run_acc, 2)})
+        yield curve.update(done, loss, acc)
         if done == updates:
             break
         if data.val and done % val_every == 0:

@@ -39,7 +39,7 @@ from fewshot_gui.core.models.nets import build_net
 from fewshot_gui.core.models.tuned import TUNED_TYPE, base_identity, tuned_tensors
 from fewshot_gui.core.training.config import TrainConfig, check_config, data_weights, net_meta_for
 from fewshot_gui.core.training.data import EpisodeSet, episode_tensors
-from fewshot_gui.core.training.loop import EPISODE_CHOICE_STREAM, HISTORY_EVERY, TrainResult, ValidationResult, \
+from fewshot_gui.core.training.loop import EPISODE_CHOICE_STREAM, TrainingCurve, TrainResult, ValidationResult, \
     _lr_at, meta_train, protocol_text
 from fewshot_gui.core.training.lower import TopStages, load_activations, lower_backbone
 
@@ -138,7 +138,7 @@ def meta_tune(cfg: TrainConfig, cancel: CancelToken | None = None
     updates = max(1, cfg.episodes // max(1, cfg.meta_batch))
     val_every = max(1, (cfg.val_every or cfg.episodes) // max(1, cfg.meta_batch))
     t0, c0 = time.monotonic(), time.process_time()
-    run_loss = run_acc = 0.0
+    curve = TrainingCurve(history, updates, cfg.meta_batch)
     for update in range(updates):
         if cancel is not None:
             cancel.raise_if_cancelled()
@@ -158,14 +158,8 @@ def meta_tune(cfg: TrainConfig, cancel: CancelToken | None = None
             loss_sum += float(loss.detach()) / cfg.meta_batch
             acc_sum += float((logits.detach().argmax(1) == yq).float().mean()) / cfg.meta_batch
         opt.step()
-        run_loss = loss_sum if update == 0 else 0.98 * run_loss + 0.02 * loss_sum
-        run_acc = acc_sum if update == 0 else 0.98 * run_acc + 0.02 * acc_sum
         done = update + 1
-        yield Progress("meta-training", done * cfg.meta_batch, updates * cfg.meta_batch,
-                       f"loss {run_loss:.3f} acc {100 * run_acc:.1f}%")
-        if done % HISTORY_EVERY == 0 or done == updates:
-            history.append({"episode": done * cfg.meta_batch, "loss": round(run_loss, 4),
-                            "train_acc": round(100 * run_acc, 2)})
+        yield curve.update(done, loss_sum, acc_sum)
         if val and done % val_every == 0 and done < updates:
             v = yield from _validate(net, cfg, val, val_samplers, done * cfg.meta_batch, protocol, cancel)
             history.append({"episode": v.episode, "val_acc": round(v.accuracy, 2), "val_ci95": round(v.ci95, 2)})
