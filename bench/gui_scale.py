@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from gui_responsiveness import StallMeter as ResponsivenessStallMeter  # same folder (bench/)
+
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,41 +104,15 @@ def support_classes() -> dict[str, list[Path]]:
 
 
 
-class StallMeter:
-    """Lateness of a 10 ms QTimer on the GUI thread (how long the thread could not react)."""
-
-    def __init__(self, interval_ms: int = 10):
-        from PySide6.QtCore import QTimer
-
-        self.interval = interval_ms / 1000.0
-        self.timer = QTimer()
-        self.timer.setInterval(interval_ms)
-        self.timer.timeout.connect(self._tick)
-        self.late: list[float] = []
-        self.context = ""
-        self.worst: list[tuple[float, float, str]] = []
-        self._last = self._t0 = 0.0
-
-    def start(self) -> None:
-        self.late, self.worst = [], []
-        self._last = self._t0 = time.perf_counter()
-        self.timer.start()
+class StallMeter(ResponsivenessStallMeter):
+    """bench/gui_responsiveness.py's meter (lateness of a 10 ms QTimer on the GUI thread), also
+    counting a stall still running when it stops; the worst stalls in rounded ms."""
 
     def stop(self) -> dict:
-        self.timer.stop()
         self._tick()
-        v = sorted(self.late) or [0.0]
-        self.worst.sort(reverse=True)
-        return {"max_ms": v[-1] * 1000, "p99_ms": v[min(len(v) - 1, int(0.99 * len(v)))] * 1000,
-                "ticks": len(self.late), "worst": [(round(a * 1000), round(b, 2), c) for a, b, c in self.worst[:4]]}
-
-    def _tick(self) -> None:
-        now = time.perf_counter()
-        late = max(0.0, now - self._last - self.interval)
-        self.late.append(late)
-        if late > 0.04:
-            self.worst.append((late, self._last - self._t0, self.context))
-        self._last = now
+        r = super().stop()
+        return {"max_ms": r["max_ms"], "p99_ms": r["p99_ms"], "ticks": r["ticks"],
+                "worst": [(round(a * 1000), round(b, 2), c) for a, b, c in r["worst"][:4]]}
 
 
 def _wait(loop, ms: int) -> None:
