@@ -75,6 +75,7 @@ def test_model_file_keeps_only_the_tuned_block_and_round_trips(trained, tmp_path
     assert torch.equal(state[lower_block], base.module.state_dict()[lower_block])
     assert tuned.key != base.key and bundle.digest in tuned.key
     assert type(bundle.make_method()).__name__ == "ProtoNet"
+    assert tuned.name == Path(out).stem and tuned.family == "efficientnet-lite0"
 
     # the same image embedded by the loaded model and by the tuned top on the lower activations
     lower = LowerBackbone("efficientnet-lite0", 1, engine="torch")
@@ -194,3 +195,21 @@ def test_learned_models_are_listed_and_offered_to_auto(trained, tmp_path, monkey
     assert not [c for c in default_candidates("maml") if c.model_file and c.model_file.parent == folder]
     assert main(["backbones"]) == 0
     assert "my-signs.safetensors  protonet on efficientnet-lite0" in capsys.readouterr().out
+
+
+def test_a_tuned_lite0_gets_lite0s_trust_constants(trained):
+    from types import SimpleNamespace
+
+    from fewshot_gui.core.models.family import backbone_family, trust_profile_for
+    from fewshot_gui.core.trust.profile import GENERIC_SHOT_COSINE_THRESHOLDS, SHOT_COSINE_THRESHOLDS, TrustProfile
+
+    out, _, _ = trained
+    tuned = load_model(out).make_backbone(device="cpu", engine="torch")
+    lite0 = SHOT_COSINE_THRESHOLDS["efficientnet-lite0"]
+    assert backbone_family(tuned) == "efficientnet-lite0"
+    assert trust_profile_for(tuned).shot_cosines == lite0
+    assert TrustProfile.for_backbone(tuned.name).shot_cosines == GENERIC_SHOT_COSINE_THRESHOLDS  # by its name: not
+    # a backbone without a family is its own; nothing named gives the unnamed profile
+    assert trust_profile_for(SimpleNamespace(name="efficientnet-lite0")).shot_cosines == lite0
+    assert trust_profile_for(SimpleNamespace(name="conv4-omniglot")).shot_cosines == GENERIC_SHOT_COSINE_THRESHOLDS
+    assert backbone_family(None) == "" and trust_profile_for(None).backbone == ""

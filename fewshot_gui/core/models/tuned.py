@@ -15,6 +15,9 @@ what changed, and which base weights it applies to:
 naming the model file when its weights are not those the model was tuned from, loads the tuned
 values into it and returns a new backbone whose cache key names the model file's digest, so the
 embedding cache never mixes its vectors with those of the base backbone or of another model.
+The new backbone is named after the model file; its ``family`` is the base backbone's name, under
+which constants fitted on that network's embeddings are found
+(:func:`~fewshot_gui.core.models.family.backbone_family`).
 """
 
 from __future__ import annotations
@@ -99,7 +102,7 @@ def tuned_backbone(meta: dict[str, Any], tensors: dict[str, np.ndarray], path: s
                    key=f"{name}+tuned|{stem}-{digest}|v1", mean=base.mean, std=base.std, resize=base.resize,
                    crop_fraction=base.crop_fraction, device=base.device, grayscale=base.grayscale,
                    weights_file=path)
-    out.base_name = name
+    out.family = name  # the network it is a version of (models.family)
     if engine == "onnx" or (engine == "auto" and out.device == "cpu"):
         attach_onnx(out, cache_dir=cache_dir)
     return out
