@@ -130,3 +130,13 @@ def test_shot_table_interpolates_in_log_shot_and_clamps():
     assert shot_interp(table, 1) == 2.0 and shot_interp(table, 5) == 1.0 and shot_interp(table, 50) == 1.0
     assert shot_interp(table, np.sqrt(5)) == pytest.approx(1.5)
     assert shot_interp(table, 2, column=2) == pytest.approx(1.0 - 0.5 * np.log(2) / np.log(5))
+
+
+def test_method_built_by_name_uses_the_shipped_constants():
+    """``fewshot eval --method protonet-transductive`` builds the method by name: it must scale
+    and refine with the constants fitted across domains, not with placeholder guesses."""
+    from fewshot_gui.core.fewshot import get_method
+    from fewshot_gui.core.trust.profile import TrustProfile
+
+    assert get_method("protonet-transductive").calibration == TrustProfile.for_backbone(None).calibration
+    assert Calibration() == TrustProfile.for_backbone("efficientnet-lite0").calibration

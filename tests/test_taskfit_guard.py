@@ -83,3 +83,16 @@ def test_left_out_scores_come_in_support_order():
     sc, ly = T.fold_loo_scores(zs, y[order], zq, 3, "center_l2", beta=5.0)
     np.testing.assert_array_equal(ly, y[order])
     assert sc.shape == (len(y), 3)
+
+
+def test_gamma_follows_the_shot_count():
+    """1-shot refinement lets every query pull with its responsibility (gamma 1); with more
+    examples ambiguous queries pull less (gamma 2). A fixed gamma gives the same fit."""
+    rng = np.random.default_rng(4)
+    for shot, gamma in ((1, 1.0), (5, 2.0)):
+        s, y, q, _ = _task(rng, shot=shot)
+        auto = T.fit_task(s, y, q, 5, CAL)
+        fixed = T.fit_task(s, y, q, 5, CAL, gamma=gamma)
+        other = T.fit_task(s, y, q, 5, CAL, gamma=3.0 - gamma)
+        np.testing.assert_allclose(auto.prototypes, fixed.prototypes)
+        assert not np.allclose(auto.prototypes, other.prototypes)

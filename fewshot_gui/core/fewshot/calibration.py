@@ -245,6 +245,15 @@ def mean_shot(labels: np.ndarray | None, n_classes: int | None) -> float:
 
 PriorTable = tuple[tuple[int, float, float], ...]  # (shot, factor, way exponent)
 
+# The shipped constants of :class:`Calibration`, fitted by ``fit_trust_profile`` on labelled tasks
+# of four domains (:data:`fewshot_gui.core.trust.profile.FITTED` says which and how).
+SHIPPED: dict = {
+    "support_prior": ((1, 0.457, -0.25), (2, 0.505, -0.25), (3, 0.7255, -0.5), (5, 0.8113, -0.5), (10, 0.8331, -0.5)),
+    "refined_prior": ((1, 0.2648, -0.25), (2, 0.3596, -0.25), (3, 0.4435, -0.25), (5, 0.805, -0.5), (10, 0.85, -0.5)),
+    "prior_sd": 0.5,
+    "evidence_gain": ((1, 1.0), (2, 1.2), (3, 1.1), (5, 1.0), (10, 1.0)),
+}
+
 
 @dataclass(frozen=True)
 class Calibration:
@@ -255,14 +264,15 @@ class Calibration:
     same around the *refined* prototypes (the prior of the final scale); ``prior_sd``: standard
     deviation of the prior on log scale; ``evidence_gain``: (shot, gain) rows, how much sharper
     than the left-out images' own optimum the evidence says the scale is (leave-one-out
-    prototypes have one image fewer). The defaults are rough guesses; the fitted values are in
-    :data:`fewshot_gui.core.trust.profile.FITTED` (``TrustProfile.for_backbone(...).calibration``).
+    prototypes have one image fewer). The defaults are the shipped constants fitted across
+    domains (:data:`SHIPPED`; :data:`fewshot_gui.core.trust.profile.FITTED` names their domains
+    and command), so ``protonet-transductive`` built by name uses them too.
     """
 
-    support_prior: PriorTable = ((1, 0.5, 0.0), (5, 0.4, 0.0))
-    refined_prior: PriorTable = ((1, 0.2, 0.0), (5, 0.35, 0.0))
-    prior_sd: float = 0.5
-    evidence_gain: ShotTable = ((1, 1.0), (5, 1.0))
+    support_prior: PriorTable = SHIPPED["support_prior"]
+    refined_prior: PriorTable = SHIPPED["refined_prior"]
+    prior_sd: float = SHIPPED["prior_sd"]
+    evidence_gain: ShotTable = SHIPPED["evidence_gain"]
 
     def support_scale(self, z: np.ndarray, protos: np.ndarray, shot: float) -> float:
         """Prior scale of the support prototypes ``protos`` for the queries ``z``."""

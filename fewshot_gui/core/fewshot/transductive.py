@@ -28,7 +28,7 @@ from fewshot_gui.core.errors import ConfigError, DataError
 from fewshot_gui.core.fewshot.base import FewShotMethod
 from fewshot_gui.core.fewshot.calibration import Calibration
 from fewshot_gui.core.fewshot.features import finite_rows, softmax
-from fewshot_gui.core.fewshot.refine import DEFAULT_GAMMA, DEFAULT_ITERATIONS
+from fewshot_gui.core.fewshot.refine import DEFAULT_ITERATIONS
 from fewshot_gui.core.fewshot.taskfit import GEOMETRIES, TaskFit, fit_task
 
 # Measured on Caltech-101, GTSRB and Omniglot (docs/quality.md): refinement helps at 1-shot and is
@@ -50,7 +50,8 @@ def _features(x: Any, what: str) -> np.ndarray:
 class TransductiveProtoNet(FewShotMethod):
     """ProtoNet + confidence-weighted soft k-means refinement + per-task calibrated scale.
 
-    Options: ``refine`` (bool, default True), ``iterations``, ``gamma``, ``beta`` (a fixed
+    Options: ``refine`` (bool, default True), ``iterations``, ``gamma`` (the refinement's
+    confidence exponent; None = by shot, ``taskfit.GAMMA_BY_SHOT``), ``beta`` (a fixed
     responsibilities' scale; None = calibrated), ``calibration`` (the cross-domain constants of
     the scale estimate; None = :class:`Calibration`'s defaults), ``scale`` (a fixed probability
     scale; None = estimated per task), ``normalize`` (the space: ``"center_l2"``, ``"l2"`` or
@@ -61,7 +62,7 @@ class TransductiveProtoNet(FewShotMethod):
     input_kind = "features"
 
     def __init__(self, refine: bool = True, iterations: int = DEFAULT_ITERATIONS, beta: float | None = None,
-                 gamma: float = DEFAULT_GAMMA, calibration: Calibration | None = None,
+                 gamma: float | None = None, calibration: Calibration | None = None,
                  scale: float | None = None, normalize: str = "center_l2", **options: Any) -> None:
         if options:
             raise ConfigError(f"unknown protonet-transductive option(s) {', '.join(sorted(options))}; "
@@ -73,7 +74,7 @@ class TransductiveProtoNet(FewShotMethod):
         self.refine = bool(refine)
         self.iterations = int(iterations)
         self.beta = None if beta is None else float(beta)
-        self.gamma = float(gamma)
+        self.gamma = None if gamma is None else float(gamma)
         self.calibration = calibration if calibration is not None else Calibration()
         self.normalize = normalize
         self.fixed_scale = None if scale is None else float(scale)
