@@ -11,7 +11,8 @@ many 20-way tasks with 15 queries per class (10 at 10-shot) plus 15 images of ea
 outside the task
 (label -1), sampled from the domain's *fitting classes* (all its classes unless
 ``Domain.fit_classes`` says otherwise) with its own seed
-stream, so they never coincide with the evaluation episodes.
+stream, so they never coincide with the evaluation episodes. Each task carries the space the
+domain's method scores in (``geometry``), in which the constants are fitted.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import fewshot_gui.core.trust.profile as profile_module
+from fewshot_gui.core.fewshot.transductive import geometry_of
 from fewshot_gui.core.trust.profile import TrustProfile
 
 from .domains import Domain
@@ -44,6 +46,7 @@ class FitTask:
     query: np.ndarray           # (Q, D)
     query_labels: np.ndarray    # (Q,) 0..n_classes-1, or -1 for images of no class of the task
     n_classes: int
+    geometry: str = "center_l2"  # the space the domain's method scores in (transductive.geometry_of)
 
 
 def fit_tasks(domains: list[Domain], episodes: int, seed: int) -> list[FitTask]:
@@ -51,6 +54,7 @@ def fit_tasks(domains: list[Domain], episodes: int, seed: int) -> list[FitTask]:
     for d in domains:
         classes = np.arange(len(d.classes)) if d.fit_classes is None else d.fit_classes
         sampler = Sampler(d.labels, d.item_groups, classes, d.class_groups, d.within_group)
+        geometry = geometry_of(d.new_method())
         for way in FIT_WAYS:
             if way > len(classes) - 5:
                 continue
@@ -60,7 +64,7 @@ def fit_tasks(domains: list[Domain], episodes: int, seed: int) -> list[FitTask]:
                 for _ in range(episodes if way == FIT_WAY else max(1, episodes // 2)):
                     t = sampler.episode(rng, way, shot, query, n_unseen=5)
                     out.append(FitTask(d.name, d.backbone, d.features[t.support], t.support_labels,
-                                       d.features[t.query], t.query_labels, way))
+                                       d.features[t.query], t.query_labels, way, geometry))
     return out
 
 

@@ -15,7 +15,9 @@ class of the task) -- of *several domains* and returns a table shaped like ``FIT
   its known images, that brings the false-flag rate of the 1-shot tasks closest to the default
   rate.
 
-All fits are on ProtoNet's space (centre + L2). ``bench/quality.py`` calls it (through
+Each task is fitted in the space its method scores in (the task's ``geometry``: ProtoNet's
+centre + L2 unless it says otherwise, e.g. ``"none"`` for a Conv-4 model file's raw squared
+distances), as the labeling job uses it. ``bench/quality.py`` calls it (through
 ``profile.fit_trust_profile``) with the tasks of every domain but the measured one.
 """
 
@@ -45,6 +47,7 @@ class _Prepared:
     known: np.ndarray      # (Q,) query of a class of the task
     zq: np.ndarray         # queries in the space of `protos`
     protos: np.ndarray     # support prototypes (support-centred), later the refined ones
+    geometry: str = "center_l2"
     fit: Any = None
 
 
@@ -92,9 +95,11 @@ def _fit_prior(group: list[_Prepared]) -> tuple[float, float]:
 
 def _prepare(t: Any) -> _Prepared:
     y = np.asarray(t.support_labels, dtype=int)
-    zs, zq, _ = to_space(t.support, t.query, "center_l2", refine=False)
-    protos = l2_normalise(np.stack([zs[y == c].mean(0) for c in range(t.n_classes)]))
-    return _Prepared(t, y, np.asarray(t.query_labels) >= 0, zq, protos)
+    geometry = str(getattr(t, "geometry", "center_l2") or "center_l2")
+    zs, zq, _ = to_space(t.support, t.query, geometry, refine=False)
+    protos = np.stack([zs[y == c].mean(0) for c in range(t.n_classes)])
+    return _Prepared(t, y, np.asarray(t.query_labels) >= 0, zq,
+                     protos if geometry == "none" else l2_normalise(protos), geometry)
 
 
 def fit_constants(tasks: Sequence[Any]) -> dict[str, Any]:
@@ -108,15 +113,16 @@ def fit_constants(tasks: Sequence[Any]) -> dict[str, Any]:
     cal = Calibration(support_prior, support_prior, 0.5)
     for s in shots:
         for p in by_shot[s]:
-            p.fit = fit_task(p.task.support, p.y, p.task.query, p.task.n_classes, cal, guard=False)
-            _, p.zq, _ = to_space(p.task.support, p.task.query, "center_l2", refine=True)
+            p.fit = fit_task(p.task.support, p.y, p.task.query, p.task.n_classes, cal, geometry=p.geometry,
+                             guard=False)
+            _, p.zq, _ = to_space(p.task.support, p.task.query, p.geometry, refine=True)
             p.protos = p.fit.prototypes
     refined_prior = tuple((s, *_fit_prior(by_shot[s])) for s in shots)
     every = [p for s in shots for p in by_shot[s]]
     evidence = []
     for p in every:
-        zs, zq, _ = to_space(p.task.support, p.task.query, "center_l2", refine=True)
-        evidence.append(task_evidence(zs, p.y, zq, p.task.n_classes, "center_l2", p.fit.refine_scale, p.fit.refined))
+        zs, zq, _ = to_space(p.task.support, p.task.query, p.geometry, refine=True)
+        evidence.append(task_evidence(zs, p.y, zq, p.task.n_classes, p.geometry, p.fit.refine_scale, p.fit.refined))
     cal0 = Calibration(support_prior, refined_prior, 0.5)
     priors = [cal0.prior_scale(p.zq, p.protos, mean_shot(p.y, p.task.n_classes)) for p in every]
     known = [(sq_distance_scores(p.zq[p.known], p.protos), p.task.query_labels[p.known]) for p in every]
