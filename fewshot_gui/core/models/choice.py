@@ -59,6 +59,9 @@ def resolve_model(model_file: str | Path | None = None, backbone: str | None = N
         net = bundle.make_backbone(device=device, cache_dir=cache_dir)
         if not method or method == bundle.method:
             chosen = bundle.make_method()
+        elif method == "protonet-transductive" and bundle.method == "protonet":
+            # refined in the space the model file's ProtoNet scores in (raw distances for Conv-4)
+            chosen = get_method(method, normalize=getattr(bundle.make_method(), "normalize", "center_l2"))
     else:
         net = get_backbone(backbone or DEFAULT_BACKBONE, weights=weights, device=device, cache_dir=cache_dir,
                            lazy=True)  # built on the first image the cache does not have

@@ -23,6 +23,7 @@ from fewshot_gui.core.fewshot.transductive import refinable
 from fewshot_gui.core.io.export import UNKNOWN_LABEL, LabelColumns, relative_posix, write_csv
 from fewshot_gui.core.io.images import load_image, scan_class_folders, scan_folder
 from fewshot_gui.core.jobs import CancelToken, Progress, run_job  # noqa: F401  (run_job re-exported)
+from fewshot_gui.core.models.family import backbone_family
 from fewshot_gui.core.trust.profile import TrustProfile
 from fewshot_gui.core.trust.report import Trust, assess_folder, trust_columns
 
@@ -56,6 +57,7 @@ class LabelResult:
     seconds: float = 0.0
     method: str = ""
     backbone: str = ""
+    backbone_family: str = ""  # the pretrained network whose trust constants apply (models.family)
 
     @property
     def rel_paths(self) -> list[str]:
@@ -232,7 +234,8 @@ def label_folder(
 
     result = LabelResult(query_root, query_paths, classes, probs, errors, feats, s_paths, s_labels,
                          s_feats, s_errors, method=getattr(method, "name", ""),
-                         backbone=getattr(plain_backbone, "name", ""))
+                         backbone=getattr(plain_backbone, "name", ""),
+                         backbone_family=backbone_family(plain_backbone))
     result.notes.extend(getattr(method, "notes", []) or [])
     yield from _post_process(result, method, refine, unknown_threshold)
     result.seconds = time.perf_counter() - t0
@@ -258,7 +261,7 @@ def _post_process(result: LabelResult, method, refine: bool | None, unknown_thre
     stage = "refining and checking" if refine is not False and refinable(method) else "checking examples"
     yield Progress(stage, 0, 1)
     trust = assess_folder(method, result.support_features, result.support_labels, result.features, result.classes,
-                          TrustProfile.for_backbone(result.backbone), probs=result.probs, refine=refine,
+                          TrustProfile.for_backbone(result.backbone_family or result.backbone), probs=result.probs, refine=refine,
                           support_paths=result.support_paths, unknown_threshold=unknown_threshold)
     result.probs = trust.probs
     if trust.refined:
@@ -310,7 +313,7 @@ def _label_with_images(support, query_root, query_paths, backbone, method, cance
     return LabelResult(query_root, query_paths, classes, probs, errors, None,
                        [p for k, p in enumerate(s_paths) if k in keep], s_labels, None, s_errors,
                        seconds=time.perf_counter() - t0, method=getattr(method, "name", ""),
-                       backbone=getattr(backbone, "name", ""))
+                       backbone=getattr(backbone, "name", ""), backbone_family=backbone_family(backbone))
 
 
 def _good_rows(batch) -> tuple[np.ndarray, np.ndarray]:

@@ -31,6 +31,7 @@ from fewshot_gui.core.io.export import UNKNOWN_LABEL
 from fewshot_gui.core.jobs import CancelToken
 from fewshot_gui.core.models.auto import Choice
 from fewshot_gui.core.models.choice import DEFAULT_METHOD, is_auto, resolve_model
+from fewshot_gui.core.models.family import backbone_family
 from fewshot_gui.core.session.project import LabelSet, Project
 from fewshot_gui.core.trust.profile import TrustProfile
 from fewshot_gui.core.trust.report import Trust, assess_folder
@@ -95,7 +96,7 @@ class RunContext:
     def of(cls, backbone: Any, method: Any, refine: bool | None = None,
            unknown_threshold: float | None = None) -> "RunContext":
         """The context of a run of ``method`` on ``backbone`` with these job settings."""
-        return cls(getattr(backbone, "name", ""), getattr(backbone, "key", ""), getattr(method, "name", ""),
+        return cls(backbone_family(backbone), getattr(backbone, "key", ""), getattr(method, "name", ""),
                    dict(getattr(method, "options", {})), getattr(method, "input_kind", "features") == "features",
                    refine, unknown_threshold)
 
