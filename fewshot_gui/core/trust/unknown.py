@@ -22,39 +22,39 @@ through their neighbours. So the score looks at the whole folder, not at one dis
 Threshold: a false-flag rate, not a raw score
 ---------------------------------------------
 The person chooses the share of images *of known classes* that may be flagged
-(``false_flag_rate``, default :data:`DEFAULT_FALSE_FLAG_RATE` = 5%). The threshold
-:math:`\tau` is a :math:`(1 - \text{rate})` quantile of *reference* nonconformity scores of
-images whose class is known (split-conformal calibration):
+(``false_flag_rate``, default :data:`DEFAULT_FALSE_FLAG_RATE` = 5%);
+:func:`~fewshot_gui.core.trust.unknown_threshold.rate_threshold` turns it into a threshold
+:math:`\tau` on the nonconformity from two sources of evidence:
 
 * **leave-one-out examples** (classes with at least two examples): an example with its own seed
   removed (exact for the linear propagation) is scored against the other examples of its class
-  exactly as a query is against all of them (a mean affinity either way), so its score is
-  exchangeable with those of the class's queries. Each class's examples are weighted by the
-  number of queries the class is estimated to have (``class_mass``: the refinement's, else the
-  images nearest to it) divided by its number of examples, so the reference mixes the classes as
-  the folder does (a class with 50 images weighs ten times one with 5): the weighted conformal
-  quantile of Tibshirani et al. (2019) for a shift in the class proportions.
-* **the refined classes' members** (classes with one example, where nothing can be left out):
-  for class :math:`k`, the :math:`\hat n_k` queries most connected to it, :math:`\hat n_k` being
-  its estimated query count times a share fitted across domains (``known_share``). This is an
-  estimate, not a guarantee: when at least half the classes have one example, the threshold is
-  also kept at or above the :math:`(1 - \text{rate})` quantile of all the folder's scores, so
-  that at most ``rate`` of the folder is flagged.
+  exactly as a query is against all of them (a mean affinity either way). Each class's examples
+  are weighted by the number of queries the class is estimated to have (``class_mass``: the
+  refinement's, else the images nearest to it) divided by its number of examples, so the
+  reference mixes the classes as the folder does (the weighted conformal quantile of Tibshirani
+  et al. (2019) for a shift in the class proportions).
+* **the folder's own scores**: the share of images above a far fence of the folder's low part
+  estimates the share of unknown images; the rest stand for the known images. Examples a person
+  picks are more typical than the folder (lower, narrower left-out scores), so the reference is
+  first mapped onto the folder's scale (its quartiles onto those of the folder's known images),
+  then its weighted conformal :math:`(1 - \text{rate})` quantile is :math:`\tau`. With too few
+  left-out examples (one example per class) :math:`\tau` is the :math:`(1 - \text{rate})`
+  quantile of the folder's estimated known images.
 
 The score shown (CSV ``unknown_score``) is :math:`u(q) = a(q) - \tau`: positive = flagged at the
 chosen rate, so the flag is ``u > 0``; a *score threshold* :math:`\theta` (``fewshot label
 --unknown-threshold``, the app's slider) flags ``u > θ``: larger = fewer unknowns, 0 = the
 calibrated rate. :meth:`UnknownScores.threshold_for_rate` turns another rate into a threshold.
 
-Guarantee and its limits: for images exchangeable with the examples, the expected share of known
-images flagged is at most the rate (and, with the interpolated quantile, close to it), on average
-over tasks. It does not hold for one folder: with :math:`m` reference scores the realised rate
-varies around the target (a Beta distribution: with 5 classes of 5 examples, :math:`m = 25`,
-its standard deviation is about 4 points), and the quantile cannot resolve rates much below
-:math:`1/(m+1)`. Examples chosen because they are typical (the clearest photo of each class)
-are not exchangeable with the folder: they make the threshold too strict and more known images
-are flagged. With one example per class there is no guarantee at all, only the estimate above.
-``docs/quality.md`` measures the realised rates per domain.
+What holds when (details in :mod:`~fewshot_gui.core.trust.unknown_threshold`): with examples
+exchangeable with the folder the map is the identity up to sampling error and about ``rate`` of
+the known images are flagged on average over folders; one folder's share varies by a few points
+(with 5 classes of 5 examples the reference has 25 scores). Typical examples: the map moves the
+threshold to the folder's known images, as long as most of the folder's images below its
+unknown-looking top are known images. One example per class: the folder's scores alone; unknown images whose
+scores overlap the known ones are not counted as unknown, so fewer known images than the rate
+are flagged. No finite-sample guarantee holds for one folder. ``docs/quality.md`` measures the
+realised rates per domain.
 
 Size: up to :data:`MAX_GRAPH_ROWS` images (support + folder) the graph costs :math:`O(N^2 D)`
 time; its neighbour search normalises rows a chunk at a time and compares them in float32 blocks
@@ -81,6 +81,10 @@ from typing import Iterator, Protocol
 import numpy as np
 
 from fewshot_gui.core.errors import DataError
+from fewshot_gui.core.trust.unknown_threshold import conformal_threshold, rate_threshold
+
+__all__ = ["DEFAULT_FALSE_FLAG_RATE", "DEFAULT_UNKNOWN_THRESHOLD", "UnknownScores", "UnknownSettings", "auroc",
+           "conformal_threshold", "unknown_scores"]
 
 DEFAULT_FALSE_FLAG_RATE = 0.05
 DEFAULT_UNKNOWN_THRESHOLD = 0.0  # u > 0: flagged at the chosen false-flag rate
@@ -99,7 +103,6 @@ class UnknownSettings(Protocol):
 
     false_flag_rate: float
     graph_k: int
-    known_share: float
 
 
 @dataclass
@@ -113,6 +116,8 @@ class UnknownScores:
     reference: np.ndarray = field(default_factory=lambda: np.zeros(0))  # known images' scores (same units)
     false_flag_rate: float = DEFAULT_FALSE_FLAG_RATE
     weights: np.ndarray | None = None  # (len(reference),) conformal weights; None = equal
+    unknown_share: float = float("nan")  # estimated share of the folder of no class (nan: not estimated)
+    threshold_source: str = ""  # what set the threshold: "support", "support, folder scale" or "folder"
     _sorted: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -148,43 +153,6 @@ class UnknownScores:
         if len(self._sorted) == 0:
             return (self.default_threshold, self.default_threshold)
         return float(self._sorted[0]), float(self._sorted[-1])
-
-
-def conformal_threshold(reference: np.ndarray, rate: float, default: float = 0.0,
-                        weights: np.ndarray | None = None) -> float:
-    """The (weighted) conformal :math:`(1 - rate)` quantile of ``reference`` nonconformity scores.
-
-    Order statistic :math:`r_{(j)}` stands at level :math:`W_j / (W + \\bar w)` (:math:`W_j`: the
-    weights of the :math:`j` smallest scores, :math:`W`: all of them, :math:`\\bar w`: the new
-    image's weight, taken as the mean); with equal weights that is :math:`j / (m + 1)`, the
-    split-conformal rank :math:`\\lceil (1 - rate)(m + 1) \\rceil`. The level :math:`1 - rate` is
-    interpolated linearly between order statistics (so a rate finer than :math:`1/(m+1)` still
-    moves the threshold); above the largest score it extrapolates with the spacing of the top
-    scores."""
-    r = np.asarray(reference, dtype=np.float64)
-    w = np.ones(len(r)) if weights is None else np.asarray(weights, dtype=np.float64)
-    keep = np.isfinite(r) & np.isfinite(w) & (w > 0)
-    r, w = r[keep], w[keep]
-    m = len(r)
-    if m == 0:
-        return float(default)
-    if m == 1:
-        return float(r[0])
-    order = np.argsort(r, kind="mergesort")
-    r, w = r[order], w[order]
-    w = w / w.mean()
-    w_new = float((w * w).sum() / w.sum())      # a new image's expected weight (drawn as the weights say)
-    level = np.cumsum(w) / (m + w_new)          # level of each order statistic
-    target = 1.0 - float(np.clip(rate, 0.0, 1.0))
-    if target <= level[0]:
-        return float(r[0])
-    if target > level[-1]:
-        g = max(1, m // 10)
-        step = (r[-1] - r[m - 1 - g]) / g       # spacing of the top scores, per rank
-        return float(r[-1] + (target - level[-1]) * (m + w_new) * step)
-    j = int(np.searchsorted(level, target))     # level[j-1] < target <= level[j]
-    frac = (target - level[j - 1]) / max(level[j] - level[j - 1], TINY)
-    return float(r[j - 1] + frac * (r[j] - r[j - 1]))
 
 
 # ------------------------------------------------------------------------------------- space
@@ -382,17 +350,15 @@ def _nonconformity(f: np.ndarray, n_classes: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------- the score
 def unknown_scores(support: np.ndarray, labels: np.ndarray, query: np.ndarray, n_classes: int,
                    profile: UnknownSettings, threshold: float | None = None,
-                   false_flag_rate: float | None = None, class_mass: np.ndarray | None = None,
-                   known_share: float | None = None) -> UnknownScores:
+                   false_flag_rate: float | None = None, class_mass: np.ndarray | None = None) -> UnknownScores:
     """Unknown scores for raw query embeddings (rows with NaN -- failed images -- get NaN).
 
     ``false_flag_rate``: the share of known images to flag (None: the profile's default);
     ``threshold``: the default threshold of :meth:`UnknownScores.mask` (None: 0, the rate).
     ``class_mass``: (C,) estimated number of queries of each class (e.g. the refinement's
     responsibilities summed), which weighs the reference scores; None: the images whose nearest
-    class it is. ``known_share``: for classes with one example, the share of a class's estimated
-    images taken as its reference (None: the profile's). ``query`` may be float32 and large: it
-    is read in row chunks and never copied whole.
+    class it is. ``query`` may be float32 and large: it is read in row chunks and never copied
+    whole.
     """
     s = np.asarray(support, dtype=np.float64)
     q = np.asarray(query)
@@ -420,29 +386,17 @@ def unknown_scores(support: np.ndarray, labels: np.ndarray, query: np.ndarray, n
         else np.maximum(np.asarray(class_mass, dtype=np.float64), 0.0)
     # weights: each class's reference counts as much as its (estimated) images in the folder
     scored = np.bincount(y[left], minlength=n_classes).astype(np.float64)
-    weights = list((mass[y[left]] + 1.0) / np.maximum(scored[y[left]], 1.0))
-    ref = list(ref)
-    single = np.flatnonzero(counts == 1)
-    if len(single) and len(rows):
-        share = profile.known_share if known_share is None else float(known_share)
-        for c in single:
-            n_hat = int(round(share * mass[c]))
-            if n_hat >= 1:
-                top = np.argsort(-ranking[:, c])[:n_hat]
-                ref.extend(a_q[top].tolist())
-                weights.extend([1.0] * len(top))
-    folder_q = float(np.quantile(a_q, 1.0 - rate)) if len(a_q) else 0.0
-    tau = conformal_threshold(np.array(ref), rate, default=folder_q, weights=np.array(weights))
-    if len(rows) and 2 * len(single) >= n_classes:
-        tau = max(tau, folder_q)  # mostly one example per class: never flag more than `rate` of the folder
+    weights = (mass[y[left]] + 1.0) / np.maximum(scored[y[left]], 1.0)
+    th = rate_threshold(a_q, ref, weights, rate)
+    tau = th.threshold
     scores = np.full(len(q), np.nan)
     nearest = np.full(len(q), -1, dtype=int)
     simil = np.full(len(q), np.nan)
     scores[rows], nearest[rows], simil[rows] = a_q - tau, near, sim
     return UnknownScores(scores=scores, nearest=nearest, similarity=simil,
                          default_threshold=DEFAULT_UNKNOWN_THRESHOLD if threshold is None else float(threshold),
-                         reference=np.asarray(ref, dtype=np.float64) - tau, false_flag_rate=rate,
-                         weights=np.asarray(weights, dtype=np.float64))
+                         reference=np.asarray(th.reference, dtype=np.float64) - tau, false_flag_rate=rate,
+                         weights=th.weights, unknown_share=th.unknown_share, threshold_source=th.source)
 
 
 def auroc(unknown_scores_of_unknowns: np.ndarray, unknown_scores_of_knowns: np.ndarray) -> float:

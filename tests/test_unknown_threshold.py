@@ -1,0 +1,117 @@
+"""The unknown flag's rate threshold on folders that break exchangeability: typical examples,
+no unknown images, one example per class, and the folder's unknown-share estimate."""
+
+import numpy as np
+import pytest
+
+from fewshot_gui.core.trust import unknown as U
+from fewshot_gui.core.trust.profile import TrustProfile
+from fewshot_gui.core.trust.unknown_threshold import (MIN_FOLDER, conformal_threshold, folder_unknown_share,
+                                                      rate_threshold, weighted_quantile)
+
+GENERIC = TrustProfile.for_backbone(None)
+RATE = GENERIC.false_flag_rate
+
+
+def _folder(rng, n_known=5, shot=5, dim=32, spread=0.7, per=(10, 40), n_unknown=0, per_unknown=20,
+            typical=False, pool=6):
+    """Gaussian classes with heavier-than-Gaussian tails (each image's spread drawn from a gamma).
+    ``typical``: each class's examples are the ``shot`` most central of ``pool * shot`` of its
+    images (as a person picks the clearest ones); the rest go to the folder."""
+    centres = rng.normal(size=(n_known + n_unknown, dim))
+    s, y, q, t = [], [], [], []
+    for k in range(n_known):
+        m = pool * shot + int(rng.integers(*per))
+        x = centres[k] + spread * rng.normal(size=(m, dim)) * rng.gamma(5.0, 1 / 5.0, size=(m, 1))
+        if typical:
+            cand = x[: pool * shot]
+            x = np.concatenate([cand[np.argsort(np.linalg.norm(cand - cand.mean(0), axis=1))], x[pool * shot:]])
+        s.append(x[:shot]); y += [k] * shot
+        q.append(x[shot:]); t += [k] * (m - shot)
+    for k in range(n_known, n_known + n_unknown):
+        q.append(centres[k] + spread * rng.normal(size=(per_unknown, dim))); t += [-1] * per_unknown
+    return np.concatenate(s), np.array(y), np.concatenate(q), np.array(t)
+
+
+def _shares(typical: bool, shot: int, n_unknown: int, folders: int = 30, seed: int = 0, plain: bool = True):
+    """(known images flagged at the default, per folder; the plain split-conformal quantile of the
+    left-out examples' scores, per folder (multi-shot only))."""
+    rng = np.random.default_rng(seed)
+    new, old = [], []
+    for _ in range(folders):
+        s, y, q, t = _folder(rng, shot=shot, n_unknown=n_unknown, typical=typical)
+        u = U.unknown_scores(s, y, q, 5, GENERIC)
+        new.append(u.mask()[t >= 0].mean())
+        if plain and shot > 1:
+            a, _, _, ref = U._graph_scores(U._Space(s, q), y, 5, GENERIC.graph_k)
+            old.append((a[t >= 0] > conformal_threshold(ref, RATE)).mean())
+    return np.array(new), np.array(old)
+
+
+@pytest.mark.parametrize("n_unknown", [0, 2])
+def test_typical_examples_do_not_inflate_the_false_flags(n_unknown):
+    """Examples picked as the most central of each class: their left-out scores are too low, so the
+    plain conformal quantile flags more than three times the rate; the threshold on the folder's
+    scale flags about the rate (2-9% averaged over 30 folders), with or without unknown groups."""
+    new, plain = _shares(typical=True, shot=5, n_unknown=n_unknown)
+    assert plain.mean() > 3 * RATE, plain.mean()
+    assert 0.02 < new.mean() < 0.09, new.mean()
+
+
+def test_folder_without_unknown_images_flags_about_the_rate():
+    """No image of the folder is unknown (random or typical examples, five per class): about the
+    rate of it is flagged, not more than twice the rate and not next to nothing."""
+    for typical, shot in ((False, 5), (True, 5)):
+        new, _ = _shares(typical=typical, shot=shot, n_unknown=0, seed=1, plain=False)
+        assert 0.02 < new.mean() < 2 * RATE, (typical, shot, new.mean())
+
+
+def test_one_example_per_class_flags_about_the_rate_and_finds_unknown_groups():
+    """One example per class and two groups of unknown images: the folder alone sets the threshold;
+    about the rate of known images flagged, most unknown images flagged."""
+    rng = np.random.default_rng(2)
+    known, unknown = [], []
+    for _ in range(30):
+        s, y, q, t = _folder(rng, shot=1, n_unknown=2)
+        u = U.unknown_scores(s, y, q, 5, GENERIC)
+        assert u.threshold_source == "folder" and 0.0 <= u.unknown_share <= 0.6
+        known.append(u.mask()[t >= 0].mean())
+        unknown.append(u.mask()[t < 0].mean())
+    assert 0.01 < np.mean(known) < 0.09, np.mean(known)
+    assert np.mean(unknown) > 0.5, np.mean(unknown)
+
+
+def test_folder_unknown_share_finds_a_separated_group():
+    rng = np.random.default_rng(3)
+    known = rng.gamma(4.0, size=700)
+    for n_unknown, expect in ((300, 0.3), (0, 0.0), (100, 0.125)):
+        scores = np.sort(np.r_[known, 40.0 + rng.normal(size=n_unknown)])
+        assert folder_unknown_share(scores) == pytest.approx(expect, abs=0.02)
+    assert folder_unknown_share(np.zeros(0)) == 0.0
+    assert folder_unknown_share(np.ones(50)) == 0.0  # all equal: nothing stands out
+
+
+def test_rate_threshold_sources_and_other_rates():
+    """Small folders use the support's conformal quantile (or the folder's quantile without
+    support evidence); larger ones the mapped reference, whose conformal quantile at another
+    rate is what ``UnknownScores.threshold_for_rate`` reads."""
+    rng = np.random.default_rng(4)
+    ref = rng.normal(size=40)
+    small = rate_threshold(rng.normal(size=MIN_FOLDER - 1), ref, None, RATE)
+    assert small.source == "support" and small.threshold == conformal_threshold(ref, RATE)
+    assert rate_threshold(np.arange(5.0), np.zeros(0), None, RATE).source == "folder"
+    # a folder on another scale (x3, +10): the mapped reference follows it
+    scores = 10.0 + 3.0 * rng.normal(size=400)
+    th = rate_threshold(scores, ref, None, RATE)
+    assert th.source == "support, folder scale"
+    assert abs(th.threshold - (10.0 + 3.0 * 1.645)) < 1.5
+    assert np.quantile(th.reference, 0.25) == pytest.approx(np.quantile(scores, 0.25), abs=0.5)
+    looser = conformal_threshold(th.reference, 0.2)
+    assert looser < th.threshold
+
+
+def test_weighted_quantile():
+    v = np.array([0.0, 1.0, 2.0, 3.0])
+    assert weighted_quantile(v, None, 0.5) == pytest.approx(1.5)
+    assert 2.9 < weighted_quantile(v, np.array([1.0, 1.0, 1.0, 97.0]), 0.5) <= 3.0
+    assert np.isnan(weighted_quantile(np.zeros(0), None, 0.5))
