@@ -20,7 +20,19 @@ Three modes, each one command that prints its figures:
 * ``--official`` -- the trust bench's open and folder protocols (``bench/trustbench/protocols.py``:
   ``assess_folder`` with refinement, as ``bench/quality.py`` measures it): unknown AUROC shipped
   vs plain (minimum squared distance to a support prototype in the method's own space) and
-  their paired difference, false flags and recall at the default 5%.
+  their paired difference, false flags and recall at the default 5%. ``--leave-one-out``: each
+  domain measured with the profile fitted on the other image collections (as ``bench/quality.py
+  --leave-one-out``; ``--fit-episodes``); ``--json`` writes the figures::
+
+      FEWSHOT_QUALITY_CACHE=/work/helpers/qcache .venv/bin/python bench/unknown_score.py --official \
+          --leave-one-out --episodes 80 --settings 5x1,5x5,20x1,20x5 --json unknown_rows.json
+
+* ``--golden`` -- the golden-output Caltech slice (``tests/test_golden_outputs.py``: 10 classes,
+  the *first* 5 images of each by file name as support, the other 449 as the folder, no unknown
+  images; ``assess_folder`` with the shipped Lite0 profile, as ``fewshot label`` runs it), and
+  the same classes with the support drawn at random (``--draws`` draws): the share of the
+  folder flagged unknown at the default 5%, the threshold's source and the estimated unknown
+  share.
 * ``--scale N,D,C`` -- median seconds of ``unknown_scores`` on random float32 embeddings, next
   to one (N, D) x (D, C) product over the same matrix in the same run, and its peak allocation
   beyond the input (tracemalloc).
@@ -191,6 +203,91 @@ def official(args) -> int:
     return 0
 
 
+def official_loo(args) -> int:
+    """``--official --leave-one-out``: each domain with the profile fitted on the other collections."""
+    import json
+
+    from trustbench import protocols as P
+    from trustbench.domains import COLLECTION, DOMAINS
+    from trustbench.fitting import fit_profile
+
+    P.skip_review_order()
+    names = args.domains.split(",")
+    cache: dict = {}
+
+    def get(n):
+        if n not in cache:
+            cache[n] = load_domain(n)
+        return cache[n]
+
+    out: dict = {"episodes": args.episodes, "seed": args.seed, "domains": {}}
+    for dn in names:
+        d = get(dn)
+        fit_on = [x for x in DOMAINS if COLLECTION[x] != COLLECTION[dn]]
+        t0 = time.perf_counter()
+        prof, lines = fit_profile([get(x) for x in fit_on], d.backbone, args.fit_episodes, args.seed)
+        print(f"{dn}: fitted on {', '.join(fit_on)} in {time.perf_counter() - t0:.0f}s", flush=True)
+        sampler = sampler_for(d)
+        rows = out["domains"].setdefault(dn, {"fitted": lines})
+        for way, shot in _settings(dn, args.settings):
+            o = P.run_open(d, prof, sampler, way, shot, args.episodes, args.seed)
+            f = P.run_folder(d, prof, sampler, way, shot, args.episodes, args.seed)
+            rows[P.setting_key(way, shot)] = {**o, **f}
+            pc = {k: f"{v[0]:.2f}±{v[1]:.2f}" for k, v in {**o, **f}.items()}
+            print(f"{dn:15s} {way:2d}w{shot}s AUROC shipped {pc['auroc_shipped']} plain {pc['auroc_plain']} "
+                  f"gain {pc['auroc_gain']} | open: false flags {pc['false_flag']}%, recall {pc['unknown_recall']}% "
+                  f"| folder: false flags {pc['folder_false_flag']}%, recall {pc['folder_unknown_recall']}% "
+                  f"| {args.episodes} episodes each", flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+# -------------------------------------------------------------------------------------- golden
+GOLDEN_CLASSES = ["accordion", "airplanes", "anchor", "ant", "barrel", "bass", "beaver", "binocular", "bonsai",
+                  "brain"]  # tests/test_golden_outputs.py CALTECH_CLASSES
+GOLDEN_SHOT = 5
+
+
+def golden(args) -> int:
+    """The golden Caltech slice: first 5 images per class as support, then random supports."""
+    import fewshot_gui.core.trust.report as trust_report
+    from trustbench import protocols as P
+    from trustbench.domains import default_cache_dir
+
+    P.skip_review_order()
+    d = load_domain("caltech")
+    names = None
+    for f in sorted(default_cache_dir().glob("caltech-*.npz")):
+        with np.load(f) as z:
+            if len(z["names"]) == len(d.features):
+                names = np.array([Path(str(n)).name for n in z["names"]])
+    if names is None:
+        print("the caltech embedding cache has no file names; run bench/quality.py once")
+        return 1
+    prof = TrustProfile.for_backbone(d.backbone)
+    rng = np.random.default_rng(args.seed)
+
+    def run(first: bool) -> str:
+        s, sy, q = [], [], []
+        for i, c in enumerate(GOLDEN_CLASSES):
+            idx = np.flatnonzero(d.labels == d.classes.index(c))
+            idx = idx[np.argsort(names[idx], kind="mergesort")] if first else rng.permutation(idx)
+            s += list(idx[:GOLDEN_SHOT]); sy += [i] * GOLDEN_SHOT; q += list(idx[GOLDEN_SHOT:])
+        F = d.features
+        trust = trust_report.assess_folder(d.new_method(), F[s], np.array(sy), F[q], GOLDEN_CLASSES, prof,
+                                           diagnostics=False)
+        u = trust.unknown
+        share = float(u.mask().mean())
+        return (f"{int(u.mask().sum()):3d} of {len(q)} known images flagged ({100 * share:.1f}%); threshold from "
+                f"{u.threshold_source or '?'}; estimated unknown share {u.unknown_share:.3f}")
+
+    print(f"golden slice, first {GOLDEN_SHOT} images per class as support: {run(True)}")
+    for k in range(args.draws):
+        print(f"random support, draw {k + 1}: {run(False)}")
+    return 0
+
+
 # --------------------------------------------------------------------------------------- scale
 def scale(n: int, d: int, c: int, repeats: int = 5) -> int:
     """Median seconds of :func:`unknown_scores` on (n, d) float32 queries, c classes x 5 examples,
@@ -231,13 +328,22 @@ def main(argv=None) -> int:
     ap.add_argument("--scores", default="plain,shipped", help=f"any of: {', '.join(CANDIDATES)}")
     ap.add_argument("--official", action="store_true", help="the trust bench's open and folder protocols "
                     "(assess_folder with refinement, as bench/quality.py) with the shipped profile")
+    ap.add_argument("--leave-one-out", action="store_true", help="with --official: each domain measured with "
+                    "the profile fitted on the other image collections")
+    ap.add_argument("--fit-episodes", type=int, default=20, help="fit tasks per domain and shot (--leave-one-out)")
+    ap.add_argument("--json", default=None, help="with --official --leave-one-out: write the figures here")
+    ap.add_argument("--golden", action="store_true", help="the golden Caltech slice (first 5 images as support) "
+                    "and random supports of the same classes: share of known images flagged")
+    ap.add_argument("--draws", type=int, default=8, help="random supports for --golden")
     ap.add_argument("--scale", default="", help="N,D,C: time and memory of unknown_scores on random "
                     "float32 embeddings (e.g. 100000,1280,10)")
     args = ap.parse_args(argv)
     if args.scale:
         return scale(*(int(v) for v in args.scale.split(",")))
+    if args.golden:
+        return golden(args)
     if args.official:
-        return official(args)
+        return official_loo(args) if args.leave_one_out else official(args)
     names = [n for n in args.scores.split(",") if n]
     bad = [n for n in names if n not in CANDIDATES]
     if bad:
