@@ -48,13 +48,14 @@ calibrated rate. :meth:`UnknownScores.threshold_for_rate` turns another rate int
 
 What holds when (details in :mod:`~fewshot_gui.core.trust.unknown_threshold`): with examples
 exchangeable with the folder the map is the identity up to sampling error and about ``rate`` of
-the known images are flagged on average over folders; one folder's share varies by a few points
-(with 5 classes of 5 examples the reference has 25 scores). Typical examples: the map moves the
-threshold to the folder's known images, as long as most of the folder's images below its
-unknown-looking top are known images. One example per class: the folder's scores alone; unknown images whose
-scores overlap the known ones are not counted as unknown, so fewer known images than the rate
-are flagged. No finite-sample guarantee holds for one folder. ``docs/quality.md`` measures the
-realised rates per domain.
+the known images are flagged on average over folders, but one folder's share varies widely (a
+10-class Caltech folder with 5 random examples per class: 0.7-16.7% over 8 draws, mean 7.1%).
+Typical examples: the map moves the threshold to the folder's known images (the same folder
+with its first 5 images per class as examples: 2.9%), as long as most of the folder below its
+unknown-looking top is known images. One example per class: the folder's scores alone; unknown
+images whose scores overlap the known ones are not counted as unknown, so fewer known images
+than the rate are flagged. No finite-sample guarantee holds for one folder. ``docs/quality.md``
+measures the realised rates per domain.
 
 Size: up to :data:`MAX_GRAPH_ROWS` images (support + folder) the graph costs :math:`O(N^2 D)`
 time; its neighbour search normalises rows a chunk at a time and compares them in float32 blocks

@@ -35,7 +35,9 @@ What holds when
 ---------------
 * Examples exchangeable with the folder, several per class, folder of at least
   :data:`MIN_FOLDER` images: about ``rate`` of the known images flagged on average over
-  folders, the realised share of one folder varying by a few points (``docs/quality.md``).
+  folders; the share of one folder varies widely, as the reference's quartiles and upper
+  quantile come from a few dozen scores (``bench/unknown_score.py --golden``: 0.7-16.7% over 8
+  random draws of 5 examples per class on one 10-class Caltech folder).
 * Typical examples: the map corrects the location and spread of the reference; the share
   flagged stays near the rate as long as the lower three quarters of the images taken as known
   are mostly known images.
