@@ -104,7 +104,9 @@ def check_correction_flow(session: LabelingSession, finished, tmp_path: Path, ca
     xs = np.concatenate([result.support_features, session.features[[first]]])
     ys = np.concatenate([result.support_labels, [session.class_index(label)]])
     profile = TrustProfile.for_backbone(result.backbone)
-    expect = unknown_scores(xs, ys, session.features, len(session.class_names), profile)
+    refined = trust.task.refined if trust.task is not None else None
+    mass = refined.responsibilities.sum(0) if refined is not None else None  # the refined class sizes
+    expect = unknown_scores(xs, ys, session.features, len(session.class_names), profile, class_mass=mass)
     np.testing.assert_allclose(trust.unknown.scores, expect.scores)
     assert session.run.profile == profile
 
