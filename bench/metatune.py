@@ -72,6 +72,23 @@ def train(args, novel: list[str]) -> Path:
     return Path(result.out)
 
 
+def auto_chooser(model: Path, cache_dir: str | None):
+    """``pick(support) -> bool``: whether the automatic model choice, between plain Lite0 with
+    ProtoNet and the meta-tuned model, takes the meta-tuned one (``pick.picked`` keeps every answer)."""
+    from fewshot_gui.core.models.auto import Candidate, choose_model
+
+    cands = [Candidate("efficientnet-lite0", "protonet", backbone="efficientnet-lite0", family="efficientnet-lite0"),
+             Candidate(model.stem, "protonet", model_file=model, family="efficientnet-lite0")]
+
+    def pick(support: dict) -> bool:
+        choice = choose_model(support, cands, cache_dir=cache_dir)
+        pick.picked.append(choice.model_file is not None)
+        return pick.picked[-1]
+
+    pick.picked = []
+    return pick
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=SHARED / "gtsrb")
@@ -95,6 +112,8 @@ def main() -> int:
     p.add_argument("--no-tracks", action="store_true")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--json", type=Path)
+    p.add_argument("--auto", action="store_true",
+                   help="also what the automatic model choice makes of the two on each episode's support")
     args = p.parse_args()
 
     from fewshot_gui.core.embed.backbones import get_backbone
@@ -127,12 +146,14 @@ def main() -> int:
     ok = np.isfinite(base).all(1) & np.isfinite(tuned).all(1)
     index = LabelIndex(labels[ok], item_groups=None if tracks is None else tracks[ok])
     base, tuned = base[ok].astype(np.float64), tuned[ok].astype(np.float64)
+    kept = [Path(paths[i]) for i in np.flatnonzero(ok)]
+    auto = auto_chooser(model, args.cache_dir) if args.auto else None
     out = {"data": str(args.data), "model": str(model), "novel_classes": novel, "way": args.way,
            "query": args.query, "episodes": args.episodes, "seed": args.seed, "tracks_apart": tracks is not None,
            "results": {}}
     for shot in [int(s) for s in args.shots.split(",")]:
         sampler = index.sampler(args.way, shot, args.query, seed=args.seed, skip_small_classes=True)
-        accs = {"protonet": [], "tuned": []}
+        accs = {"protonet": [], "tuned": [], "auto": []}
         for i in range(args.episodes):
             ep = sampler.episode(i)
             s, q = index.episode_rows(ep)
@@ -141,9 +162,20 @@ def main() -> int:
                 m.fit(feats[s], ep.support_labels, ep.way)
                 pred = np.asarray(m.predict_proba(feats[q])).argmax(1)
                 accs[name].append(100.0 * float((pred == ep.query_labels).mean()))
+            if auto is not None:
+                picked = auto({c: [kept[r] for r, y in zip(s, ep.support_labels) if y == c] for c in range(ep.way)})
+                accs["auto"].append(accs["tuned" if picked else "protonet"][-1])
         a, b = np.array(accs["protonet"]), np.array(accs["tuned"])
         res = {"protonet": [a.mean(), ci95(a)], "tuned": [b.mean(), ci95(b)], "gain": [(b - a).mean(), ci95(b - a)],
                "classes_used": len(sampler.usable)}
+        if auto is not None:
+            c = np.array(accs["auto"])
+            res["auto"] = [c.mean(), ci95(c)]
+            res["auto_vs_protonet"] = [(c - a).mean(), ci95(c - a)]
+            res["auto_picked_tuned"] = auto.picked[-args.episodes:].count(True)
+            print(f"  auto (leave-one-out on each support, core/models/auto.choose_model): {c.mean():.2f} ± "
+                  f"{ci95(c):.2f}, vs ProtoNet {(c - a).mean():+.2f} ± {ci95(c - a):.2f} points; the meta-tuned "
+                  f"model chosen on {res['auto_picked_tuned']} of {args.episodes} episodes", flush=True)
         out["results"][f"{shot}-shot"] = res
         print(f"{args.way}-way {shot}-shot, {args.query} queries/class, {args.episodes} episodes"
               f"{', tracks apart' if tracks is not None else ''} ({len(sampler.usable)} classes usable): "

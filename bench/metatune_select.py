@@ -8,8 +8,8 @@ training episodes on 5-way ``--val-shot``-shot episodes of the validation part (
 class, ``--val-episodes`` episodes, the same episodes at every point). Episode 0 is ProtoNet on
 the untuned features, so each point is paired with it. After training, the final top and the
 untuned one are compared on the same 5-way 1- and 5-shot episodes of the validation classes
-(paired differences). One line per setting (``blocks:lr``, e.g. ``2:1e-3``) and validation
-point; ``--json`` keeps them all.
+(paired differences). One line per setting (``blocks:lr[:nobn]``, e.g. ``2:1e-3`` or
+``2:3e-4:nobn``: batch norm keeps the base statistics) and validation point; ``--json`` keeps them all.
 
     nice -n 10 .venv/bin/python bench/metatune_select.py --data ../shared/data/caltech101 --holdout 0.4 \
         --settings 2:1e-3,1:1e-3,2:3e-4 --episodes-train 200 --val-every 50
@@ -29,15 +29,16 @@ sys.path.insert(0, str(ROOT))
 SHARED = Path(os.environ.get("FEWSHOT_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
-def run_setting(args, base_train: list[str], base_val: list[str], blocks: int, lr: float) -> dict:
+def run_setting(args, base_train: list[str], base_val: list[str], blocks: int, lr: float, tune_bn: bool) -> dict:
     from fewshot_gui.core.jobs import run_job
     from fewshot_gui.core.training.config import TrainConfig
     from fewshot_gui.core.training.metatune import training_job
 
     spec = f"{args.data}::" + ",".join(base_train)
     val_spec = f"{args.data}::" + ",".join(base_val)
-    out = Path(args.out_dir) / f"select-{blocks}-{lr:g}.safetensors"
-    cfg = TrainConfig(method="protonet", backbone="efficientnet-lite0", tune_blocks=blocks, tune_bn=args.tune_bn,
+    bn = "" if tune_bn else "-nobn"
+    out = Path(args.out_dir) / f"select-{blocks}-{lr:g}{bn}.safetensors"
+    cfg = TrainConfig(method="protonet", backbone="efficientnet-lite0", tune_blocks=blocks, tune_bn=tune_bn,
                       data=[spec], val_data=[val_spec], way=5, shot=5, query=10, episodes=args.episodes_train,
                       lr=lr, seed=args.seed, val_every=args.val_every, val_episodes=args.val_episodes,
                       val_way=5, val_shot=args.val_shot, val_query=15, out=str(out), cache_dir=args.cache_dir,
@@ -48,11 +49,11 @@ def run_setting(args, base_train: list[str], base_val: list[str], blocks: int, l
     curve = [(h["episode"], h["val_acc"], h["val_ci95"]) for h in result.history if "val_acc" in h]
     base_acc = curve[0][1]
     for ep, acc, ci in curve:
-        print(f"blocks {blocks} lr {lr:g}: episode {ep:4d}: validation {acc:.2f} ± {ci:.2f} "
+        print(f"blocks {blocks} lr {lr:g}{bn}: episode {ep:4d}: validation {acc:.2f} ± {ci:.2f} "
               f"({acc - base_acc:+.2f} vs ProtoNet)", flush=True)
-    print(f"blocks {blocks} lr {lr:g}: {wall:.0f}s wall", flush=True)
+    print(f"blocks {blocks} lr {lr:g}{bn}: {wall:.0f}s wall", flush=True)
     final = evaluate_top(args, out, val_spec, blocks)
-    return {"blocks": blocks, "lr": lr, "curve": curve, "wall_s": round(wall, 1), "final": final}
+    return {"blocks": blocks, "lr": lr, "tune_bn": tune_bn, "curve": curve, "wall_s": round(wall, 1), "final": final}
 
 
 def evaluate_top(args, model: Path, val_spec: str, blocks: int) -> dict:
@@ -106,7 +107,8 @@ def main() -> int:
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--val-classes", type=int, default=20, help="base classes kept for validation")
     p.add_argument("--val-seed", type=int, default=1)
-    p.add_argument("--settings", default="2:1e-3", help="blocks:lr,... to compare")
+    p.add_argument("--settings", default="2:1e-3",
+                   help="blocks:lr[:nobn],... to compare (nobn: batch norm keeps the base statistics)")
     p.add_argument("--tune-bn", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--episodes-train", type=int, default=200)
     p.add_argument("--val-every", type=int, default=50)
@@ -128,8 +130,9 @@ def main() -> int:
           f"{len(ds.classes) - len(base)} held out and not read", flush=True)
     runs = []
     for s in args.settings.split(","):
-        blocks, lr = s.split(":")
-        runs.append(run_setting(args, inner.train, inner.test, int(blocks), float(lr)))
+        blocks, lr, *rest = s.split(":")
+        tune_bn = args.tune_bn and "nobn" not in rest
+        runs.append(run_setting(args, inner.train, inner.test, int(blocks), float(lr), tune_bn))
     if args.json:
         args.json.write_text(json.dumps({"data": str(args.data), "base_train": inner.train,
                                          "base_val": inner.test, "runs": runs}, indent=1) + "\n")
