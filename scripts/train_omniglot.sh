@@ -18,6 +18,13 @@
 #     nice -n 5 scripts/train_omniglot.sh [EPISODES] [LR]
 # Only the read-out step, on an existing model file:
 #     scripts/train_omniglot.sh readout IN.safetensors OUT.safetensors
+# Environment: BASE (starting model), DATA, WAY, AUGMENT, SEED, THREADS, HIDDEN, TRAINED, OUT, START.
+#
+# resources/models/omniglot-conv4aug-protonet.safetensors: three more runs of this script, each from
+# the previous one's file, with stronger augmentation and new episodes (3,000 episodes at augment 1.5,
+# seed 1; 2,000 at augment 2, seed 2; 3,000 at augment 2, seed 3), then the same read-out; the
+# stages' training records are kept in the file (meta["training"]["stages"]):
+#     THREADS=4 nice -n 5 scripts/train_omniglot.sh aug
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -47,16 +54,51 @@ print(f"wrote {dst}")
 PY
 }
 
+lineage() {  # OUT BASE STAGE1 STAGE2 ...: OUT's metadata gains BASE and every stage's training record
+"$PY" - "$@" <<'PY'
+import sys
+
+import numpy as np
+import torch
+
+from fewshot_gui.core.models.bundle import load_model
+from fewshot_gui.core.models.format import read_model_file, save_model
+
+out, base, stages = sys.argv[1], sys.argv[2], sys.argv[3:]
+meta, tensors = read_model_file(out)
+stages = [read_model_file(s)[0]["training"] for s in stages]
+meta["training"] = {**meta["training"], "started_from": base, "stages": stages,
+                    "episodes_after_start": sum(t["episodes"] for t in stages)}
+save_model(out, {k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}, meta)
+load_model(out)
+PY
+}
+
 if [ "${1:-}" = readout ]; then readout "$2" "$3"; exit 0; fi
+if [ "${1:-}" = aug ]; then
+  FINAL=resources/models/omniglot-conv4aug-protonet.safetensors
+  TMP=$(mktemp -d)
+  BASE=resources/models/omniglot-conv4views-protonet.safetensors AUGMENT=1.5 SEED=1 OUT=$TMP/s1.safetensors \
+    TRAINED=$TMP/s1.raw.safetensors START=$TMP/s1.start.ckpt "$0" 3000 0.0005
+  BASE=$TMP/s1.safetensors AUGMENT=2 SEED=2 OUT=$TMP/s2.safetensors \
+    TRAINED=$TMP/s2.raw.safetensors START=$TMP/s2.start.ckpt "$0" 2000 0.0005
+  BASE=$TMP/s2.safetensors AUGMENT=2 SEED=3 OUT=$FINAL \
+    TRAINED=$TMP/s3.raw.safetensors START=$TMP/s3.start.ckpt "$0" 3000 0.0005
+  cp "$FINAL" "$TMP/s3.safetensors"
+  lineage "$FINAL" resources/models/omniglot-conv4views-protonet.safetensors "$TMP/s1.safetensors" "$TMP/s2.safetensors" "$TMP/s3.safetensors"
+  rm -rf "$TMP"
+  exit 0
+fi
 EPISODES=${1:-3000}
 LR=${2:-0.0005}
-BASE=resources/models/omniglot-conv4-protonet.safetensors
+BASE=${BASE:-resources/models/omniglot-conv4-protonet.safetensors}
 TRAINED=${TRAINED:-resources/models/omniglot-conv4-protonet-ft.safetensors}
 OUT=${OUT:-resources/models/omniglot-conv4views-protonet.safetensors}
-DATA=../shared/data/omniglot/images_background_small1.zip
+DATA=${DATA:-../shared/data/omniglot/images_background_small1.zip}
 START=${START:-$TRAINED.start.ckpt}
-ARGS=(--method protonet --backbone conv4 --data "$DATA" --rotations --within-group --augment 1
-      --way 20 --shot 1 --query 5 --episodes "$EPISODES" --lr "$LR" --checkpoint-every 250 --seed 1 --threads 1)
+ARGS=(--method protonet --backbone conv4 --data "$DATA" --rotations --within-group --augment "${AUGMENT:-1}"
+      --way "${WAY:-20}" --shot 1 --query 5 --episodes "$EPISODES" --lr "$LR" --checkpoint-every 250
+      --seed "${SEED:-1}" --threads "${THREADS:-1}" --hidden "${HIDDEN:-64}")
 
 # The starting checkpoint: the bundled weights, iteration 0, a fresh optimizer (Adam's state is built
 # from the first step on).

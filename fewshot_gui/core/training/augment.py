@@ -24,6 +24,6 @@ def augment(x: torch.Tensor, rng: np.random.Generator, strength: float = 1.0) ->
     theta[:, 1, 0] = sin / sc
     theta[:, 1, 1] = (cos + sh * sin) / sc
     theta[:, :, 2] = t
-    grid = F.affine_grid(torch.from_numpy(theta).to(x.dtype), list(x.shape), align_corners=False)
+    grid = F.affine_grid(torch.from_numpy(theta).to(x.device, x.dtype), list(x.shape), align_corners=False)
     bg = x.amin(dim=(1, 2, 3), keepdim=True)
     return F.grid_sample(x - bg, grid, align_corners=False, padding_mode="zeros") + bg
