@@ -6,8 +6,8 @@ import pytest
 
 from fewshot_gui.core.trust import unknown as U
 from fewshot_gui.core.trust.profile import TrustProfile
-from fewshot_gui.core.trust.unknown_threshold import (MIN_FOLDER, conformal_threshold, folder_unknown_share,
-                                                      rate_threshold, weighted_quantile)
+from fewshot_gui.core.trust.unknown_threshold import (MIN_FOLDER, SHIPPED, ThresholdConstants, conformal_threshold,
+                                                      folder_unknown_share, rate_threshold, weighted_quantile)
 
 GENERIC = TrustProfile.for_backbone(None)
 RATE = GENERIC.false_flag_rate
@@ -115,3 +115,22 @@ def test_weighted_quantile():
     assert weighted_quantile(v, None, 0.5) == pytest.approx(1.5)
     assert 2.9 < weighted_quantile(v, np.array([1.0, 1.0, 1.0, 97.0]), 0.5) <= 3.0
     assert np.isnan(weighted_quantile(np.zeros(0), None, 0.5))
+
+
+def test_rate_threshold_constants_are_passed_through():
+    """Other constants (as bench/unknown_score.py --select-leave-one-out tries them) change the
+    threshold the way they say; the shipped ones are the module's."""
+    rng = np.random.default_rng(5)
+    scores = np.r_[rng.gamma(4.0, size=300), 12.0 + rng.gamma(4.0, size=100)]
+    ref = rng.gamma(4.0, size=40)
+    assert rate_threshold(scores, ref, None, RATE, SHIPPED).threshold == rate_threshold(scores, ref, None, RATE).threshold
+    # one example per class: the folder's unknown share comes from the fence; a fence too far
+    # to see the upper group leaves the threshold among the unknown images
+    near = rate_threshold(scores, np.zeros(0), None, RATE, ThresholdConstants(fence=3.0))
+    far = rate_threshold(scores, np.zeros(0), None, RATE, ThresholdConstants(fence=100.0))
+    assert near.unknown_share == pytest.approx(0.25, abs=0.03) and far.unknown_share == 0.0
+    assert near.threshold < 12.0 < far.threshold
+    # the folder-scale map: a narrower slope range cannot stretch the reference as far
+    wide = rate_threshold(3.0 * scores, ref, None, RATE, ThresholdConstants(scale_range=(0.5, 4.0)))
+    tight = rate_threshold(3.0 * scores, ref, None, RATE, ThresholdConstants(scale_range=(0.5, 1.0)))
+    assert tight.threshold < wide.threshold

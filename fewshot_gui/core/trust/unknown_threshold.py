@@ -66,6 +66,22 @@ MIN_FOLDER = 20           # fewer scored images: the folder's quantiles are not 
 MIN_REFERENCE = 10        # fewer left-out scores: the folder alone sets the threshold
 
 
+@dataclass(frozen=True)
+class ThresholdConstants:
+    """The constants of :func:`rate_threshold` (defaults: the module's; ``bench/unknown_score.py
+    --select-leave-one-out`` chooses them with one image collection held out)."""
+
+    fence: float = FENCE
+    match_fence: float = MATCH_FENCE
+    match_levels: tuple[float, float] = MATCH_LEVELS
+    scale_range: tuple[float, float] = SCALE_RANGE
+    min_folder: int = MIN_FOLDER
+    min_reference: int = MIN_REFERENCE
+
+
+SHIPPED = ThresholdConstants()
+
+
 def conformal_threshold(reference: np.ndarray, rate: float, default: float = 0.0,
                         weights: np.ndarray | None = None) -> float:
     """The (weighted) conformal :math:`(1 - rate)` quantile of ``reference`` nonconformity scores.
@@ -162,29 +178,30 @@ class RateThreshold:
 
 
 def rate_threshold(scores: np.ndarray, reference: np.ndarray, weights: np.ndarray | None,
-                   rate: float) -> RateThreshold:
+                   rate: float, constants: ThresholdConstants = SHIPPED) -> RateThreshold:
     """The score threshold flagging about ``rate`` of the folder's known images (module docstring).
 
     ``scores``: the folder's nonconformity scores (non-finite entries ignored); ``reference``:
     left-out scores of examples (may be empty) with conformal ``weights`` (None = equal)."""
+    k = constants
     s = np.sort(np.asarray(scores, dtype=np.float64)[np.isfinite(scores)])
     ref, w = _finite(reference, weights)
     n = len(s)
-    if n < MIN_FOLDER:
+    if n < k.min_folder:
         if len(ref):
             return RateThreshold(conformal_threshold(ref, rate, weights=w), ref, w, float("nan"), "support")
         tau = _quantile_sorted(s, 1.0 - rate) if n else 0.0
         return RateThreshold(tau, s, None, float("nan"), "folder")
-    pi = folder_unknown_share(s)
+    pi = folder_unknown_share(s, k.fence)
     kept = 1.0 - pi
-    if len(ref) < MIN_REFERENCE:
+    if len(ref) < k.min_reference:
         known = s[: max(1, int(round(kept * n)))]
         return RateThreshold(_quantile_sorted(s, (1.0 - rate) * kept), known, None, pi, "folder")
-    lo, hi = MATCH_LEVELS
-    clean = 1.0 - max(pi, folder_unknown_share(s, MATCH_FENCE))
+    lo, hi = k.match_levels
+    clean = 1.0 - max(pi, folder_unknown_share(s, k.match_fence))
     f_lo, f_hi = _quantile_sorted(s, lo * clean), _quantile_sorted(s, hi * clean)
     r_lo, r_hi = weighted_quantile(ref, w, lo), weighted_quantile(ref, w, hi)
     slope = (f_hi - f_lo) / (r_hi - r_lo) if r_hi - r_lo > TINY else 1.0
-    slope = float(np.clip(slope, *SCALE_RANGE))
+    slope = float(np.clip(slope, *k.scale_range))
     mapped = f_lo + (ref - r_lo) * slope
     return RateThreshold(conformal_threshold(mapped, rate, weights=w), mapped, w, pi, "support, folder scale")
