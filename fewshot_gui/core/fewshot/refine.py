@@ -29,8 +29,8 @@ Measured on the realistic folder protocol (1-50 queries per class, 20% images of
 Caltech-101, GTSRB and Omniglot (Lite0 and Conv-4 features): a fixed sharp :math:`\beta` and one
 support image weighing one query cost up to 4.5 points against inductive ProtoNet at 5-shot on
 domains where classes overlap (GTSRB, Omniglot on Lite0); the calibrated :math:`\beta`,
-:math:`\gamma = 2` and :math:`a_k = n_k` keep every domain within half a point of it while
-keeping most of the 1-shot gain (``docs/quality.md``).
+:math:`\gamma = 2` (1 at 1-shot, ``taskfit.GAMMA_BY_SHOT``) and :math:`a_k = n_k` keep every
+domain within half a point of it while keeping most of the 1-shot gain (``docs/quality.md``).
 
 Public API: :func:`support_prototypes`, :func:`refine_prototypes` (-> :class:`Refined`). The method
 built on it is ``"protonet-transductive"`` (:mod:`fewshot_gui.core.fewshot.transductive`).

@@ -11,7 +11,8 @@ r"""One folder's ProtoNet-style classifier, fitted on the task itself: space, re
    (:func:`~fewshot_gui.core.fewshot.calibration.assigned_lda_scale`).
 3. **Refinement** (:func:`~fewshot_gui.core.fewshot.refine.refine_prototypes`) with
    :math:`\beta = s \cdot \mathrm{sharpen}(n)` (1-shot prototypes are noisy: sharper assignments
-   let the queries take over, measured).
+   let the queries take over, measured) and the confidence exponent :math:`\gamma(n)`
+   (:data:`GAMMA_BY_SHOT`).
 4. **Final scale**: prior = the same around the refined prototypes with :math:`f_{ref}(n)`;
    evidence = :func:`task_evidence`: support images left out and the refinement run again
    without them (:func:`fold_loo_scores`); the MAP of both
