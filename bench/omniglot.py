@@ -113,7 +113,8 @@ def eval_bench(model: Path, args, images: dict) -> dict[str, np.ndarray]:
     for mode, name in METHODS.items():
         def run(ep, name=name) -> float:
             s_rows, q_rows = data.index.episode_rows(ep)
-            m = inductive if name == "protonet" else get_method(name)
+            # refined in the space the file's ProtoNet scores in, as `fewshot eval` does (models/choice.py)
+            m = inductive if name == "protonet" else get_method(name, normalize=getattr(inductive, "normalize", "center_l2"))
             m.fit(feats[s_rows], ep.support_labels, ep.way)
             if name != "protonet":
                 m.set_query_set(feats[q_rows])
