@@ -10,10 +10,7 @@ class of the task) -- of *several domains* and returns a table shaped like ``FIT
 * ``prior_sd``: the width of the prior on log scale whose MAP scales (with the leave-one-out
   evidence) give the lowest pooled NLL;
 * ``evidence_gain`` (per shot count): the same for the gain the leave-one-out evidence is read
-  with (:meth:`~fewshot_gui.core.fewshot.calibration.Calibration.final_scale`);
-* ``known_share``: for classes with one example, the share of a class's refined members taken as
-  its known images, that brings the false-flag rate of the 1-shot tasks closest to the default
-  rate.
+  with (:meth:`~fewshot_gui.core.fewshot.calibration.Calibration.final_scale`).
 
 Each task is fitted in the space its method scores in (the task's ``geometry``: ProtoNet's
 centre + L2 unless it says otherwise, e.g. ``"none"`` for a Conv-4 model file's raw squared
@@ -32,12 +29,10 @@ from fewshot_gui.core.fewshot.calibration import (Calibration, assigned_lda_scal
                                                   prior_from_lda)
 from fewshot_gui.core.fewshot.features import l2_normalise, log_softmax, sq_distance_scores
 from fewshot_gui.core.fewshot.taskfit import fit_task, task_evidence, to_space
-from fewshot_gui.core.trust.unknown import DEFAULT_FALSE_FLAG_RATE, unknown_scores
 
 WAY_EXPONENT_GRID = (-1.0, -0.75, -0.5, -0.25, 0.0, 0.25)
 PRIOR_SD_GRID = (0.15, 0.25, 0.35, 0.5, 0.7, 1.0)
 GAIN_GRID = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.35, 1.5, 1.75, 2.0, 2.5)
-KNOWN_SHARE_GRID = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.35, 1.5)
 
 
 @dataclass
@@ -49,15 +44,6 @@ class _Prepared:
     protos: np.ndarray     # support prototypes (support-centred), later the refined ones
     geometry: str = "center_l2"
     fit: Any = None
-
-
-@dataclass(frozen=True)
-class _Settings:
-    """What :func:`unknown_scores` reads from a profile."""
-
-    false_flag_rate: float = DEFAULT_FALSE_FLAG_RATE
-    graph_k: int = 7
-    known_share: float = 1.0
 
 
 def _pooled_nll(parts: list[tuple[np.ndarray, np.ndarray]]) -> float:
@@ -142,24 +128,8 @@ def fit_constants(tasks: Sequence[Any]) -> dict[str, Any]:
             if v < best_v:
                 best_g, best_v = g, v
         gains.append((s, best_g))
-    share = _fit_known_share(by_shot.get(1, []))
     domains = sorted({str(getattr(t, "domain", "?")) for t in tasks})
     return {"support_prior": support_prior, "refined_prior": refined_prior, "prior_sd": best_sd,
             "evidence_gain": tuple(gains),
-            "known_share": share, "fitted_on": ", ".join(domains)}
+            "fitted_on": ", ".join(domains)}
 
-
-def _fit_known_share(one_shot: list[_Prepared]) -> float:
-    """The grid share whose 1-shot false-flag rate is closest to the default rate."""
-    best, best_gap = 1.0, np.inf
-    for share in KNOWN_SHARE_GRID:
-        flagged, known = 0, 0
-        for p in one_shot:
-            u = unknown_scores(p.task.support, p.y, p.task.query, p.task.n_classes, _Settings(known_share=share),
-                               class_mass=p.fit.refined.responsibilities.sum(0))
-            flagged += int(u.mask()[p.known].sum())
-            known += int(p.known.sum())
-        gap = abs(flagged / max(known, 1) - DEFAULT_FALSE_FLAG_RATE)
-        if one_shot and gap < best_gap:
-            best, best_gap = share, gap
-    return best

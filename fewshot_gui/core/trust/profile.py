@@ -5,9 +5,7 @@ A :class:`TrustProfile` carries
 * ``calibration``: the cross-domain constants of the per-task probability scale
   (:class:`fewshot_gui.core.fewshot.calibration.Calibration`);
 * ``false_flag_rate``: the default share of images of known classes flagged "unknown";
-  ``graph_k`` and ``known_share``: the unknown score's graph size and, for classes with one
-  example, the share of a class's refined members taken as its known images
-  (:mod:`fewshot_gui.core.trust.unknown`);
+  ``graph_k``: the unknown score's graph size (:mod:`fewshot_gui.core.trust.unknown`);
 * ``shot_cosines``: :math:`t(n)`, the cosine to its class prototype below which an example of an
   :math:`n`-shot class is unusual, used by the outlier check of the support diagnostics.
 
@@ -39,7 +37,6 @@ ShotTable = tuple[tuple[int, float], ...]
 # The calibration's tables live in fewshot_gui.core.fewshot.calibration.SHIPPED (Calibration's defaults).
 FITTED: dict[str, Any] = {
     **CALIBRATION_SHIPPED,
-    "known_share": 0.6,
     "fitted_on": "caltech, gtsrb, omniglot-conv4, omniglot-lite0",
 }
 DEFAULT_GRAPH_K = 7
@@ -66,7 +63,6 @@ class TrustProfile:
     calibration: Calibration = field(default_factory=lambda: _calibration(FITTED))
     shot_cosines: ShotTable = GENERIC_SHOT_COSINE_THRESHOLDS
     false_flag_rate: float = DEFAULT_FALSE_FLAG_RATE
-    known_share: float = float(FITTED["known_share"])
     graph_k: int = DEFAULT_GRAPH_K
     fitted_on: str = str(FITTED["fitted_on"])
 
@@ -80,7 +76,7 @@ class TrustProfile:
         """The constants of ``table`` (shaped like :data:`FITTED`) for backbone ``name``."""
         key = name or ""
         return cls(key, _calibration(table), SHOT_COSINE_THRESHOLDS.get(key, GENERIC_SHOT_COSINE_THRESHOLDS),
-                   known_share=float(table["known_share"]), fitted_on=str(table["fitted_on"]))
+                   fitted_on=str(table["fitted_on"]))
 
     def with_rate(self, false_flag_rate: float) -> "TrustProfile":
         """The same profile with another default false-flag rate (0 < rate < 1)."""
