@@ -58,6 +58,8 @@ class LabelResult:
     method: str = ""
     backbone: str = ""
     backbone_family: str = ""  # the pretrained network whose trust constants apply (models.family)
+    feature_key: str = ""  # the key of the backbone that embedded ``features`` (an adapted one's own key)
+    adapted_backbone: Any = field(default=None, repr=False)  # that backbone when the method adapted it (finetune)
 
     @property
     def rel_paths(self) -> list[str]:
@@ -160,7 +162,6 @@ def label_folder(
     the :class:`TrustProfile` of the backbone that embeds the images.
     """
     from fewshot_gui.core.embed.backbones import get_backbone  # lazy: pulls in torch / ONNX Runtime
-    from fewshot_gui.core.embed.pipeline import iter_embeddings  # lazy: pulls in torch / ONNX Runtime
 
     t0 = time.perf_counter()
     cancel = cancel or CancelToken()
@@ -178,14 +179,58 @@ def label_folder(
         return (yield from _label_with_images(support, query_root, query_paths, backbone, method,
                                               cancel, batch_size, t0))
 
+    space = yield from embed_and_adapt(support, backbone, method, cache=cache, cancel=cancel, batch_size=batch_size)
+    return (yield from label_queries(space, query_root, query_paths, method, cache=cache, cancel=cancel,
+                                     batch_size=batch_size, refine=refine, unknown_threshold=unknown_threshold,
+                                     t0=t0))
+
+
+@dataclass
+class SupportSpace:
+    """The examples embedded in the space the folder is embedded in: ``backbone`` embeds the
+    folder (the one the method adapted to the examples, else ``plain``)."""
+
+    classes: list[str]
+    paths: list[Path]
+    labels: np.ndarray
+    feats: np.ndarray
+    errors: dict[Path, str]
+    backbone: Any
+    plain: Any
+
+    @property
+    def adapted(self) -> bool:
+        return self.backbone is not self.plain
+
+
+def embed_and_adapt(support: Mapping[str, Sequence[Path]], backbone, method, cache=None,
+                    cancel: CancelToken | None = None, batch_size: int = 32) -> Generator[Any, None, SupportSpace]:
+    """Embed the support images (:func:`embed_support`) and, when the method adapts the backbone
+    to them (``method.adapt_backbone``: test-time adaptation), adapt it. Yields Progress."""
+    cancel = cancel or CancelToken()
     classes, s_paths, s_labels, s_feats, s_errors = yield from embed_support(
         support, backbone, cache=cache, cancel=cancel, batch_size=batch_size)
     cancel.raise_if_cancelled()
-    plain_backbone = backbone
+    embedder = backbone
     adapt = getattr(method, "adapt_backbone", None)
     if adapt is not None:  # test-time adaptation of the backbone on the support set (the method decides)
-        backbone, s_feats = yield from adapt(backbone, s_paths, s_labels, s_feats, cache=cache, cancel=cancel)
+        embedder, s_feats = yield from adapt(backbone, s_paths, s_labels, s_feats, cache=cache, cancel=cancel)
         cancel.raise_if_cancelled()
+    return SupportSpace(classes, s_paths, s_labels, s_feats, s_errors, embedder, backbone)
+
+
+def label_queries(space: SupportSpace, query_root: Path, query_paths: list[Path], method, cache=None,
+                  cancel: CancelToken | None = None, batch_size: int = 32, refine: bool | None = None,
+                  unknown_threshold: float | None = None, t0: float | None = None
+                  ) -> Generator[Any, None, LabelResult]:
+    """The second half of :func:`label_folder`: fit ``method`` on the examples of ``space``, embed
+    the query images with ``space.backbone`` (cached rows first) and assess the folder."""
+    from fewshot_gui.core.embed.pipeline import iter_embeddings  # lazy: pulls in torch / ONNX Runtime
+
+    t0 = time.perf_counter() if t0 is None else t0
+    cancel = cancel or CancelToken()
+    classes, s_paths, s_labels, s_feats, s_errors = space.classes, space.paths, space.labels, space.feats, space.errors
+    backbone, plain_backbone = space.backbone, space.plain
     yield Progress("adapting", 0, 1)
     method.fit(s_feats, s_labels, len(classes))
     yield Progress("adapting", 1, 1)
@@ -235,7 +280,9 @@ def label_folder(
     result = LabelResult(query_root, query_paths, classes, probs, errors, feats, s_paths, s_labels,
                          s_feats, s_errors, method=getattr(method, "name", ""),
                          backbone=getattr(plain_backbone, "name", ""),
-                         backbone_family=backbone_family(plain_backbone))
+                         backbone_family=backbone_family(plain_backbone),
+                         feature_key=getattr(backbone, "key", ""),
+                         adapted_backbone=backbone if space.adapted else None)
     result.notes.extend(getattr(method, "notes", []) or [])
     yield from _post_process(result, method, refine, unknown_threshold)
     result.seconds = time.perf_counter() - t0

@@ -51,6 +51,37 @@ def load_project_model(project: Project, device: str | None = None, cache_dir: s
         raise DataError(f"{project.path or 'project'}: {exc}") from None
 
 
+ADAPTED_SETTING = "adapted_backbones"  # project settings: label set -> key of the backbone its run adapted
+
+
+def saved_adapted_key(project: Project, label_set: str) -> str | None:
+    """The key of the backbone the last run of ``label_set`` adapted to its examples, as saved
+    with the project (None: none saved, or the run kept the plain backbone)."""
+    saved = project.settings.get(ADAPTED_SETTING)
+    key = saved.get(label_set) if isinstance(saved, dict) else None
+    return key if isinstance(key, str) else None
+
+
+def note_adapted_key(project: Project, label_set: str, run: "RunContext") -> None:
+    """Keep in the project's settings (saved with it) which adapted backbone the run of
+    ``label_set`` labeled with, so that reopening can tell whether adapting again gave the same one."""
+    saved = project.settings.get(ADAPTED_SETTING)
+    saved = dict(saved) if isinstance(saved, dict) else {}
+    if run.adapted:
+        saved[label_set] = run.feature_key
+    else:
+        saved.pop(label_set, None)
+    if saved:
+        project.settings[ADAPTED_SETTING] = saved
+    else:
+        project.settings.pop(ADAPTED_SETTING, None)
+
+
+def adapts_backbone(method: Any) -> bool:
+    """The method adapts the backbone to the examples before the folder is embedded (finetune)."""
+    return getattr(method, "adapt_backbone", None) is not None
+
+
 class ModelLoader:
     """Loads the project's model; a later call with the same backbone choice reuses the backbone
     (loading one takes seconds) and returns a fresh method."""
@@ -59,10 +90,21 @@ class ModelLoader:
         self._choice: tuple | None = None
         self._backbone: Any = None
         self.auto_choice: Choice | None = None  # what backbone "auto" chose at the last load
+        self.adapted: Any = None  # the backbone the last run adapted to its examples (embeds new ones)
 
     def forget(self) -> None:
         """Load from scratch next time (e.g. the device setting changed)."""
-        self._choice, self._backbone = None, None
+        self._choice, self._backbone, self.adapted = None, None, None
+
+    def keep_adapted(self, backbone: Any) -> None:
+        """Keep the backbone a run adapted (None: the run's was plain), so that example images
+        added after the run are embedded into the same space (:meth:`embedder_for`)."""
+        self.adapted = backbone
+
+    def embedder_for(self, feature_key: str | None) -> Any:
+        """The adapted backbone kept from the last run when its key is ``feature_key``, else None."""
+        kept = self.adapted
+        return kept if kept is not None and feature_key is not None and kept.key == feature_key else None
 
     def load(self, project: Project, device: str | None = None, cache_dir: str | Path | None = None,
              support: dict[str, list[Path]] | None = None, cancel: CancelToken | None = None) -> tuple[Any, Any]:
@@ -85,26 +127,44 @@ class RunContext:
     """What the embeddings of a labeling run came from, for re-prediction and trust scores."""
 
     backbone_name: str   # selects the calibration tables (unknown scores, refinement)
-    feature_key: str     # the embedding space (the cache key of the backbone)
+    feature_key: str     # the embedding space (the cache key of the backbone that embedded the folder)
     method_name: str
     method_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     refits_from_features: bool = True  # False: the method adapts on pixels (MAML on Conv-4)
     refine: bool | None = None         # the run's refinement setting (None: the method's default)
     unknown_threshold: float | None = None  # the run's default unknown threshold
+    adapted_for: str | None = None     # the label set whose examples the backbone adapted to (finetune)
 
     @classmethod
-    def of(cls, backbone: Any, method: Any, refine: bool | None = None,
-           unknown_threshold: float | None = None) -> "RunContext":
-        """The context of a run of ``method`` on ``backbone`` with these job settings."""
-        return cls(backbone_family(backbone), getattr(backbone, "key", ""), getattr(method, "name", ""),
+    def of(cls, backbone: Any, method: Any, refine: bool | None = None, unknown_threshold: float | None = None,
+           feature_key: str | None = None, label_set: str | None = None) -> "RunContext":
+        """The context of a run of ``method`` on ``backbone`` with these job settings.
+        ``feature_key``: the key of the backbone that embedded the folder when the method adapted
+        ``backbone`` to the examples of ``label_set`` (:attr:`LabelResult.feature_key`)."""
+        key = getattr(backbone, "key", "")
+        adapted = feature_key is not None and feature_key != key
+        return cls(backbone_family(backbone), feature_key if adapted else key, getattr(method, "name", ""),
                    dict(getattr(method, "options", {})), getattr(method, "input_kind", "features") == "features",
-                   refine, unknown_threshold)
+                   refine, unknown_threshold, label_set if adapted else None)
+
+    @property
+    def adapted(self) -> bool:
+        """The embeddings come from a backbone adapted to one label set's examples (not the plain one)."""
+        return self.adapted_for is not None
+
+    def refits(self, label_set: str) -> bool:
+        """These embeddings can re-fit ``label_set``: a method on features, and no backbone adapted
+        to another label set's examples (that network is not this label set's)."""
+        return self.refits_from_features and self.adapted_for in (None, label_set)
 
     def with_method(self, name: str) -> "RunContext":
-        """The same embeddings scored by another method (its default options)."""
-        kind = get_method(name).input_kind
-        return RunContext(self.backbone_name, self.feature_key, name, {}, kind == "features", self.refine,
-                          self.unknown_threshold)
+        """The same embeddings scored by another method (its default options). It cannot re-fit
+        from them (``refits_from_features`` False) when it adapts on pixels or adapts the backbone
+        (its features are not these), or when these come from an adapted backbone."""
+        m = get_method(name)
+        kind = m.input_kind == "features" and not adapts_backbone(m) and not self.adapted
+        return RunContext(self.backbone_name, self.feature_key, name, {}, kind, self.refine,
+                          self.unknown_threshold, self.adapted_for)
 
     @property
     def profile(self) -> TrustProfile:

@@ -6,7 +6,10 @@
   :meth:`LabelingSession.apply_result` / :meth:`LabelingSession.add_support_features` take.
 * :func:`restore_job`: bring back a project's labeled state from the embedding cache alone
   (nothing is embedded): when every example and query image is there (same path, size and
-  modification time, same model), the folder is assessed from the cached vectors.
+  modification time, same model), the folder is assessed from the cached vectors. A method that
+  adapts the backbone to the examples (finetune) adapts again (same examples, same seed: the same
+  network, checked against the key saved with the project) and embeds the folder from its cached
+  lower activations.
 * :func:`label_project`: label every label set of a project, apply the confirmed labels exactly
   as the app does (re-fit with them), and write the CSV (``fewshot label --project``).
 """
@@ -24,8 +27,8 @@ from fewshot_gui.core.embed.pipeline import embed_paths
 from fewshot_gui.core.errors import DataError, ImageLoadError
 from fewshot_gui.core.io.images import load_image, scan_folder
 from fewshot_gui.core.jobs import CancelToken, Progress, run_job
-from fewshot_gui.core.session.job import LabelResult, label_folder
-from fewshot_gui.core.session.model import ModelLoader, RunContext
+from fewshot_gui.core.session.job import LabelResult, embed_and_adapt, label_folder, label_queries
+from fewshot_gui.core.session.model import ModelLoader, RunContext, adapts_backbone, saved_adapted_key
 from fewshot_gui.core.session.project import Project
 from fewshot_gui.core.session.session import LabelingSession
 
@@ -72,9 +75,19 @@ def labeling_job(session: LabelingSession, loader: ModelLoader, label_set: str |
                                          batch_size=batch_size, refine=refine, unknown_threshold=unknown_threshold)
         if loader.auto_choice is not None:  # backbone "auto": which model, and why (the first note)
             result.notes.insert(0, loader.auto_choice.note)
-        return FinishedRun(name, result, RunContext.of(backbone, method, refine, unknown_threshold))
+        return FinishedRun(name, result, _run_context(loader, backbone, method, result, name, refine,
+                                                      unknown_threshold))
 
     return make
+
+
+def _run_context(loader: ModelLoader, backbone: Any, method: Any, result: LabelResult, label_set: str,
+                 refine: bool | None = None, unknown_threshold: float | None = None) -> RunContext:
+    """The run's context in the space its folder was embedded in; the backbone a method adapted
+    stays with the loader (it embeds example images added later), not with the result."""
+    loader.keep_adapted(result.adapted_backbone)
+    result.adapted_backbone = None
+    return RunContext.of(backbone, method, refine, unknown_threshold, result.feature_key or None, label_set)
 
 
 def support_embedding_job(session: LabelingSession, loader: ModelLoader, device: str | None = None,
@@ -82,18 +95,41 @@ def support_embedding_job(session: LabelingSession, loader: ModelLoader, device:
     """Embed the example images of the active label set that have no embedding yet, with the
     backbone of the last run. The job returns :class:`NewExamples`."""
     missing = session.missing_support_features()
-    project, feature_key = session.project, session.run.feature_key if session.run else None
+    project, run = session.project, session.run
+    feature_key = run.feature_key if run else None
+    adapted = loader.embedder_for(feature_key) if run is not None and run.adapted else None
 
     def make(token: CancelToken) -> Generator[Any, None, NewExamples]:
         yield Progress("embedding new examples", 0, len(missing))
         backbone, _method = loader.load(project, device, cache_dir)
-        if backbone.key != feature_key:
+        cache = EmbeddingCache(cache_dir, backbone.key)
+        if adapted is not None:  # into the space of the backbone the run adapted
+            feats, errors = _embed_adapted(missing, adapted, cache, token)
+        elif run is not None and run.adapted:
+            raise DataError(f"the labels come from {run.method_name}'s backbone adapted to the examples of label "
+                            f"set {run.adapted_for!r}, which is no longer loaded; press Label to adapt it again "
+                            "with the new examples")
+        elif backbone.key != feature_key:
             raise DataError(f"{project.model_file or project.backbone}: not the model of the last labeling run; "
                             "press Label to label with it")
-        feats, errors = embed_paths(missing, backbone, cache=EmbeddingCache(cache_dir, backbone.key), cancel=token)
+        else:
+            feats, errors = embed_paths(missing, backbone, cache=cache, cancel=token)
         return NewExamples(missing, feats, errors)
 
     return make
+
+
+def _embed_adapted(paths: list[Path], backbone: Any, cache: EmbeddingCache,
+                   token: CancelToken) -> tuple[np.ndarray, dict[int, str]]:
+    """Embeddings through an adapted backbone (its own ``iter_embeddings``: cached lower
+    activations, then the top; its vectors are never written under the plain backbone's key)."""
+    feats = np.full((len(paths), int(backbone.dim)), np.nan, np.float32)
+    errors: dict[int, str] = {}
+    for b in backbone.iter_embeddings(paths, cache=cache, cancel=token):
+        if len(b.indices):
+            feats[np.asarray(b.indices, int)] = b.features
+        errors.update(b.errors)
+    return feats, errors
 
 
 @dataclass
@@ -128,19 +164,53 @@ def restore_job(session: LabelingSession, loader: ModelLoader, label_set: str | 
             return NotRestored(f"{method.name} adapts on the images themselves; press Label to label")
         cache = EmbeddingCache(cache_dir, backbone.key)
         cache.require_dim(backbone.dim)
-        wanted = [p for ps in support.values() for p in ps] + paths
-        found = cache.contains(wanted)  # the vectors themselves are read once, by label_folder
-        missing = [wanted[i] for i in np.flatnonzero(~found)]
-        n = len(missing) if len(missing) > MAX_PROBED else sum(_readable(p, backbone) for p in missing)
-        if n:
-            return NotRestored(f"{n:,} image{' is' if n == 1 else 's are'} not in the embedding cache "
-                               "(new or changed since the last run); press Label to label")
+        examples = [p for ps in support.values() for p in ps]
+        if not adapts_backbone(method):
+            missing = _not_cached(cache, examples + paths, backbone)
+            if missing:
+                return NotRestored(missing)
+            token.raise_if_cancelled()
+            result = yield from label_folder(support, root, paths, backbone=backbone, method=method, cache=cache,
+                                             cancel=token)
+            return FinishedRun(name, result, _run_context(loader, backbone, method, result, name))
+        # the method adapts the backbone to the examples: adapt again, check it is the saved one
+        missing = _not_cached(cache, examples, backbone)
+        if missing:
+            return NotRestored(missing)
         token.raise_if_cancelled()
-        result = yield from label_folder(support, root, paths, backbone=backbone, method=method, cache=cache,
-                                         cancel=token)
-        return FinishedRun(name, result, RunContext.of(backbone, method))
+        space = yield from embed_and_adapt(support, backbone, method, cache=cache, cancel=token)
+        saved = saved_adapted_key(project, name)
+        if saved is not None and space.backbone.key != saved:
+            return NotRestored(f"{method.name}: adapting to the examples again did not give the network the labels "
+                               "were made with (the examples or the model changed since); press Label to adapt "
+                               "and label again")
+        if space.adapted:  # the folder's lower activations are what the adapted top embeds
+            acts = space.backbone.split.activation_cache(cache_dir)
+            try:
+                missing = _not_cached(acts, paths, backbone)
+            finally:
+                acts.close()
+        else:
+            missing = _not_cached(cache, paths, backbone)
+        if missing:
+            return NotRestored(missing)
+        token.raise_if_cancelled()
+        result = yield from label_queries(space, root, paths, method, cache=cache, cancel=token)
+        return FinishedRun(name, result, _run_context(loader, backbone, method, result, name))
 
     return make
+
+
+def _not_cached(cache: EmbeddingCache, wanted: list[Path], backbone: Any) -> str | None:
+    """Why the cache cannot stand in for embedding ``wanted`` (None: it can). An image missing
+    only because it cannot be read counts as there: it fails as it did."""
+    found = cache.contains(wanted)  # the vectors themselves are read once, when labeling
+    missing = [wanted[i] for i in np.flatnonzero(~found)]
+    n = len(missing) if len(missing) > MAX_PROBED else sum(_readable(p, backbone) for p in missing)
+    if not n:
+        return None
+    return (f"{n:,} image{' is' if n == 1 else 's are'} not in the embedding cache "
+            "(new or changed since the last run); press Label to label")
 
 
 def _readable(path: Path, backbone: Any) -> bool:

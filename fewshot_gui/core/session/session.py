@@ -8,11 +8,11 @@ views subscribe to :attr:`LabelingSession.events` (plain callbacks).
 After a correction or an edit of the examples the session re-predicts from the embeddings it has
 (no image is embedded again) exactly as the labeling job assesses a folder: the method re-fitted on
 the examples and the confirmed images, refined over the whole folder for ProtoNet-style methods,
-then unknown scores, review order and example diagnostics. The work runs through the executor the
-session is given (``submit(fn) -> Future``: the app passes a background one, the CLI and tests
-:class:`~fewshot_gui.core.session.background.ImmediateExecutor`, the default); an answer that a
-newer edit superseded is dropped. The run's :class:`~fewshot_gui.core.session.model.RunContext`
-(the backbone the embeddings came from) is the one calibration context for all of it.
+then unknown scores, review order and example diagnostics, through the executor the session is
+given (``submit(fn) -> Future``: the app's runs in the background; default: at once); an answer
+that a newer edit superseded is dropped. The run's :class:`~fewshot_gui.core.session.model.RunContext`
+(the backbone the embeddings came from, or the one finetune adapted to a label set's examples:
+support and query vectors are always of that one space) is the one calibration context for all of it.
 
 A confirmed label is a class name or :data:`~fewshot_gui.core.io.export.UNKNOWN_LABEL` ("none
 of these": kept, exported, never an example). The unknown threshold lives in the project's
@@ -36,7 +36,7 @@ from fewshot_gui.core.session.events import SessionEvents
 from fewshot_gui.core.session.examples import path_key, same_examples, training_examples
 from fewshot_gui.core.session.job import LabelBatch, LabelResult
 from fewshot_gui.core.session.model import (FULL_AFTER_QUICK_S, QUICK_MIN_ROWS, RunContext, confirmed_overrides,
-                                            quick_trust, refit_and_assess, reviewed_columns)
+                                            note_adapted_key, quick_trust, refit_and_assess, reviewed_columns)
 from fewshot_gui.core.session.project import ClassDef, LabelSet, Project, check_new_class_name, palette_color
 from fewshot_gui.core.session.query import QueryIndex, query_index
 from fewshot_gui.core.session.view import LabelState, ViewArrays, probs_of, saved_threshold, view_arrays
@@ -381,8 +381,9 @@ class LabelingSession:
         self.errors = dict(result.errors)
         self.features = None if result.features is None else np.asarray(result.features, np.float32)
         self.run = run if self.features is not None else None
-        if run.feature_key != self.support_key:  # embeddings of another backbone do not mix
+        if run.feature_key != self.support_key:  # embeddings of another backbone (or adaptation) do not mix
             self.support_feats, self.support_key = {}, run.feature_key
+        note_adapted_key(self.project, name, run)  # saved with the project: reopening checks it
         if result.support_features is not None:
             for p, f in zip(result.support_paths, result.support_features):
                 self.support_feats[path_key(p)] = np.asarray(f, np.float32)
@@ -422,9 +423,9 @@ class LabelingSession:
                 if self.feature_of(p) is None and path_key(p) not in self.bad_support]
 
     def can_repredict(self, label_set: str | None = None) -> bool:
-        if self.features is None or self.run is None or not self.run.refits_from_features:
-            return False
         ls = self.project.get_label_set(label_set or self.project.active_label_set)
+        if self.features is None or self.run is None or not self.run.refits(ls.name):
+            return False
         confirmed = {c for r, c in ls.confirmed.items() if r in self._rel_index}
         return len(ls.classes) >= 1 and all(c.support or c.name in confirmed for c in ls.classes)
 
