@@ -106,8 +106,8 @@ def test_fewshot_demo_chooses_the_conv4_omniglot_model_and_gets_98_percent(share
     out = tmp_path / "labels.csv"
     assert main(["demo", "--out", str(out), "--cache-dir", str(shared_cache)]) == 0
     text = capsys.readouterr().out
-    assert "(omniglot-conv4-protonet, protonet)" in text
-    assert re.search(r"^Auto chose omniglot-conv4-protonet: leave-one-out 100% vs .*\b\d+% for omniglot-conv4aug-protonet",
+    assert "(omniglot-conv4aug-protonet, protonet)" in text
+    assert re.search(r"^Auto chose omniglot-conv4aug-protonet: leave-one-out 100% vs .*\b\d+% for omniglot-conv4views-protonet",
                      text, re.M)
     accuracy = re.search(r"^demo accuracy against query_truth.csv: ([\d.]+)% of 75 images$", text, re.M)
     assert accuracy and float(accuracy.group(1)) >= 98.0
