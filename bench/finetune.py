@@ -1,13 +1,20 @@
 """Test-time adaptation of EfficientNet-Lite0's top (``--method finetune``): accuracy and cost.
 
-Accuracy (``--part accuracy``), ProtoNet on the plain features on the *same* episodes (one run):
+Accuracy (``--part accuracy``): ProtoNet on the plain features, ``finetune`` with
+``adapt="always"`` and ``finetune`` with the automatic decision, on the *same* episodes (one run),
+mean ± 95% CI and the paired differences ± their 95% CI:
 
-* GTSRB (``../shared/data/gtsrb``), classes 22..42 (the 21 "novel" classes; the method's
-  constants were picked on classes 00..21 only), 5-way 5-shot and 1-shot, 15 queries per class,
-  a sign's frames never in both support and query (``tracks``); ``finetune`` with the automatic
-  decision and with ``adapt="always"``.
+* GTSRB (``../shared/data/gtsrb``) on bench/metatune.py's split and episodes, so both studies
+  share one ProtoNet column: ``split_classes(classes, test=0.49, seed=0)``, 22 base classes (the
+  only ones constants are chosen on: ``--classes base``) and 21 novel ones (reported); 5-way
+  5-shot and 1-shot, 15 queries per class, seed 0, a sign's frames never in both support and
+  query (tracks, as bench/metatune.py reads them; classes without enough tracks are skipped).
 * Caltech-101 held-out classes (``split_classes(test=0.4, seed=0).test``, the classes the
-  accuracy bench holds out), 5-way 1-shot and 5-shot, 15 queries: the automatic decision.
+  accuracy bench holds out), 5-way 5-shot and 1-shot, 15 queries, seed 0.
+
+The automatic decision needs two examples per class to hold one out, so at 1-shot it keeps the
+plain backbone and equals ProtoNet by construction. The decision's adapted top is the "always"
+one (same seed), so an episode adapts once for "always" and ``folds`` more times to decide.
 
 Cost (``--part cost``) on this machine, a folder of ``--images`` Caltech images (5,000), support
 5 classes x 5 examples from other Caltech images: labeling with ProtoNet vs finetune
@@ -15,7 +22,8 @@ Cost (``--part cost``) on this machine, a folder of ``--images`` Caltech images 
 re-predicting the folder after a correction (the app's re-fit on cached features), median of
 ``--repeats`` runs.
 
-    nice -n 10 .venv/bin/python bench/finetune.py --part accuracy --episodes 600
+    nice -n 10 .venv/bin/python bench/finetune.py --part accuracy --episodes 600 --json rows.json
+    nice -n 10 .venv/bin/python bench/finetune.py --part accuracy --classes base --episodes 100
     nice -n 10 .venv/bin/python bench/finetune.py --part cost
 """
 
@@ -34,60 +42,136 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 DATA = ROOT.parent / "shared" / "data"
 if not DATA.is_dir():
     DATA = Path("/work/shared/data")
 QUERY = 15
+GTSRB_HOLDOUT = 0.49  # bench/metatune.py's split: 22 base classes, 21 novel ones (split seed 0)
 
 
-def gtsrb_split(classes: list[str]) -> tuple[list[str], list[str]]:
-    """(tuning classes 00..21, reported classes 22..42)."""
-    ordered = sorted(classes)
-    return ordered[:22], ordered[22:]
+def track_of(path: Path) -> str:
+    """A GTSRB file's track (as bench/metatune.py reads it); the file itself otherwise."""
+    from metatune import track_of as of  # lazy: bench/metatune.py, the protocol this one shares
+
+    return of(path)
+
+
+def episodes_of(data: Path, classes: list[str] | None, tracks: bool):
+    """The images of ``classes`` and the episode index bench/metatune.py samples from: labels are
+    class indices within the subset, a sign's track groups its frames."""
+    from fewshot_gui.core.episodes.sampler import LabelIndex
+    from fewshot_gui.core.io.datasets import ImageFolderDataset
+
+    ds = ImageFolderDataset(data)
+    sub = ds.subset(classes) if classes is not None else ds
+    paths, labels = sub.paths()
+    groups = np.array([f"{lab}:{track_of(Path(p))}" for p, lab in zip(paths, labels)]) if tracks else None
+    return list(paths), np.asarray(labels), groups, LabelIndex
+
+
+def run_rows(name: str, data: Path, classes: list[str], tracks: bool, shots: list[int], args,
+             modes: tuple[str, ...]) -> list[dict]:
+    """ProtoNet on the plain features and finetune (``modes``: "always" and / or the automatic
+    decision, "auto") on the same episodes: 5-way, ``QUERY`` queries per class, seed ``args.seed``.
+    "auto" is what ``FineTune(adapt="auto")`` does: :func:`decide` on the support, then the
+    adaptation "always" makes (same seed) when it says so."""
+    import torch
+
+    from fewshot_gui.core.embed.backbones import get_backbone
+    from fewshot_gui.core.embed.split import SplitLite0, activations
+    from fewshot_gui.core.episodes.evaluate import ci95
+    from fewshot_gui.core.fewshot import get_method
+    from fewshot_gui.core.fewshot.finetune import decide, embed_with, head_preactivations
+
+    torch.set_num_threads(args.threads)
+    proto = get_method("finetune")
+    bb = get_backbone("efficientnet-lite0", cache_dir=args.cache_dir)
+    split = SplitLite0(bb, proto.tune_blocks, cache_dir=args.cache_dir)
+    paths, labels, groups, LabelIndex = episodes_of(data, classes, tracks)
+    t0 = time.perf_counter()
+    views = []
+    for v in range(1 + proto.views):
+        a, _ = activations(split, paths, args.cache_dir, view=v)
+        views.append(a.astype(np.float16))
+    views = np.stack(views)
+    ok = np.isfinite(views).all(axis=(0, 2))
+    views = views[:, ok]
+    plain = split.run_top(split.top, views[0]).astype(np.float64)
+    pre = np.stack([head_preactivations(split, v) for v in views]) if split.tune_blocks == 0 else None
+    index = LabelIndex(labels[ok], item_groups=None if groups is None else groups[ok])
+    print(f"{name}: {len(classes)} classes, {int(ok.sum())} images, activations in "
+          f"{time.perf_counter() - t0:.0f}s", flush=True)
+    rows = []
+    for shot in shots:
+        sampler = index.sampler(5, shot, QUERY, seed=args.seed, skip_small_classes=True)
+        acc = {"protonet": [], "always": [], "auto": []}
+        adapted = 0
+        t = time.perf_counter()
+        for i in range(args.episodes):
+            ep = sampler.episode(i)
+            s, q = index.episode_rows(ep)
+            ys, yq = ep.support_labels, ep.query_labels
+
+            def score(fs, fq):
+                m = get_method("protonet").fit(fs, ys, ep.way)
+                return 100.0 * float((np.asarray(m.predict_proba(fq)).argmax(1) == yq).mean())
+
+            acc["protonet"].append(score(plain[s], plain[q]))
+            m = get_method("finetune", adapt="always")
+            d = None
+            if "auto" in modes:
+                d = decide(split, views[:, s], ys, ep.way, m.steps, m.lr, m.folds, m.seed, plain[s],
+                           pre=None if pre is None else pre[:, s])
+                adapted += d.adapt
+            if "always" in modes or (d is not None and d.adapt):
+                ad = m.adapt_views(split, views[:, s], ys, ep.way, plain_feats=plain[s],
+                                   pre=None if pre is None else pre[:, s])
+                p0 = None if pre is None else pre[0]
+                adapted_acc = score(embed_with(split, ad, views[0, s], None if p0 is None else p0[s]),
+                                    embed_with(split, ad, views[0, q], None if p0 is None else p0[q]))
+                if "always" in modes:
+                    acc["always"].append(adapted_acc)
+            if d is not None:
+                acc["auto"].append(adapted_acc if d.adapt else acc["protonet"][-1])
+            if (i + 1) % 50 == 0 or i + 1 == args.episodes:
+                a = {k: np.mean(v) for k, v in acc.items() if v}
+                print(f"  {shot}-shot {i + 1}/{args.episodes}: " + ", ".join(f"{k} {v:.2f}" for k, v in a.items())
+                      + f" ({time.perf_counter() - t:.0f}s)", flush=True)
+        base = np.array(acc["protonet"])
+        row = {"data": name, "protocol": f"5-way {shot}-shot, {QUERY} queries/class, {args.episodes} episodes, "
+               f"seed {args.seed}" + (", tracks apart" if tracks else ""),
+               "classes_used": len(sampler.usable), "protonet": [round(base.mean(), 2), round(ci95(base), 2)]}
+        for mode in modes:
+            a = np.array(acc[mode])
+            row[f"finetune {mode}"] = [round(a.mean(), 2), round(ci95(a), 2)]
+            row[f"{mode} - protonet"] = [round((a - base).mean(), 2), round(ci95(a - base), 2)]
+        if "auto" in modes:
+            row["auto adapted episodes"] = adapted
+        row["seconds"] = round(time.perf_counter() - t, 1)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
 
 
 def accuracy(args) -> list[dict]:
-    from fewshot_gui.core.embed.backbones import get_backbone
-    from fewshot_gui.core.episodes.evaluate import evaluate_dataset
-    from fewshot_gui.core.fewshot import get_method
-    from fewshot_gui.core.io.datasets import open_dataset, split_classes
+    from fewshot_gui.core.io.datasets import ImageFolderDataset, split_classes
 
-    bb = get_backbone("efficientnet-lite0")
     rows = []
-
-    def progress(p):  # running figures every 10 episodes (long runs on a busy machine)
-        if p.message and (p.done % 10 == 0 or p.done == p.total):
-            print(f"  {p.done}/{p.total} episodes: {p.message}", flush=True)
-
-    def run(name, ds, shot, adapt, tracks):
-        t = time.perf_counter()
-        res = evaluate_dataset(ds, backbone=bb, method=lambda: get_method("finetune", adapt=adapt), way=5,
-                               shot=shot, query=QUERY, episodes=args.episodes, seed=args.seed, tracks=tracks,
-                               progress=progress)
-        i = res.info
-        row = {"data": name, "protocol": f"5-way {shot}-shot, {QUERY} queries/class, {res.episodes} episodes"
-               + (", tracks apart" if tracks else ""), "adapt": adapt,
-               "finetune": round(res.accuracy, 2), "ci95": round(res.ci95, 2),
-               "protonet": round(i["protonet_accuracy"], 2), "protonet_ci95": round(i["protonet_ci95"], 2),
-               "delta": round(i["delta"], 2), "delta_ci95": round(i["delta_ci95"], 2),
-               "adapted_episodes": i["adapted"], "seconds": round(time.perf_counter() - t, 1)}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-
     if "gtsrb" in args.data:
-        g = open_dataset(DATA / "gtsrb")
-        _, novel = gtsrb_split(g.classes)
-        g = g.subset(novel)
-        for shot in args.shots:
-            for adapt in args.adapt:
-                if shot == 1 and adapt == "auto":
-                    continue  # one example per class: the decision keeps the plain backbone (= ProtoNet)
-                run("gtsrb classes 22-42", g, shot, adapt, True)
+        g = ImageFolderDataset(DATA / "gtsrb")
+        sp = split_classes(g.classes, test=GTSRB_HOLDOUT, seed=0)
+        part = sp.train if args.classes == "base" else sp.test
+        rows += run_rows(f"gtsrb {args.classes} classes", DATA / "gtsrb", part, True, args.shots, args,
+                         tuple(args.adapt))
     if "caltech" in args.data:
-        c = open_dataset(DATA / "caltech101")
-        c = c.subset(split_classes(c.classes, test=0.4, seed=0).test)
-        for shot in args.shots:
-            run("caltech101 held-out classes", c, shot, "auto", False)
+        c = ImageFolderDataset(DATA / "caltech101")
+        sp = split_classes(c.classes, test=0.4, seed=0)
+        part = sp.train if args.classes == "base" else sp.test
+        rows += run_rows(f"caltech101 {'tuning' if args.classes == 'base' else 'held-out'} classes",
+                         DATA / "caltech101", part, False, args.shots, args, tuple(args.adapt))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
     return rows
 
 
@@ -202,7 +286,13 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shots", type=int, nargs="+", default=[5, 1])
     ap.add_argument("--data", nargs="+", default=["gtsrb", "caltech"])
-    ap.add_argument("--adapt", nargs="+", default=["auto", "always"], help="GTSRB: decision modes to run")
+    ap.add_argument("--adapt", nargs="+", choices=("always", "auto"), default=["always", "auto"],
+                    help="finetune columns to run besides ProtoNet")
+    ap.add_argument("--classes", choices=("novel", "base"), default="novel",
+                    help="novel: the reported classes; base: the classes constants are chosen on")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--cache-dir", default=None, help="embedding / activation cache folder")
+    ap.add_argument("--json", default=None, help="write the accuracy rows here")
     ap.add_argument("--images", type=int, default=5000)
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
