@@ -88,6 +88,12 @@ def test_a_correction_re_predicts_from_adapted_support_and_query_features(backbo
     before = s.state.probs.copy()
     s.set_confirmed([0], [s.class_names[-1]])  # a (wrong) correction moves the fit
     assert not s.state.stale and not np.allclose(s.state.probs, before)
+    # another label set: the network adapted to this one's examples does not label it
+    s.add_label_set("other")
+    s.insert_class(0, ClassDef(name="a", support=examples[:2], color="#112233"))
+    s.insert_class(1, ClassDef(name="b", support=examples[2:4], color="#445566"))
+    assert not s.can_repredict("other") and not s.repredict("other") and s.state is None
+    assert s.can_repredict(project.label_sets[0].name)
 
 
 def test_reopened_finetune_project_shows_the_adapted_labels_again(backbone, project, tmp_path):

@@ -148,7 +148,14 @@ def restore_job(session: LabelingSession, loader: ModelLoader, label_set: str | 
     image missing from the cache only because it cannot be read counts as there: it fails as it
     did), it assesses the folder as a labeling run would and returns a :class:`FinishedRun`;
     otherwise it returns :class:`NotRestored`. None when there is nothing to restore (no query
-    images, fewer than two classes, a class without examples)."""
+    images, fewer than two classes, a class without examples).
+
+    A method that adapts the backbone to the examples (finetune) adapts it again from the cached
+    example vectors and lower activations (seeded: the same examples give the same network) and
+    embeds the folder from the cached lower activations through the adapted top. When the key of
+    the network it gets is not the one the project saved for this label set
+    (:func:`~.model.saved_adapted_key`: the examples or the model changed), it returns
+    :class:`NotRestored` saying to press Label: the labels shown are the saved run's model's or none."""
     project = session.project
     name = label_set or project.active_label_set
     ls = project.get_label_set(name)
