@@ -12,7 +12,13 @@ untuned one are compared on the same 5-way 1- and 5-shot episodes of the validat
 ``2:3e-4:nobn``: batch norm keeps the base statistics) and validation point; ``--json`` keeps them all.
 
     nice -n 10 .venv/bin/python bench/metatune_select.py --data ../shared/data/caltech101 --holdout 0.4 \
-        --settings 2:1e-3,1:1e-3,2:3e-4 --episodes-train 200 --val-every 50
+        --settings 2:1e-3,2:1e-3:nobn,2:3e-4 --episodes-train 200 --val-every 100 --val-shot 1
+
+Caltech-101 (40 base classes trained, 20 validation; 5-way 1-shot validation, 15 queries, 200
+episodes; ProtoNet 95.07 ± 0.75 on them; 5-shot 98.54 ± 0.37), gains over ProtoNet on the same
+episodes after 200 training episodes (1-shot; 5-shot): 2 blocks, 1e-3: -1.25 ± 0.49; -0.43 ± 0.23.
+2 blocks, 1e-3, base batch-norm statistics: -8.45 ± 0.90; -3.60 ± 0.54. 2 blocks, 3e-4: +0.16 ±
+0.31 (+0.30 after 100 episodes); +0.09 ± 0.14. About 11 min wall per setting on the shared CPU.
 """
 
 from __future__ import annotations
