@@ -20,6 +20,7 @@ norm were chosen on 6 of the 22 base classes (the other 16 trained), never on th
     .venv/bin/python bench/metatune.py --train --tune-blocks 2 --tune-bn --lr 1e-3 --episodes-train 200 \
         --out /tmp/gtsrb-tuned.safetensors
     .venv/bin/python bench/metatune.py --model /tmp/gtsrb-tuned.safetensors --json result.json
+    .venv/bin/python bench/metatune.py --model /tmp/gtsrb-tuned.safetensors --finetune  # + test-time adaptation
 
 Caltech-101 held-out classes (``--holdout 0.4 --split-seed 0``: the 40 classes the other
 accuracy benches hold out; 60 base classes, 2,138 novel images), no tracks. Settings chosen with
@@ -129,6 +130,8 @@ def main() -> int:
     p.add_argument("--no-tracks", action="store_true")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--json", type=Path)
+    p.add_argument("--finetune", nargs="*", choices=("always", "auto"), default=None,
+                   help="also test-time adaptation (bench/finetune.py's columns, default both) on the same episodes")
     p.add_argument("--auto", action="store_true",
                    help="also what the automatic model choice makes of the two on each episode's support")
     args = p.parse_args()
@@ -198,9 +201,43 @@ def main() -> int:
               f"{', tracks apart' if tracks is not None else ''} ({len(sampler.usable)} classes usable): "
               f"ProtoNet {a.mean():.2f} ± {ci95(a):.2f}, meta-tuned {b.mean():.2f} ± {ci95(b):.2f}, "
               f"gain {(b - a).mean():+.2f} ± {ci95(b - a):.2f} points", flush=True)
+    if args.finetune is not None:
+        out["finetune"] = finetune_rows(args, novel, tracks is not None, out["results"])
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
     return 0
+
+
+def finetune_rows(args, novel: list[str], tracks: bool, results: dict) -> list[dict]:
+    """Test-time adaptation of plain Lite0 (``bench/finetune.py``'s ``run_rows``: the same class
+    split, sampler, seed and tracks, so the same episodes) and one line per shot beside the
+    meta-tuned figures; its ProtoNet column must equal this one's (else the episodes differ)."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    if (args.way, args.query) != (5, 15):
+        raise SystemExit("--finetune compares on bench/finetune.py's episodes: 5-way, 15 queries")
+
+    spec = importlib.util.spec_from_file_location("finetune_bench", ROOT / "bench" / "finetune.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    shots = [int(s) for s in args.shots.split(",")]
+    opts = SimpleNamespace(threads=args.threads, cache_dir=args.cache_dir, seed=args.seed, episodes=args.episodes)
+    rows = bench.run_rows(f"{args.data.name} novel classes", args.data, novel, tracks, shots, opts,
+                          tuple(args.finetune or ("always", "auto")))
+    for shot, row in zip(shots, rows):
+        mine = results[f"{shot}-shot"]
+        same = abs(row["protonet"][0] - mine["protonet"][0]) < 0.005
+        cols = [f"ProtoNet {mine['protonet'][0]:.2f} ± {mine['protonet'][1]:.2f}"]
+        cols += [f"finetune {m} {row[f'finetune {m}'][0]:.2f} ± {row[f'finetune {m}'][1]:.2f} "
+                 f"({row[f'{m} - protonet'][0]:+.2f} ± {row[f'{m} - protonet'][1]:.2f})"
+                 for m in (args.finetune or ("always", "auto")) if f"finetune {m}" in row]
+        cols.append(f"meta-tuned {mine['tuned'][0]:.2f} ± {mine['tuned'][1]:.2f} "
+                    f"({mine['gain'][0]:+.2f} ± {mine['gain'][1]:.2f})")
+        print(f"{args.way}-way {shot}-shot, same episodes: " + "; ".join(cols)
+              + ("" if same else f"  [finetune's ProtoNet {row['protonet'][0]:.2f}: NOT the same episodes]"),
+              flush=True)
+    return rows
 
 
 if __name__ == "__main__":
