@@ -169,3 +169,17 @@ def test_labeling_job_adapts_and_says_so(backbone, tiny_image_folder, tmp_path):
     assert any("finetune" in n and "adapted" in n for n in result.notes)
     assert sum(1 for e in events if getattr(e, "stage", "") == "adapting") >= 3  # a Progress per step
     assert [lab[-1] for lab in result.labels] == [p.parent.name[-1] for p in result.paths]
+
+
+def test_adapted_backbone_keeps_its_source_family(head_split):
+    import copy
+    import types
+
+    src = head_split.source
+    split = copy.copy(head_split)
+    keep = ("input_size", "resize", "crop_fraction", "mean", "std", "weights_key")
+    split.source = types.SimpleNamespace(**{k: getattr(src, k) for k in keep}, name="signs.safetensors",
+                                         family="efficientnet-lite0", weights_file=None)
+    tuned = split.adapted(head_split.top)
+    assert tuned.name == "signs.safetensors" and tuned.family == "efficientnet-lite0"
+    assert head_split.adapted(head_split.top).family == (getattr(src, "family", None) or src.name)

@@ -270,6 +270,7 @@ class AdaptedBackbone:
         self.top = top
         src = split.source
         self.name = src.name
+        self.family = getattr(src, "family", None) or src.name  # the pretrained network (models.family)
         self.dim = split.dim
         self.input_size = src.input_size
         self.resize = src.resize
