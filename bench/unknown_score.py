@@ -27,6 +27,14 @@ Three modes, each one command that prints its figures:
       FEWSHOT_QUALITY_CACHE=/work/helpers/qcache .venv/bin/python bench/unknown_score.py --official \
           --leave-one-out --episodes 80 --settings 5x1,5x5,20x1,20x5 --json unknown_rows.json
 
+* ``--select-leave-one-out`` -- the threshold's constants chosen per held-out image collection on
+  the other collections' episodes (``bench/unknown_select.py``), the held-out domains measured
+  with them, and the choice on all collections::
+
+      FEWSHOT_QUALITY_CACHE=/work/helpers/qcache .venv/bin/python bench/unknown_score.py \
+          --select-leave-one-out --episodes 80 --select-episodes 30 --settings 5x1,5x5,20x1,20x5 \
+          --select-cache /tmp/unknown_select.pkl --json select.json
+
 * ``--golden`` -- the golden-output Caltech slice (``tests/test_golden_outputs.py``: 10 classes,
   the *first* 5 images of each by file name as support, the other 449 as the folder, no unknown
   images; ``assess_folder`` with the shipped Lite0 profile, as ``fewshot label`` runs it), and
@@ -332,6 +340,10 @@ def main(argv=None) -> int:
                     "the profile fitted on the other image collections")
     ap.add_argument("--fit-episodes", type=int, default=20, help="fit tasks per domain and shot (--leave-one-out)")
     ap.add_argument("--json", default=None, help="with --official --leave-one-out: write the figures here")
+    ap.add_argument("--select-leave-one-out", action="store_true", help="choose the unknown threshold's "
+                    "constants on the other collections' episodes, measure the held-out one (bench/unknown_select.py)")
+    ap.add_argument("--select-episodes", type=int, default=30, help="selection tasks per setting and protocol")
+    ap.add_argument("--select-cache", default=None, help="pickle of the assessed tasks (reused when it exists)")
     ap.add_argument("--golden", action="store_true", help="the golden Caltech slice (first 5 images as support) "
                     "and random supports of the same classes: share of known images flagged")
     ap.add_argument("--draws", type=int, default=8, help="random supports for --golden")
@@ -342,6 +354,10 @@ def main(argv=None) -> int:
         return scale(*(int(v) for v in args.scale.split(",")))
     if args.golden:
         return golden(args)
+    if args.select_leave_one_out:
+        import unknown_select
+
+        return unknown_select.run(args, lambda dn: _settings(dn, args.settings))
     if args.official:
         return official_loo(args) if args.leave_one_out else official(args)
     names = [n for n in args.scores.split(",") if n]

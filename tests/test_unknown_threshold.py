@@ -6,8 +6,9 @@ import pytest
 
 from fewshot_gui.core.trust import unknown as U
 from fewshot_gui.core.trust.profile import TrustProfile
-from fewshot_gui.core.trust.unknown_threshold import (MIN_FOLDER, SHIPPED, ThresholdConstants, conformal_threshold,
-                                                      folder_unknown_share, rate_threshold, weighted_quantile)
+from fewshot_gui.core.trust.unknown_threshold import (MIN_FOLDER, SCALE_RANGE, SHIPPED, ThresholdConstants,
+                                                      conformal_threshold, folder_unknown_share, rate_threshold,
+                                                      weighted_quantile)
 
 GENERIC = TrustProfile.for_backbone(None)
 RATE = GENERIC.false_flag_rate
@@ -100,12 +101,15 @@ def test_rate_threshold_sources_and_other_rates():
     small = rate_threshold(rng.normal(size=MIN_FOLDER - 1), ref, None, RATE)
     assert small.source == "support" and small.threshold == conformal_threshold(ref, RATE)
     assert rate_threshold(np.arange(5.0), np.zeros(0), None, RATE).source == "folder"
-    # a folder on another scale (x3, +10): the mapped reference follows it
-    scores = 10.0 + 3.0 * rng.normal(size=400)
+    # a folder on another scale (x1.8, +10, within SCALE_RANGE): the mapped reference follows it
+    scores = 10.0 + 1.8 * rng.normal(size=400)
     th = rate_threshold(scores, ref, None, RATE)
     assert th.source == "support, folder scale"
-    assert abs(th.threshold - (10.0 + 3.0 * 1.645)) < 1.5
+    assert abs(th.threshold - (10.0 + 1.8 * 1.645)) < 1.0
     assert np.quantile(th.reference, 0.25) == pytest.approx(np.quantile(scores, 0.25), abs=0.5)
+    # beyond the range the stretch stops at its end
+    wide = rate_threshold(10.0 + 6.0 * rng.normal(size=400), ref, None, RATE).reference
+    assert np.std(wide) == pytest.approx(SCALE_RANGE[1] * np.std(ref), rel=1e-6)
     looser = conformal_threshold(th.reference, 0.2)
     assert looser < th.threshold
 
@@ -123,7 +127,8 @@ def test_rate_threshold_constants_are_passed_through():
     rng = np.random.default_rng(5)
     scores = np.r_[rng.gamma(4.0, size=300), 12.0 + rng.gamma(4.0, size=100)]
     ref = rng.gamma(4.0, size=40)
-    assert rate_threshold(scores, ref, None, RATE, SHIPPED).threshold == rate_threshold(scores, ref, None, RATE).threshold
+    shipped = rate_threshold(scores, ref, None, RATE, SHIPPED)
+    assert shipped.threshold == rate_threshold(scores, ref, None, RATE).threshold
     # one example per class: the folder's unknown share comes from the fence; a fence too far
     # to see the upper group leaves the threshold among the unknown images
     near = rate_threshold(scores, np.zeros(0), None, RATE, ThresholdConstants(fence=3.0))
