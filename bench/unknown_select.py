@@ -184,6 +184,16 @@ def cells(tasks: list[dict], c: T.ThresholdConstants) -> dict[tuple, np.ndarray]
     return {k: np.array(v) for k, v in out.items()}
 
 
+def recalls(tasks: list[dict], c: T.ThresholdConstants) -> dict[tuple, float]:
+    """Per (domain, setting, protocol): the share of unknown images flagged (percent, pooled)."""
+    out: dict[tuple, list] = {}
+    for t in tasks:
+        if (~t["known"]).any():
+            th = T.rate_threshold(t["a"], t["ref"], t["w"], RATE, c).threshold
+            out.setdefault((t["dom"], f"{t['way']}w{t['shot']}s", t["proto"]), []).append(t["a"][~t["known"]] > th)
+    return {k: 100.0 * float(np.concatenate(v).mean()) for k, v in out.items()}
+
+
 def loss(per_cell: dict[tuple, np.ndarray]) -> float:
     """Mean distance of the cells' mean share from 5 points, plus 4x the mean distance outside
     the 2-8% band (a cell outside the band costs far more than one inside it off-centre)."""
@@ -219,14 +229,17 @@ def choose(tasks: list[dict], collections: dict[str, str], log=print) -> dict:
         c = GRID[i]
         figures = cells([t for t in mea if t["dom"] in held], c)
         shipped_figs = cells([t for t in mea if t["dom"] in held], T.SHIPPED)
+        recall = recalls([t for t in mea if t["dom"] in held], c)
         result["folds"][col] = {"chosen": describe(c), "same_as_shipped": c == T.SHIPPED, "cells": {
-            " ".join(k): {"chosen": _ci(v), "shipped": _ci(shipped_figs[k])} for k, v in figures.items()}}
+            " ".join(k): {"chosen": _ci(v), "shipped": _ci(shipped_figs[k]), "unknown_recall": recall.get(k)}
+            for k, v in figures.items()}}
         log(f"held out {col}: chosen on the others: {describe(c)}{' (= shipped)' if c == T.SHIPPED else ''}")
         for k, v in figures.items():
             m, h = _ci(v)
             ms, hs = _ci(shipped_figs[k])
-            log(f"  {k[0]:15s} {k[1]:6s} {k[2]:6s} known flagged {m:5.2f} ± {h:4.2f}%  (shipped values "
-                f"{ms:5.2f} ± {hs:4.2f}%){'' if BAND[0] <= m <= BAND[1] else '  OUTSIDE 2-8%'}")
+            log(f"  {k[0]:15s} {k[1]:6s} {k[2]:6s} known flagged {m:5.2f} ± {h:4.2f}%, unknown recall "
+                f"{recall.get(k, float('nan')):5.1f}%  (shipped values {ms:5.2f} ± {hs:4.2f}%)"
+                f"{'' if BAND[0] <= m <= BAND[1] else '  OUTSIDE 2-8%'}")
     i = best(lambda d: True)
     result["all"] = describe(GRID[i])
     result["all_is_shipped"] = GRID[i] == T.SHIPPED

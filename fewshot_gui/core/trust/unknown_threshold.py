@@ -36,9 +36,9 @@ The constants (:class:`ThresholdConstants`) were chosen by ``bench/unknown_score
 on the other collections' open and folder episodes, among the points that keep synthetic
 folders with random or typical examples at 2-8% flagged. :data:`FENCE`, :data:`MATCH_FENCE`
 and :data:`MATCH_LEVELS` are chosen alike with every collection held out; the slope range
-differs by fold (Omniglot held out: 0.25-4, which changes no Omniglot figure by more than 0.2
-points), and the value here is the choice on all three. :data:`MIN_FOLDER` and :data:`MIN_REFERENCE` are sample-size floors, not
-fitted (no bench task reaches them).
+differs by fold (Omniglot held out: 0.25-4, which changes no Omniglot figure by more than 0.4
+points), and the value here is the choice on all three. :data:`MIN_FOLDER` and
+:data:`MIN_REFERENCE` are sample-size floors, not fitted (no bench task reaches them).
 
 What holds when
 ---------------
