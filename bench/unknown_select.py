@@ -44,17 +44,17 @@ from fewshot_gui.core.trust import unknown_threshold as T
 RATE = 0.05
 BAND = (2.0, 8.0)  # percent of known images flagged: the issue's target band at 5%
 
-GRID = [T.ThresholdConstants(fence=f, match_fence=m, match_levels=lv, scale_range=sr)
-        for f, m, lv, sr in itertools.product(
+GRID = [T.ThresholdConstants(fence=f, match_fence=m, match_levels=lv, scale_range=sr, match_power=p)
+        for f, m, lv, sr, p in itertools.product(
             (3.0, 4.0, 5.0, 6.0, 8.0), (2.0, 3.0, 4.0, 5.0),
             ((0.25, 0.75), (0.1, 0.9), (0.25, 0.5), (0.1, 0.5), (0.5, 0.75)),
-            ((0.5, 3.0), (0.5, 2.0), (1.0, 3.0), (0.25, 4.0)))
+            ((0.5, 3.0), (0.5, 2.0), (1.0, 3.0), (0.25, 4.0)), (0.0, 1.0, 2.0))
         if m <= f]
 
 
 def describe(c: T.ThresholdConstants) -> str:
     return (f"FENCE {c.fence:g}, MATCH_FENCE {c.match_fence:g}, MATCH_LEVELS {c.match_levels}, "
-            f"SCALE_RANGE {c.scale_range}")
+            f"SCALE_RANGE {c.scale_range}, MATCH_POWER {c.match_power:g}")
 
 
 # ------------------------------------------------------------------------------ collection
@@ -65,10 +65,11 @@ def collect(domain, profile, settings, episodes: int, seed: int, role: str) -> l
     seen: list[tuple] = []
     real = U.rate_threshold
 
-    def capture(scores, reference, weights, rate, constants=T.SHIPPED):
+    def capture(scores, reference, weights, rate, constants=T.SHIPPED, evidence=None):
         seen.append((np.array(scores, np.float64), np.array(reference, np.float64),
-                     None if weights is None else np.array(weights, np.float64)))
-        return real(scores, reference, weights, rate, constants)
+                     None if weights is None else np.array(weights, np.float64),
+                     None if evidence is None else np.array(evidence, np.float64)))
+        return real(scores, reference, weights, rate, constants, evidence)
 
     sampler = P.sampler_for(domain)
     out = []
@@ -82,9 +83,9 @@ def collect(domain, profile, settings, episodes: int, seed: int, role: str) -> l
                          else sampler.folder(rng, way, shot, P.FOLDER_QMAX, P.FOLDER_UNKNOWN))
                     seen.clear()
                     P.assess(domain, profile, t)
-                    a, ref, w = seen[-1]
+                    a, ref, w, ev = seen[-1]
                     out.append(dict(dom=domain.name, way=way, shot=shot, proto=proto, role=role,
-                                    a=a, ref=ref, w=w, known=np.asarray(t.known, bool)))
+                                    a=a, ref=ref, w=w, ev=ev, known=np.asarray(t.known, bool)))
     finally:
         U.rate_threshold = real
     return out
@@ -147,10 +148,11 @@ def synthetic_tasks(folders: int, seed: int) -> list[dict]:
     seen: list[tuple] = []
     real = U.rate_threshold
 
-    def capture(scores, reference, weights, rate, constants=T.SHIPPED):
+    def capture(scores, reference, weights, rate, constants=T.SHIPPED, evidence=None):
         seen.append((np.array(scores, np.float64), np.array(reference, np.float64),
-                     None if weights is None else np.array(weights, np.float64)))
-        return real(scores, reference, weights, rate, constants)
+                     None if weights is None else np.array(weights, np.float64),
+                     None if evidence is None else np.array(evidence, np.float64)))
+        return real(scores, reference, weights, rate, constants, evidence)
 
     prof = TrustProfile.for_backbone(None)
     out = []
@@ -161,9 +163,9 @@ def synthetic_tasks(folders: int, seed: int) -> list[dict]:
             for _ in range(folders):
                 s, y, q, known = _synthetic_folder(rng, shot, n_unknown, kind == "typical")
                 U.unknown_scores(s, y, q, 5, prof)
-                a, ref, w = seen[-1]
+                a, ref, w, ev = seen[-1]
                 out.append(dict(dom="synthetic", way=5, shot=shot, proto=f"{kind}+{n_unknown}u", role="guard",
-                                a=a, ref=ref, w=w, known=known))
+                                a=a, ref=ref, w=w, ev=ev, known=known))
     finally:
         U.rate_threshold = real
     return out
@@ -172,7 +174,7 @@ def synthetic_tasks(folders: int, seed: int) -> list[dict]:
 # ------------------------------------------------------------------------------ evaluation
 def flagged(task: dict, c: T.ThresholdConstants) -> float:
     """Share of the task's known images flagged at 5% with constants ``c``."""
-    th = T.rate_threshold(task["a"], task["ref"], task["w"], RATE, c).threshold
+    th = T.rate_threshold(task["a"], task["ref"], task["w"], RATE, c, task.get("ev")).threshold
     return float((task["a"][task["known"]] > th).mean())
 
 
@@ -189,7 +191,7 @@ def recalls(tasks: list[dict], c: T.ThresholdConstants) -> dict[tuple, float]:
     out: dict[tuple, list] = {}
     for t in tasks:
         if (~t["known"]).any():
-            th = T.rate_threshold(t["a"], t["ref"], t["w"], RATE, c).threshold
+            th = T.rate_threshold(t["a"], t["ref"], t["w"], RATE, c, t.get("ev")).threshold
             out.setdefault((t["dom"], f"{t['way']}w{t['shot']}s", t["proto"]), []).append(t["a"][~t["known"]] > th)
     return {k: 100.0 * float(np.concatenate(v).mean()) for k, v in out.items()}
 

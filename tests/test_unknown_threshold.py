@@ -139,3 +139,23 @@ def test_rate_threshold_constants_are_passed_through():
     wide = rate_threshold(3.0 * scores, ref, None, RATE, ThresholdConstants(scale_range=(0.5, 4.0)))
     tight = rate_threshold(3.0 * scores, ref, None, RATE, ThresholdConstants(scale_range=(0.5, 1.0)))
     assert tight.threshold < wide.threshold
+
+
+def test_class_evidence_keeps_unknown_images_out_of_the_match():
+    """Unknown images that score like known ones (no fence separates them) but belong clearly to
+    no class: weighted by their class evidence they pull the folder's matched quantiles less, and
+    about the rate of the known images is flagged again (averaged over 10 folders)."""
+    rng = np.random.default_rng(6)
+    plain, weighted = [], []
+    for _ in range(10):
+        known = rng.normal(size=300)
+        scores = np.r_[known, 1.5 + rng.normal(size=300)]
+        evidence = np.r_[np.full(300, 0.9), np.full(300, 0.05)]
+        ref = rng.normal(size=40)
+        p = rate_threshold(scores, ref, None, RATE, ThresholdConstants(match_power=0.0), evidence)
+        w = rate_threshold(scores, ref, None, RATE, ThresholdConstants(match_power=2.0), evidence)
+        assert rate_threshold(scores, ref, None, RATE, ThresholdConstants(match_power=0.0)).threshold == p.threshold
+        plain.append((known > p.threshold).mean())
+        weighted.append((known > w.threshold).mean())
+    assert np.mean(plain) < 0.01
+    assert 0.02 < np.mean(weighted) < 0.08, np.mean(weighted)

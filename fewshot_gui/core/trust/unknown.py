@@ -377,8 +377,10 @@ def unknown_scores(support: np.ndarray, labels: np.ndarray, query: np.ndarray, n
     cos = space.cosines(protos)
     near = cos.argmax(1) if len(rows) else np.zeros(0, int)
     sim = cos[np.arange(len(rows)), near].astype(np.float64)
+    evidence = None
     if len(zs) + len(rows) <= MAX_GRAPH_ROWS and len(rows) >= 2:
         a_q, ranking, left, ref = _graph_scores(space, y, n_classes, profile.graph_k)
+        evidence = ranking.max(1) / np.maximum(ranking.sum(1), TINY)  # share of the class mass on one class
     else:  # too big for the graph (or nothing to connect): cosine to the nearest prototype
         a_q, ranking = 1.0 - sim, cos
         left = _left_out(y, counts)
@@ -388,7 +390,7 @@ def unknown_scores(support: np.ndarray, labels: np.ndarray, query: np.ndarray, n
     # weights: each class's reference counts as much as its (estimated) images in the folder
     scored = np.bincount(y[left], minlength=n_classes).astype(np.float64)
     weights = (mass[y[left]] + 1.0) / np.maximum(scored[y[left]], 1.0)
-    th = rate_threshold(a_q, ref, weights, rate)
+    th = rate_threshold(a_q, ref, weights, rate, evidence=evidence)
     tau = th.threshold
     scores = np.full(len(q), np.nan)
     nearest = np.full(len(q), -1, dtype=int)

@@ -73,6 +73,7 @@ MATCH_LEVELS = (0.1, 0.9)    # reference quantiles matched to the folder's known
 SCALE_RANGE = (0.5, 2.0)  # slope of the reference-to-folder map
 MIN_FOLDER = 20           # fewer scored images: the folder's quantiles are not used
 MIN_REFERENCE = 10        # fewer left-out scores: the folder alone sets the threshold
+MATCH_POWER = 0.0         # folder images weigh (class evidence) ** MATCH_POWER in the matched quantiles
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class ThresholdConstants:
     scale_range: tuple[float, float] = SCALE_RANGE
     min_folder: int = MIN_FOLDER
     min_reference: int = MIN_REFERENCE
+    match_power: float = MATCH_POWER
 
 
 SHIPPED = ThresholdConstants()
@@ -187,11 +189,15 @@ class RateThreshold:
 
 
 def rate_threshold(scores: np.ndarray, reference: np.ndarray, weights: np.ndarray | None,
-                   rate: float, constants: ThresholdConstants = SHIPPED) -> RateThreshold:
+                   rate: float, constants: ThresholdConstants = SHIPPED,
+                   evidence: np.ndarray | None = None) -> RateThreshold:
     """The score threshold flagging about ``rate`` of the folder's known images (module docstring).
 
     ``scores``: the folder's nonconformity scores (non-finite entries ignored); ``reference``:
-    left-out scores of examples (may be empty) with conformal ``weights`` (None = equal)."""
+    left-out scores of examples (may be empty) with conformal ``weights`` (None = equal);
+    ``evidence``: (len(scores),) how clearly each image belongs to one class (0-1; None = all
+    alike): with ``match_power`` > 0, images weigh ``evidence ** match_power`` in the folder's
+    matched quantiles, so unknown images that score like known ones pull them less."""
     k = constants
     s = np.sort(np.asarray(scores, dtype=np.float64)[np.isfinite(scores)])
     ref, w = _finite(reference, weights)
@@ -208,7 +214,16 @@ def rate_threshold(scores: np.ndarray, reference: np.ndarray, weights: np.ndarra
         return RateThreshold(_quantile_sorted(s, (1.0 - rate) * kept), known, None, pi, "folder")
     lo, hi = k.match_levels
     clean = 1.0 - max(pi, folder_unknown_share(s, k.match_fence))
-    f_lo, f_hi = _quantile_sorted(s, lo * clean), _quantile_sorted(s, hi * clean)
+    if evidence is None or k.match_power == 0:
+        f_lo, f_hi = _quantile_sorted(s, lo * clean), _quantile_sorted(s, hi * clean)
+    else:
+        a = np.asarray(scores, dtype=np.float64)
+        ev = np.asarray(evidence, dtype=np.float64)
+        ok = np.isfinite(a) & np.isfinite(ev)
+        a, ev = a[ok], np.clip(ev[ok], 0.0, 1.0)
+        keep = a <= _quantile_sorted(s, clean)
+        wk = ev[keep] ** k.match_power + TINY
+        f_lo, f_hi = weighted_quantile(a[keep], wk, lo), weighted_quantile(a[keep], wk, hi)
     r_lo, r_hi = weighted_quantile(ref, w, lo), weighted_quantile(ref, w, hi)
     slope = (f_hi - f_lo) / (r_hi - r_lo) if r_hi - r_lo > TINY else 1.0
     slope = float(np.clip(slope, *k.scale_range))
