@@ -140,3 +140,43 @@ def test_method_built_by_name_uses_the_shipped_constants():
 
     assert get_method("protonet-transductive").calibration == TrustProfile.for_backbone(None).calibration
     assert Calibration() == TrustProfile.for_backbone("efficientnet-lite0").calibration
+
+
+def test_scale_posterior_narrows_with_evidence_and_probabilities_average_over_it():
+    """The posterior width of log scale: 0 without evidence, at most the prior's width, narrower
+    with more left-out images; probabilities averaged over it are the point estimate's at width 0
+    and less extreme near a boundary, never a different ranking of the classes."""
+    from fewshot_gui.core.fewshot.calibration import predictive_softmax
+    rng = np.random.default_rng(11)
+    scores = -rng.random((4000, 5)) * 0.5
+    labels = _sample_labels(rng, softmax(12.0 * scores))
+    cal = Calibration(prior_sd=0.7)
+    assert cal.scale_sd(scores[:0], labels[:0], 4.0, 4.0) == 0.0
+    widths = []
+    for n in (20, 200, 4000):
+        s = cal.final_scale(scores[:n], labels[:n], 4.0)
+        widths.append(cal.scale_sd(scores[:n], labels[:n], s, 4.0))
+    assert 0.0 < widths[2] < widths[1] < widths[0] <= 0.7
+    assert widths[2] < 0.1   # 4000 images pin the scale down
+    point = softmax(12.0 * scores)
+    assert np.allclose(predictive_softmax(scores, 12.0, 0.0), point)
+    avg = predictive_softmax(scores, 12.0, 0.5)
+    assert np.allclose(avg.sum(1), 1.0)
+    assert np.array_equal(avg.argmax(1), point.argmax(1))
+    confident = point.max(1) > 0.9
+    assert confident.any() and np.all(avg.max(1)[confident] < point.max(1)[confident])
+
+
+def test_task_probabilities_carry_the_scale_posterior_only_with_evidence():
+    """One example per class: no left-out evidence, the point scale alone (probabilities as
+    before); five: a positive posterior width that the fitted task's probabilities average over."""
+    from fewshot_gui.core.fewshot.calibration import predictive_softmax
+    rng = np.random.default_rng(12)
+    for shot, has_width in ((1, False), (5, True)):
+        _, s, y, q, _ = _gaussian_task(rng, 5, shot, 20, 1.0, sep=3.0)
+        fit = fit_task(s, y, q, 5)
+        assert (fit.scale_sd > 0) == has_width
+        assert np.allclose(fit.probs(q), predictive_softmax(fit.scores(q), fit.scale, fit.scale_sd))
+        if not has_width:
+            assert np.allclose(fit.probs(q), softmax(fit.scale * fit.scores(q)))
+    assert fit_task(s, y, q, 5, scale=3.0).scale_sd == 0.0  # a fixed scale is taken as exact

@@ -16,7 +16,9 @@ r"""One folder's ProtoNet-style classifier, fitted on the task itself: space, re
 4. **Final scale**: prior = the same around the refined prototypes with :math:`f_{ref}(n)`;
    evidence = :func:`task_evidence`: support images left out and the refinement run again
    without them (:func:`fold_loo_scores`); the MAP of both
-   (:meth:`~fewshot_gui.core.fewshot.calibration.Calibration.final_scale`).
+   (:meth:`~fewshot_gui.core.fewshot.calibration.Calibration.final_scale`) and its posterior
+   width (:meth:`~fewshot_gui.core.fewshot.calibration.Calibration.scale_sd`): probabilities
+   are averaged over it (:func:`~fewshot_gui.core.fewshot.calibration.predictive_softmax`).
 5. **Guard** (:func:`refinement_hurts`): the inductive classifier is kept when the left-out
    support images fare clearly worse refined than inductive.
 
@@ -33,9 +35,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from fewshot_gui.core.errors import DataError
-from fewshot_gui.core.fewshot.calibration import Calibration, mean_shot, shot_interp
+from fewshot_gui.core.fewshot.calibration import Calibration, mean_shot, predictive_softmax, shot_interp
 from fewshot_gui.core.fewshot.features import (CHUNK_ROWS, FolderRows, apply_centre, class_means, l2_normalise, l2_row_sum,
-                                               leave_one_out_scores, log_softmax, softmax, space_rows,
+                                               leave_one_out_scores, log_softmax, space_rows,
                                                sq_distance_scores)
 from fewshot_gui.core.fewshot.refine import DEFAULT_GAMMA, DEFAULT_ITERATIONS, Refined, refine_prototypes
 
@@ -71,6 +73,7 @@ class TaskFit:
     evidence: int = 0             # left-out support images behind the final scale
     refined: Refined | None = None
     query_scores: np.ndarray | None = None  # (Q, C) scores of the rows fitted on (refined fits)
+    scale_sd: float = 0.0         # posterior sd of log scale (0: the scale is taken as exact)
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """Rows of raw embeddings in the task's space (float32 in, float32 out; chunked)."""
@@ -89,7 +92,8 @@ class TaskFit:
         return out
 
     def probs(self, x: np.ndarray) -> np.ndarray:
-        return softmax(self.scale * self.scores(x))
+        """Probabilities averaged over the scale's uncertainty (:func:`predictive_softmax`)."""
+        return predictive_softmax(self.scores(x), self.scale, self.scale_sd)
 
 
 def _centre(support: np.ndarray, query: np.ndarray | None, rows: np.ndarray | None = None) -> np.ndarray:
@@ -238,8 +242,10 @@ def _inductive(support: np.ndarray, y: np.ndarray, query: np.ndarray, n_classes:
     zs, zq, centre = to_space(support, q, geometry, refine=False)
     protos = _prototypes(zs, y, n_classes, geometry)
     ind_s, ind_y = _inductive_loo(zs, y, n_classes, geometry)
-    s_ind = cal.final_scale(ind_s, ind_y, cal.support_scale(zq, protos, shot), shot)
-    return TaskFit(geometry, centre, protos, s_ind, prior_scale=s_ind, evidence=len(ind_y)), ind_s, ind_y
+    prior = cal.support_scale(zq, protos, shot)
+    s_ind = cal.final_scale(ind_s, ind_y, prior, shot)
+    return TaskFit(geometry, centre, protos, s_ind, prior_scale=s_ind, evidence=len(ind_y),
+                   scale_sd=cal.scale_sd(ind_s, ind_y, s_ind, prior, shot)), ind_s, ind_y
 
 
 def fit_task(support: np.ndarray, labels: np.ndarray, query: np.ndarray, n_classes: int,
@@ -264,6 +270,8 @@ def fit_task(support: np.ndarray, labels: np.ndarray, query: np.ndarray, n_class
     rows = None if rows is None or np.all(rows) else np.asarray(rows, dtype=bool)
     inductive, ind_s, ind_y = _inductive(support, y, query, n_classes, geometry, cal, shot, rows)
     s_ind = inductive.scale
+    if scale is not None:
+        inductive.scale_sd = 0.0
     if not refine or len(query) == 0 or (rows is not None and not rows.any()):
         inductive.scale = float(scale) if scale is not None else s_ind
         return inductive
@@ -278,6 +286,7 @@ def fit_task(support: np.ndarray, labels: np.ndarray, query: np.ndarray, n_class
     del zq
     fit.evidence = len(loo_y)
     fit.scale = float(scale) if scale is not None else cal.final_scale(loo_s, loo_y, fit.prior_scale, shot)
+    fit.scale_sd = 0.0 if scale is not None else cal.scale_sd(loo_s, loo_y, fit.scale, fit.prior_scale, shot)
     # keep the inductive classifier when the left-out examples say refinement made it worse
     if guard and refinement_hurts(loo_s, loo_y, fit.scale, ind_s, ind_y, s_ind):
         inductive.scale = float(scale) if scale is not None else s_ind

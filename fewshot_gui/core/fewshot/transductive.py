@@ -26,8 +26,8 @@ import numpy as np
 
 from fewshot_gui.core.errors import ConfigError, DataError
 from fewshot_gui.core.fewshot.base import FewShotMethod
-from fewshot_gui.core.fewshot.calibration import Calibration
-from fewshot_gui.core.fewshot.features import finite_rows, softmax
+from fewshot_gui.core.fewshot.calibration import Calibration, predictive_softmax
+from fewshot_gui.core.fewshot.features import finite_rows
 from fewshot_gui.core.fewshot.refine import DEFAULT_ITERATIONS
 from fewshot_gui.core.fewshot.taskfit import GEOMETRIES, TaskFit, fit_task
 
@@ -163,7 +163,8 @@ class TransductiveProtoNet(FewShotMethod):
     def predict_proba(self, query: np.ndarray) -> np.ndarray:
         if len(query) == 0:
             return np.zeros((0, self.n_classes))
-        return softmax(self.logits(query))
+        s = self.scores(query)  # builds the task (and its scale) when needed
+        return predictive_softmax(s, self.scale, self.task.scale_sd if self.task is not None else 0.0)
 
 
 def refinable(method: Any) -> bool:
@@ -209,8 +210,8 @@ def transductive_fit(support: np.ndarray, labels: np.ndarray, query: np.ndarray,
     task = fit_task(m._support, m._labels, q, n_classes, calibration, geometry=geometry, refine=refine,
                     query_weights=query_weights if rows is None else w, rows=rows)
     if task.query_scores is not None:
-        out[ok] = softmax(task.scale * task.query_scores)
+        out[ok] = predictive_softmax(task.query_scores, task.scale, task.scale_sd)
     else:
         sc = task.scores(q)  # NaN rows give NaN scores
-        out[ok] = softmax(task.scale * sc[ok])
+        out[ok] = predictive_softmax(sc[ok], task.scale, task.scale_sd)
     return out, task
