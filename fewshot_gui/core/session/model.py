@@ -25,7 +25,7 @@ import numpy as np
 
 from fewshot_gui.core.errors import DataError
 from fewshot_gui.core.fewshot import get_method
-from fewshot_gui.core.fewshot.features import softmax
+from fewshot_gui.core.fewshot.calibration import predictive_softmax
 from fewshot_gui.core.fewshot.transductive import TransductiveProtoNet, refinable
 from fewshot_gui.core.io.export import UNKNOWN_LABEL
 from fewshot_gui.core.jobs import CancelToken
@@ -213,7 +213,9 @@ def quick_trust(run: RunContext, support_feats: np.ndarray, support_labels: np.n
     m.fit(support_feats, support_labels, n_classes)
     m.set_query_set(query_feats[sample])
     m.predict_proba(query_feats[sample[:1]])  # refines the prototypes on the sample
-    probs = softmax(m.scale * centred_sq_scores(query_feats, m.prototypes, m.centre))
+    task = getattr(m, "task", None)  # the scale's uncertainty, as the full assessment averages over it
+    probs = predictive_softmax(centred_sq_scores(query_feats, m.prototypes, m.centre), m.scale,
+                               getattr(task, "scale_sd", 0.0))
     probs = probs.astype(np.float32, copy=False)
     return dataclasses.replace(previous, probs=probs)
 
