@@ -37,9 +37,10 @@ The person chooses the share of images *of known classes* that may be flagged
   estimates the share of unknown images; the rest stand for the known images. Examples a person
   picks are more typical than the folder (lower, narrower left-out scores), so the reference is
   first mapped onto the folder's scale (its 10th and 90th percentiles onto those of the folder's
-  known images), then its weighted conformal :math:`(1 - \text{rate})` quantile is :math:`\tau`.
-  With too few left-out examples (one example per class) :math:`\tau` is the
-  :math:`(1 - \text{rate})` quantile of the folder's estimated known images.
+  known images, each weighing how clearly it belongs to one class), then its weighted conformal
+  :math:`(1 - \text{rate})` quantile is :math:`\tau`. With too few left-out examples (one
+  example per class) :math:`\tau` is the :math:`(1 - \text{rate})` quantile of the folder's
+  estimated known images.
 
 The score shown (CSV ``unknown_score``) is :math:`u(q) = a(q) - \tau`: positive = flagged at the
 chosen rate, so the flag is ``u > 0``; a *score threshold* :math:`\theta` (``fewshot label
@@ -49,7 +50,7 @@ calibrated rate. :meth:`UnknownScores.threshold_for_rate` turns another rate int
 What holds when (details in :mod:`~fewshot_gui.core.trust.unknown_threshold`): with examples
 exchangeable with the folder the map is the identity up to sampling error and about ``rate`` of
 the known images are flagged on average over folders, but one folder's share varies widely (a
-10-class Caltech folder with 5 random examples per class: 2.7-8.7% over 8 draws, mean 6.2%).
+10-class Caltech folder with 5 random examples per class: 2.4-12.2% over 8 draws, mean 7.1%).
 Typical examples: the map moves the threshold to the folder's known images (the same folder
 with its first 5 images per class as examples: 2.9%), as long as most of the folder below its
 unknown-looking top is known images. One example per class: the folder's scores alone; unknown
