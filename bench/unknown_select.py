@@ -2,8 +2,8 @@
 
 ``bench/unknown_score.py --select-leave-one-out`` runs this. The constants of
 :func:`fewshot_gui.core.trust.unknown_threshold.rate_threshold` (:class:`ThresholdConstants`:
-the fences, the matched quantile levels, the slope range) are chosen on a small grid
-(:data:`GRID`), and never on the collection they are measured on:
+the fences, the matched quantile levels, the slope range, the class-evidence power) are chosen
+on a small grid (:data:`GRID`), and never on the collection they are measured on:
 
 1. Every domain's tasks are assessed once (``assess_folder`` with refinement, the profile fitted
    on the other collections, as ``--official --leave-one-out``), and what the threshold sees is
