@@ -69,11 +69,14 @@ def _outside(lab: Lab, before: set[str], allowed: list[Path]) -> list[str]:
 
 
 def _csv_partition(rows: dict[str, dict[str, str]], column: str) -> frozenset:
-    """Images (file names) grouped by their label in ``column``."""
+    """Images (file names) grouped by their label in ``column``; images the CSV flags unknown
+    (``unknown`` = 1 beside it) form one group, as the export puts them in ``_unknown/``."""
+    flag = column[: -len("label")] + "unknown"
     groups: dict[str, set[str]] = {}
     for path, row in rows.items():
         if row.get(column):
-            groups.setdefault(row[column], set()).add(Path(path).name)
+            key = "_unknown" if row.get(flag) == "1" else row[column]  # the export's UNKNOWN_LABEL
+            groups.setdefault(key, set()).add(Path(path).name)
     return frozenset(frozenset(g) for g in groups.values())
 
 
