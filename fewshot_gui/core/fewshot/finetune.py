@@ -399,6 +399,11 @@ class FineTune(FewShotMethod):
 
     name = "finetune"
     input_kind = "features"
+    prototype_based = True  # ProtoNet on the features it embeds: the folder refines it as ProtoNet's
+
+    @property
+    def normalize(self) -> str:  # the space its ProtoNet scores in (refinement works in the same one)
+        return self.protonet.normalize
 
     def __init__(self, tune_blocks: int = DEFAULT_TUNE_BLOCKS, steps: int = DEFAULT_STEPS, lr: float = DEFAULT_LR,
                  views: int = DEFAULT_VIEWS, folds: int = DEFAULT_FOLDS, adapt: str = "auto", seed: int = 0,

@@ -169,9 +169,10 @@ class TransductiveProtoNet(FewShotMethod):
 
 def refinable(method: Any) -> bool:
     """True for a ProtoNet-style method on embeddings, whose prototypes the folder can refine
-    (MAML and Relation Networks have none)."""
+    (MAML and Relation Networks have none; ``finetune`` is ProtoNet on adapted or plain features,
+    ``prototype_based``)."""
     return (getattr(method, "input_kind", "features") == "features"
-            and str(getattr(method, "name", "")).startswith("protonet"))
+            and (str(getattr(method, "name", "")).startswith("protonet") or getattr(method, "prototype_based", False)))
 
 
 def geometry_of(method: Any) -> str:
