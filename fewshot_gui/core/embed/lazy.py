@@ -118,6 +118,7 @@ class LazyBackbone:
     thread-safe) and is taken from it."""
 
     iter_embeddings = None  # like a plain Backbone: no embedder of its own (an adapted one has)
+    family = None  # a named backbone is its own family (models.family); meta-tuned ones are never lazy
 
     def __init__(self, entry: dict, build: Callable[[], Any]):
         for k in _KNOWN:
