@@ -101,3 +101,25 @@ def test_image_of_no_class_is_flagged_as_outlier():
     assert d.loo_prediction[12] == 2                       # not nearer another class
     assert "unlike the other images" in "\n".join(d.summary_lines())
     assert diagnose_support(x, y, 5, LITE0, outliers=False).suspects == []
+
+
+def test_overlapping_clean_classes_flag_nobody_but_a_moved_example_is_flagged():
+    # correctly labelled images on the border of two classes, slightly nearer the other one (as
+    # traffic signs on ImageNet features often are): the plain "nearer another class" rule
+    # flags them, the margin rule does not; an image filed under a wrong class is still flagged
+    rng = np.random.default_rng(4)
+    dim = 40
+    c = 5 * np.eye(dim)[:5]
+    x = np.repeat(c, 5, 0) + 0.5 * rng.normal(size=(25, dim))
+    y = np.repeat(np.arange(5), 5)
+    x[2] = 0.38 * c[0] + 0.62 * c[1] + 0.5 * rng.normal(size=dim)    # a class-0 image on the 0/1 border
+    x[8] = 0.38 * c[1] + 0.62 * c[2] + 0.5 * rng.normal(size=dim)    # a class-1 image on the 1/2 border
+    d = diagnose_support(x, y, 5, LITE0, outliers=False)
+    assert d.loo_prediction[2] == 1 and d.loo_prediction[8] == 2       # nearer the other class
+    assert set(diagnose_support(x, y, 5, LITE0, outliers=False, mislabel_margin=0.0).suspect_indices) == {2, 8}
+    assert d.suspects == []
+    assert "possibly mislabeled" not in "\n".join(d.summary_lines())
+    moved = y.copy()
+    moved[14] = 4                                                     # an image of class 2 filed under 4
+    d = diagnose_support(x, moved, 5, LITE0, outliers=False)
+    assert d.suspect_indices == [14] and d.suspects[0].suggested == 2
