@@ -247,6 +247,7 @@ def test_auto_picks_the_conv4_omniglot_model_for_the_demo_characters(shared_cach
     assert choice.model_file.name == "omniglot-conv4aug-protonet.safetensors"
     assert choice.reason.startswith("omniglot-conv4aug-protonet: leave-one-out 100% vs ")
     assert "for omniglot-conv4views-protonet" in choice.reason  # the others named: the equally good ones first
+    assert "goes to the one measured best on held-out data" in choice.reason
     lite0 = next(s for s in choice.scores if s.candidate.name == "efficientnet-lite0")
     assert lite0.accuracy is not None and lite0.accuracy < 1.0
 

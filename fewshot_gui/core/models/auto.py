@@ -398,8 +398,11 @@ def _reason(best: CandidateScore, scores: list[CandidateScore]) -> str:
         text += f" (the {len(no_better)} other models were no better)"
     else:
         text += " (the only model that could be compared)"
-    if any(s.accuracy == best.accuracy for s in full):
+    tied = [s for s in full if s.accuracy == best.accuracy]
+    if any(s.candidate.cost > best.candidate.cost for s in tied):
         text += "; ties go to the faster model"
+    elif tied:
+        text += "; a tie between equally fast models goes to the one measured best on held-out data"
     return text + f"; on {best.total} of your examples"
 
 
