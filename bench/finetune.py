@@ -50,6 +50,12 @@ QUERY = 15
 GTSRB_HOLDOUT = 0.49  # bench/metatune.py's split: 22 base classes, 21 novel ones (split seed 0)
 
 
+def _option(text: str) -> tuple[str, int | float]:
+    """``NAME=VALUE`` of ``--option`` (a whole number or a float)."""
+    name, _, value = text.partition("=")
+    return name, (int(value) if value.lstrip("-").isdigit() else float(value))
+
+
 def track_of(path: Path) -> str:
     """A GTSRB file's track (as bench/metatune.py reads it); the file itself otherwise."""
     from metatune import track_of as of  # lazy: bench/metatune.py, the protocol this one shares
@@ -85,7 +91,8 @@ def run_rows(name: str, data: Path, classes: list[str], tracks: bool, shots: lis
     from fewshot_gui.core.fewshot.finetune import decide, embed_with, head_preactivations
 
     torch.set_num_threads(args.threads)
-    proto = get_method("finetune")
+    options = dict(args.option or [])
+    proto = get_method("finetune", **options)
     bb = get_backbone("efficientnet-lite0", cache_dir=args.cache_dir)
     split = SplitLite0(bb, proto.tune_blocks, cache_dir=args.cache_dir)
     paths, labels, groups, LabelIndex = episodes_of(data, classes, tracks)
@@ -118,7 +125,7 @@ def run_rows(name: str, data: Path, classes: list[str], tracks: bool, shots: lis
                 return 100.0 * float((np.asarray(m.predict_proba(fq)).argmax(1) == yq).mean())
 
             acc["protonet"].append(score(plain[s], plain[q]))
-            m = get_method("finetune", adapt="always")
+            m = get_method("finetune", **{**options, "adapt": "always"})
             d = None
             if "auto" in modes:
                 d = decide(split, views[:, s], ys, ep.way, m.steps, m.lr, m.folds, m.seed, plain[s],
@@ -295,6 +302,8 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="write the accuracy rows here")
     ap.add_argument("--images", type=int, default=5000)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--option", action="append", type=_option, metavar="NAME=VALUE",
+                    help="a FineTune option for the accuracy part (e.g. views=3, steps=40, tune_blocks=1)")
     args = ap.parse_args()
     if args.part in ("accuracy", "all"):
         accuracy(args)
