@@ -34,6 +34,7 @@ import itertools
 import json
 import pickle
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -58,10 +59,10 @@ def describe(c: T.ThresholdConstants) -> str:
 
 
 # ------------------------------------------------------------------------------ collection
-def collect(domain, profile, settings, episodes: int, seed: int, role: str) -> list[dict]:
-    """Assess the open and folder tasks of ``domain`` and keep what the threshold sees."""
-    from trustbench import protocols as P
-
+@contextmanager
+def captured_thresholds():
+    """While open, every ``rate_threshold`` call of the unknown score appends what it was given
+    (scores, reference, weights, evidence; float64 copies) to the yielded list."""
     seen: list[tuple] = []
     real = U.rate_threshold
 
@@ -71,10 +72,20 @@ def collect(domain, profile, settings, episodes: int, seed: int, role: str) -> l
                      None if evidence is None else np.array(evidence, np.float64)))
         return real(scores, reference, weights, rate, constants, evidence)
 
-    sampler = P.sampler_for(domain)
-    out = []
     U.rate_threshold = capture
     try:
+        yield seen
+    finally:
+        U.rate_threshold = real
+
+
+def collect(domain, profile, settings, episodes: int, seed: int, role: str) -> list[dict]:
+    """Assess the open and folder tasks of ``domain`` and keep what the threshold sees."""
+    from trustbench import protocols as P
+
+    sampler = P.sampler_for(domain)
+    out = []
+    with captured_thresholds() as seen:
         for way, shot in settings:
             for proto in ("open", "folder"):
                 rng = P._rng(seed, domain.name, proto, way, shot)
@@ -86,8 +97,6 @@ def collect(domain, profile, settings, episodes: int, seed: int, role: str) -> l
                     a, ref, w, ev = seen[-1]
                     out.append(dict(dom=domain.name, way=way, shot=shot, proto=proto, role=role,
                                     a=a, ref=ref, w=w, ev=ev, known=np.asarray(t.known, bool)))
-    finally:
-        U.rate_threshold = real
     return out
 
 
@@ -145,19 +154,9 @@ def synthetic_tasks(folders: int, seed: int) -> list[dict]:
     threshold sees: a guard every grid point must pass (2-8% flagged on average in each kind)."""
     from fewshot_gui.core.trust.profile import TrustProfile
 
-    seen: list[tuple] = []
-    real = U.rate_threshold
-
-    def capture(scores, reference, weights, rate, constants=T.SHIPPED, evidence=None):
-        seen.append((np.array(scores, np.float64), np.array(reference, np.float64),
-                     None if weights is None else np.array(weights, np.float64),
-                     None if evidence is None else np.array(evidence, np.float64)))
-        return real(scores, reference, weights, rate, constants, evidence)
-
     prof = TrustProfile.for_backbone(None)
     out = []
-    U.rate_threshold = capture
-    try:
+    with captured_thresholds() as seen:
         for kind, shot, n_unknown in SYNTHETIC:
             rng = np.random.default_rng([seed, shot, n_unknown, kind == "typical"])
             for _ in range(folders):
@@ -166,8 +165,6 @@ def synthetic_tasks(folders: int, seed: int) -> list[dict]:
                 a, ref, w, ev = seen[-1]
                 out.append(dict(dom="synthetic", way=5, shot=shot, proto=f"{kind}+{n_unknown}u", role="guard",
                                 a=a, ref=ref, w=w, ev=ev, known=known))
-    finally:
-        U.rate_threshold = real
     return out
 
 
