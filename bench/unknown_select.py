@@ -131,28 +131,11 @@ SYNTHETIC = (("random", 5, 0), ("random", 5, 2), ("typical", 5, 0), ("typical", 
              ("random", 1, 2))  # (examples, shot, unknown groups)
 
 
-def _synthetic_folder(rng, shot, n_unknown, typical, n_known=5, dim=32, spread=0.7, per=(10, 40), pool=6):
-    """Gaussian classes with gamma-spread tails (as ``tests/test_unknown_threshold.py`` draws them);
-    ``typical``: each class's examples are the most central ``shot`` of ``pool * shot`` images."""
-    centres = rng.normal(size=(n_known + n_unknown, dim))
-    s, y, q, known = [], [], [], []
-    for k in range(n_known):
-        m = pool * shot + int(rng.integers(*per))
-        x = centres[k] + spread * rng.normal(size=(m, dim)) * rng.gamma(5.0, 1 / 5.0, size=(m, 1))
-        if typical:
-            cand = x[: pool * shot]
-            x = np.concatenate([cand[np.argsort(np.linalg.norm(cand - cand.mean(0), axis=1))], x[pool * shot:]])
-        s.append(x[:shot]); y += [k] * shot
-        q.append(x[shot:]); known += [True] * (m - shot)
-    for k in range(n_known, n_known + n_unknown):
-        q.append(centres[k] + spread * rng.normal(size=(20, dim))); known += [False] * 20
-    return np.concatenate(s), np.array(y), np.concatenate(q), np.array(known)
-
-
 def synthetic_tasks(folders: int, seed: int) -> list[dict]:
     """Synthetic folders (random or typical examples, with or without unknown groups) with what the
     threshold sees: a guard every grid point must pass (2-8% flagged on average in each kind)."""
     from fewshot_gui.core.trust.profile import TrustProfile
+    from trustbench.synthetic import synthetic_folder
 
     prof = TrustProfile.for_backbone(None)
     out = []
@@ -160,7 +143,8 @@ def synthetic_tasks(folders: int, seed: int) -> list[dict]:
         for kind, shot, n_unknown in SYNTHETIC:
             rng = np.random.default_rng([seed, shot, n_unknown, kind == "typical"])
             for _ in range(folders):
-                s, y, q, known = _synthetic_folder(rng, shot, n_unknown, kind == "typical")
+                s, y, q, truth = synthetic_folder(rng, shot=shot, n_unknown=n_unknown, typical=kind == "typical")
+                known = truth >= 0
                 U.unknown_scores(s, y, q, 5, prof)
                 a, ref, w, ev = seen[-1]
                 out.append(dict(dom="synthetic", way=5, shot=shot, proto=f"{kind}+{n_unknown}u", role="guard",

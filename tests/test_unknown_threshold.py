@@ -1,6 +1,9 @@
 """The unknown flag's rate threshold on folders that break exchangeability: typical examples,
 no unknown images, one example per class, and the folder's unknown-share estimate."""
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -10,28 +13,14 @@ from fewshot_gui.core.trust.unknown_threshold import (MIN_FOLDER, SCALE_RANGE, S
                                                       conformal_threshold, folder_unknown_share, rate_threshold,
                                                       weighted_quantile)
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from trustbench.synthetic import synthetic_folder  # noqa: E402
+
 GENERIC = TrustProfile.for_backbone(None)
 RATE = GENERIC.false_flag_rate
 
 
-def _folder(rng, n_known=5, shot=5, dim=32, spread=0.7, per=(10, 40), n_unknown=0, per_unknown=20,
-            typical=False, pool=6):
-    """Gaussian classes with heavier-than-Gaussian tails (each image's spread drawn from a gamma).
-    ``typical``: each class's examples are the ``shot`` most central of ``pool * shot`` of its
-    images (as a person picks the clearest ones); the rest go to the folder."""
-    centres = rng.normal(size=(n_known + n_unknown, dim))
-    s, y, q, t = [], [], [], []
-    for k in range(n_known):
-        m = pool * shot + int(rng.integers(*per))
-        x = centres[k] + spread * rng.normal(size=(m, dim)) * rng.gamma(5.0, 1 / 5.0, size=(m, 1))
-        if typical:
-            cand = x[: pool * shot]
-            x = np.concatenate([cand[np.argsort(np.linalg.norm(cand - cand.mean(0), axis=1))], x[pool * shot:]])
-        s.append(x[:shot]); y += [k] * shot
-        q.append(x[shot:]); t += [k] * (m - shot)
-    for k in range(n_known, n_known + n_unknown):
-        q.append(centres[k] + spread * rng.normal(size=(per_unknown, dim))); t += [-1] * per_unknown
-    return np.concatenate(s), np.array(y), np.concatenate(q), np.array(t)
+_folder = synthetic_folder  # (support, labels, query, truth: class or -1)
 
 
 def _shares(typical: bool, shot: int, n_unknown: int, folders: int = 30, seed: int = 0, plain: bool = True):
