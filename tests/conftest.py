@@ -66,3 +66,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def lite0_torch():
+    """EfficientNet-Lite0 on eager torch (CPU), built once (skips when its weights are missing)."""
+    from fewshot_gui.core.embed.backbones import get_backbone
+
+    try:
+        return get_backbone("efficientnet-lite0", engine="torch", device="cpu")
+    except Exception as exc:  # noqa: BLE001 - weights package missing
+        pytest.skip(f"efficientnet-lite0 unavailable: {exc}")

@@ -7,7 +7,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from fewshot_gui.core.embed.backbones import get_backbone  # noqa: E402
 from fewshot_gui.core.embed.onnx_engine import module_digest  # noqa: E402
 from fewshot_gui.core.embed.split import SplitLite0, activations, augment_image  # noqa: E402
 from fewshot_gui.core.errors import Cancelled, ConfigError  # noqa: E402
@@ -18,11 +17,8 @@ from fewshot_gui.core.jobs import CancelToken, run_job  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def backbone():
-    try:
-        return get_backbone("efficientnet-lite0", engine="torch", device="cpu")
-    except Exception as exc:  # noqa: BLE001 - weights package missing
-        pytest.skip(f"efficientnet-lite0 unavailable: {exc}")
+def backbone(lite0_torch):
+    return lite0_torch
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import pytest
 
 pytest.importorskip("torch")
 
-from fewshot_gui.core.embed.backbones import get_backbone  # noqa: E402
 from fewshot_gui.core.errors import DataError  # noqa: E402
 from fewshot_gui.core.fewshot import get_method  # noqa: E402
 from fewshot_gui.core.io.images import scan_folder  # noqa: E402
@@ -22,11 +21,8 @@ from fewshot_gui.core.session.session import LabelingSession  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def backbone():
-    try:
-        return get_backbone("efficientnet-lite0", engine="torch", device="cpu")
-    except Exception as exc:  # noqa: BLE001 - weights package missing
-        pytest.skip(f"efficientnet-lite0 unavailable: {exc}")
+def backbone(lite0_torch):
+    return lite0_torch
 
 
 class Loader(ModelLoader):
